@@ -1,0 +1,188 @@
+//! Saving: serialize inline, or move large tensors into an external data file. Every file is
+//! written to a temporary file in the destination folder and renamed into place, so a failed
+//! or interrupted save never leaves a partial output. Files the caller protects (the input
+//! model and its data) are never overwritten.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use super::Model;
+use crate::error::{Error, Result};
+use crate::onnx::{GraphProto, StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
+
+/// Protobuf cannot serialize messages of 2 GiB or more.
+const PROTOBUF_LIMIT: u64 = (2 << 30) - 1;
+/// Tensors at least this big go to the external file (as `onnx.save_model` does).
+const EXTERNAL_THRESHOLD: usize = 1024;
+/// Offsets in the external file are aligned so that memory-mapped tensors are aligned too.
+const EXTERNAL_ALIGN: u64 = 64;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExternalDataMode {
+    /// External data when the input had it, or when inline would pass protobuf's 2 GiB limit.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SaveOptions {
+    pub external_data: ExternalDataMode,
+    /// Files that must not be overwritten (the input model and its external data).
+    pub protect: Vec<PathBuf>,
+}
+
+/// What a save wrote.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub model_bytes: u64,
+    pub external_file: Option<PathBuf>,
+    pub external_bytes: u64,
+}
+
+/// Saves `model` to `path` atomically.
+pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result<Saved> {
+    let path = path.as_ref();
+    check_not_protected(path, &opts.protect)?;
+    let mut proto = model.to_proto();
+    let inline_len = proto.encoded_len() as u64;
+    let external = match opts.external_data {
+        ExternalDataMode::Always => true,
+        ExternalDataMode::Never => {
+            if inline_len > PROTOBUF_LIMIT {
+                return Err(Error::Other(format!(
+                    "{}: the model is {inline_len} bytes, over protobuf's 2 GiB limit; save it with external data",
+                    path.display()
+                )));
+            }
+            false
+        }
+        ExternalDataMode::Auto => !model.external_files.is_empty() || inline_len > PROTOBUF_LIMIT,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut saved = Saved {
+        model_bytes: 0,
+        external_file: None,
+        external_bytes: 0,
+    };
+    if external {
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::Other(format!("{}: not a file path", path.display())))?;
+        let location = format!("{}.data", file_name.to_string_lossy());
+        let data_path = dir.join(&location);
+        check_not_protected(&data_path, &opts.protect)?;
+        let mut data = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut writer = ExternalWriter {
+            location: &location,
+            out: std::io::BufWriter::new(data.as_file_mut()),
+            offset: 0,
+        };
+        if let Some(g) = proto.graph.as_mut() {
+            writer.move_graph(g).map_err(|e| Error::io(&data_path, e))?;
+        }
+        let written = writer.offset;
+        writer.out.flush().map_err(|e| Error::io(&data_path, e))?;
+        drop(writer);
+        data.as_file().sync_all().map_err(|e| Error::io(&data_path, e))?;
+        data.persist(&data_path)
+            .map_err(|e| Error::io(&data_path, e.error))?;
+        saved.external_file = Some(data_path);
+        saved.external_bytes = written;
+    }
+    let bytes = proto.encode_to_vec();
+    saved.model_bytes = bytes.len() as u64;
+    write_atomic(path, &bytes)?;
+    Ok(saved)
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+fn check_not_protected(path: &Path, protect: &[PathBuf]) -> Result<()> {
+    let Ok(target) = path.canonicalize() else {
+        return Ok(()); // does not exist yet
+    };
+    for p in protect {
+        if p.canonicalize().is_ok_and(|p| p == target) {
+            return Err(Error::Other(format!(
+                "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct ExternalWriter<'a, W: Write> {
+    location: &'a str,
+    out: W,
+    offset: u64,
+}
+
+impl<W: Write> ExternalWriter<'_, W> {
+    fn move_graph(&mut self, g: &mut GraphProto) -> std::io::Result<()> {
+        for t in &mut g.initializer {
+            self.move_tensor(t)?;
+        }
+        for n in &mut g.node {
+            for a in &mut n.attribute {
+                if let Some(t) = a.t.as_mut() {
+                    self.move_tensor(t)?;
+                }
+                for t in &mut a.tensors {
+                    self.move_tensor(t)?;
+                }
+                if let Some(sg) = a.g.as_mut() {
+                    self.move_graph(sg)?;
+                }
+                for sg in &mut a.graphs {
+                    self.move_graph(sg)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn move_tensor(&mut self, t: &mut TensorProto) -> std::io::Result<()> {
+        let Some(raw) = t.raw_data.as_ref() else {
+            return Ok(());
+        };
+        if raw.len() < EXTERNAL_THRESHOLD {
+            return Ok(());
+        }
+        let pad = (EXTERNAL_ALIGN - self.offset % EXTERNAL_ALIGN) % EXTERNAL_ALIGN;
+        self.out.write_all(&[0u8; EXTERNAL_ALIGN as usize][..pad as usize])?;
+        self.offset += pad;
+        self.out.write_all(raw)?;
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        t.external_data = vec![
+            entry("location", self.location.to_string()),
+            entry("offset", self.offset.to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+        t.data_location = Some(DataLocation::External as i32);
+        self.offset += raw.len() as u64;
+        t.raw_data = None;
+        Ok(())
+    }
+}

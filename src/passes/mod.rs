@@ -1,0 +1,3 @@
+//! Graph passes: cleanup and fusion, then quantization.
+
+pub mod quantize;

@@ -1,0 +1,3 @@
+//! Dynamic int8 quantization: which nodes to rewrite (policy) and how.
+
+pub mod policy;
