@@ -10,6 +10,7 @@ pub mod ir;
 pub mod model;
 pub mod onnx;
 pub mod passes;
+pub mod runtime;
 
 pub use error::{Error, Result};
 pub use model::{Model, load, save};
