@@ -12,7 +12,11 @@ use onnx_dynq::passes::quantize::policy::{
 };
 
 #[derive(Parser)]
-#[command(name = "onnx-dynq", version, about = "Dynamic int8 quantization of ONNX models, verified")]
+#[command(
+    name = "onnx-dynq",
+    version,
+    about = "Dynamic int8 quantization of ONNX models, verified"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,11 @@ enum Command {
 #[derive(Args)]
 struct PolicyArgs {
     /// Op families to quantize (comma-separated): MatMul,Gemm,LSTM,GRU,RNN,Gather,Conv.
-    #[arg(long, value_delimiter = ',', default_value = "MatMul,Gemm,LSTM,GRU,RNN,Gather")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "MatMul,Gemm,LSTM,GRU,RNN,Gather"
+    )]
     ops: Vec<String>,
     /// Node names (as in the input model) to leave float.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
