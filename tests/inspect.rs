@@ -214,3 +214,27 @@ fn text_output_lists_the_essentials() {
         assert!(s.contains(want), "{want} missing:\n{s}");
     }
 }
+
+#[test]
+fn unknown_fields_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(common::fixture("mlp.onnx")).unwrap();
+    // Field 100 (varint) = 1: not in the onnx 1.23 schema.
+    bytes.extend_from_slice(&[0xA0, 0x06, 0x01]);
+    let p = dir.path().join("extra.onnx");
+    std::fs::write(&p, &bytes).unwrap();
+    let v = inspect_json(&p);
+    let w = v["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{v}");
+    assert!(
+        w[0].as_str()
+            .unwrap()
+            .contains("unknown to the onnx 1.23 schema")
+    );
+    assert!(
+        inspect_json(&common::fixture("mlp.onnx"))["warnings"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -82,6 +82,24 @@ fn every_fixture_round_trips_inline() {
 }
 
 #[test]
+fn inline_fixtures_re_encode_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in common::fixture_models() {
+        let model = onnx_dynq::load(&f).unwrap();
+        if !model.external_files.is_empty() {
+            continue;
+        }
+        let dst = dir.path().join("m.onnx");
+        onnx_dynq::model::save(&model, &dst, &SaveOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&f).unwrap() == std::fs::read(&dst).unwrap(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[test]
 fn every_fixture_round_trips_with_external_data() {
     for f in common::fixture_models() {
         round_trip(&f, ExternalDataMode::Always);
