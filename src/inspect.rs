@@ -57,7 +57,11 @@ fn io_info(v: &ValueInfoProto) -> IoInfo {
     let t = ValueType::from_value_info(v).unwrap_or_default();
     IoInfo {
         name: v.name().to_string(),
-        dtype: if t.elem == 0 { "?".into() } else { dtype_name(t.elem) },
+        dtype: if t.elem == 0 {
+            "?".into()
+        } else {
+            dtype_name(t.elem)
+        },
         shape: t.shape_string(),
     }
 }
@@ -153,7 +157,11 @@ impl InspectReport {
             "ir_version: {}   opsets: {}   producer: {}",
             self.ir_version,
             opsets.join(", "),
-            if self.producer.is_empty() { "-" } else { &self.producer }
+            if self.producer.is_empty() {
+                "-"
+            } else {
+                &self.producer
+            }
         );
         let _ = writeln!(s, "inputs:");
         for i in &self.inputs {
@@ -190,7 +198,11 @@ impl InspectReport {
             );
         }
         if self.initializers.len() > max_initializers {
-            let _ = writeln!(s, "  ... {} more", self.initializers.len() - max_initializers);
+            let _ = writeln!(
+                s,
+                "  ... {} more",
+                self.initializers.len() - max_initializers
+            );
         }
         let _ = writeln!(s, "quantizable ({}):", self.quantizable.len());
         for d in &self.quantizable {

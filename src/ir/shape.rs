@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use crate::onnx::{TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto, type_proto};
+use crate::onnx::{
+    TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto, type_proto,
+};
 
 use super::graph::{Graph, Node};
 use super::tensor::Tensor;
@@ -106,7 +108,10 @@ impl ValueType {
             None => "[?]".into(),
             Some(s) => format!(
                 "[{}]",
-                s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -114,7 +119,10 @@ impl ValueType {
 
 /// Types of every value in `graph` (and not in its subgraphs) that the rules can tell.
 /// `outer` supplies the types of outer-scope values for a subgraph.
-pub fn infer_types(graph: &Graph, outer: &HashMap<String, ValueType>) -> HashMap<String, ValueType> {
+pub fn infer_types(
+    graph: &Graph,
+    outer: &HashMap<String, ValueType>,
+) -> HashMap<String, ValueType> {
     let mut types = outer.clone();
     for v in graph
         .proto
@@ -130,7 +138,9 @@ pub fn infer_types(graph: &Graph, outer: &HashMap<String, ValueType>) -> HashMap
     for (name, t) in &graph.initializers {
         types.insert(name.clone(), ValueType::of_tensor(t));
     }
-    let order = graph.topo_order().unwrap_or_else(|_| (0..graph.nodes.len()).collect());
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|_| (0..graph.nodes.len()).collect());
     for i in order {
         let node = &graph.nodes[i];
         let inputs: Vec<Option<&ValueType>> = node
@@ -217,11 +227,39 @@ fn infer_node(
         return vec![unknown(); n_out];
     }
     match op {
-        "Identity" | "Relu" | "LeakyRelu" | "Sigmoid" | "HardSigmoid" | "Tanh" | "Exp" | "Log"
-        | "Neg" | "Abs" | "Sqrt" | "Erf" | "Gelu" | "Softmax" | "LogSoftmax" | "Clip"
-        | "Floor" | "Ceil" | "Round" | "Reciprocal" | "Sin" | "Cos" | "Not" | "Elu" | "Selu"
-        | "Softplus" | "HardSwish" | "PRelu" | "LayerNormalization" | "BatchNormalization"
-        | "InstanceNormalization" | "Dropout" | "Sign" => {
+        "Identity"
+        | "Relu"
+        | "LeakyRelu"
+        | "Sigmoid"
+        | "HardSigmoid"
+        | "Tanh"
+        | "Exp"
+        | "Log"
+        | "Neg"
+        | "Abs"
+        | "Sqrt"
+        | "Erf"
+        | "Gelu"
+        | "Softmax"
+        | "LogSoftmax"
+        | "Clip"
+        | "Floor"
+        | "Ceil"
+        | "Round"
+        | "Reciprocal"
+        | "Sin"
+        | "Cos"
+        | "Not"
+        | "Elu"
+        | "Selu"
+        | "Softplus"
+        | "HardSwish"
+        | "PRelu"
+        | "LayerNormalization"
+        | "BatchNormalization"
+        | "InstanceNormalization"
+        | "Dropout"
+        | "Sign" => {
             let mut v = vec![same_elem(x, xs.clone())];
             if op == "Dropout" && n_out > 1 {
                 v.push(ValueType::new(DataType::Bool, xs));
@@ -229,18 +267,36 @@ fn infer_node(
             v.resize(n_out, unknown());
             v
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "Sum" | "Mean" => one(
-            same_elem(x, broadcast(&inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect::<Vec<_>>())),
-        ),
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "Sum" | "Mean" => {
+            one(same_elem(
+                x,
+                broadcast(
+                    &inputs
+                        .iter()
+                        .map(|t| t.and_then(|t| t.shape.as_ref()))
+                        .collect::<Vec<_>>(),
+                ),
+            ))
+        }
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => {
             one(ValueType::new(
                 DataType::Bool,
-                broadcast(&inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect::<Vec<_>>()),
+                broadcast(
+                    &inputs
+                        .iter()
+                        .map(|t| t.and_then(|t| t.shape.as_ref()))
+                        .collect::<Vec<_>>(),
+                ),
             ))
         }
         "Where" => one(same_elem(
             inputs.get(1).copied().flatten(),
-            broadcast(&inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect::<Vec<_>>()),
+            broadcast(
+                &inputs
+                    .iter()
+                    .map(|t| t.and_then(|t| t.shape.as_ref()))
+                    .collect::<Vec<_>>(),
+            ),
         )),
         "Cast" => one(ValueType {
             elem: attr_i("to", 0) as i32,
@@ -265,7 +321,11 @@ fn infer_node(
         }
         "Size" => one(ValueType::new(DataType::Int64, Some(vec![]))),
         "MatMul" | "MatMulInteger" => {
-            let b = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
+            let b = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
             let shape = matmul_shape(xs.as_ref(), b.as_ref());
             let elem = if op == "MatMulInteger" {
                 DataType::Int32 as i32
@@ -275,11 +335,23 @@ fn infer_node(
             one(ValueType { elem, shape })
         }
         "Gemm" => {
-            let b = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
+            let b = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
             let shape = match (xs, b) {
                 (Some(a), Some(b)) if a.len() == 2 && b.len() == 2 => {
-                    let m = if attr_i("transA", 0) != 0 { &a[1] } else { &a[0] };
-                    let n = if attr_i("transB", 0) != 0 { &b[0] } else { &b[1] };
+                    let m = if attr_i("transA", 0) != 0 {
+                        &a[1]
+                    } else {
+                        &a[0]
+                    };
+                    let n = if attr_i("transB", 0) != 0 {
+                        &b[0]
+                    } else {
+                        &b[1]
+                    };
                     Some(vec![m.clone(), n.clone()])
                 }
                 _ => Some(vec![Dim::Unknown, Dim::Unknown]),
@@ -289,18 +361,23 @@ fn infer_node(
         "Transpose" => one(same_elem(
             x,
             xs.map(|s| {
-                let perm = attr_ints("perm")
-                    .unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+                let perm = attr_ints("perm").unwrap_or_else(|| (0..s.len() as i64).rev().collect());
                 perm.iter()
                     .map(|&p| s.get(p as usize).cloned().unwrap_or(Dim::Unknown))
                     .collect()
             }),
         )),
-        "Reshape" => one(same_elem(x, consts(1).map(|target| reshape_shape(xs.as_ref(), &target, attr_i("allowzero", 0) != 0)))),
+        "Reshape" => one(same_elem(
+            x,
+            consts(1)
+                .map(|target| reshape_shape(xs.as_ref(), &target, attr_i("allowzero", 0) != 0)),
+        )),
         "Flatten" => one(same_elem(
             x,
             xs.map(|s| {
-                let axis = norm_axis(attr_i("axis", 1), s.len() + 1).unwrap_or(1).min(s.len());
+                let axis = norm_axis(attr_i("axis", 1), s.len() + 1)
+                    .unwrap_or(1)
+                    .min(s.len());
                 vec![product(&s[..axis]), product(&s[axis..])]
             }),
         )),
@@ -312,8 +389,15 @@ fn infer_node(
                     let r = s.len();
                     match axes {
                         Some(axes) => {
-                            let ax: Vec<usize> = axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
-                            Some(s.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect())
+                            let ax: Vec<usize> =
+                                axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
+                            Some(
+                                s.iter()
+                                    .enumerate()
+                                    .filter(|(i, _)| !ax.contains(i))
+                                    .map(|(_, d)| d.clone())
+                                    .collect(),
+                            )
                         }
                         None if s.iter().all(|d| d.known().is_some()) => {
                             Some(s.into_iter().filter(|d| *d != Dim::Known(1)).collect())
@@ -332,14 +416,27 @@ fn infer_node(
                         let r = s.len() + axes.len();
                         let ax: Vec<usize> = axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
                         let mut it = s.into_iter();
-                        Some((0..r).map(|i| if ax.contains(&i) { Dim::Known(1) } else { it.next().unwrap_or(Dim::Unknown) }).collect())
+                        Some(
+                            (0..r)
+                                .map(|i| {
+                                    if ax.contains(&i) {
+                                        Dim::Known(1)
+                                    } else {
+                                        it.next().unwrap_or(Dim::Unknown)
+                                    }
+                                })
+                                .collect(),
+                        )
                     }
                     _ => None,
                 },
             ))
         }
         "Concat" => {
-            let shapes: Option<Vec<&Vec<Dim>>> = inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect();
+            let shapes: Option<Vec<&Vec<Dim>>> = inputs
+                .iter()
+                .map(|t| t.and_then(|t| t.shape.as_ref()))
+                .collect();
             one(same_elem(
                 x,
                 shapes.and_then(|shapes| {
@@ -356,7 +453,11 @@ fn infer_node(
             ))
         }
         "Gather" => {
-            let idx = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
+            let idx = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
             one(same_elem(
                 x,
                 match (xs, idx) {
@@ -383,12 +484,21 @@ fn infer_node(
                 }
             });
             let shape = if op == "Expand" { None } else { shape };
-            let elem = if op == "ConvInteger" { DataType::Int32 as i32 } else { x.map_or(0, |t| t.elem) };
+            let elem = if op == "ConvInteger" {
+                DataType::Int32 as i32
+            } else {
+                x.map_or(0, |t| t.elem)
+            };
             vec![ValueType { elem, shape }; n_out]
         }
         "GlobalAveragePool" | "GlobalMaxPool" => one(same_elem(
             x,
-            xs.map(|s| s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect()),
+            xs.map(|s| {
+                s.iter()
+                    .enumerate()
+                    .map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) })
+                    .collect()
+            }),
         )),
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
             let keep = attr_i("keepdims", 1) != 0;
@@ -398,7 +508,9 @@ fn infer_node(
                 xs.map(|s| {
                     let r = s.len();
                     let ax: Vec<usize> = match &axes {
-                        Some(a) if !a.is_empty() => a.iter().filter_map(|&a| norm_axis(a, r)).collect(),
+                        Some(a) if !a.is_empty() => {
+                            a.iter().filter_map(|&a| norm_axis(a, r)).collect()
+                        }
                         _ if attr_i("noop_with_empty_axes", 0) != 0 => vec![],
                         _ => (0..r).collect(),
                     };
@@ -436,16 +548,34 @@ fn infer_node(
             ValueType::new(DataType::Uint8, Some(vec![])),
         ],
         "QuantizeLinear" => {
-            let zp = inputs.get(2).copied().flatten().map_or(DataType::Uint8 as i32, |t| t.elem);
-            one(ValueType { elem: zp, shape: xs })
+            let zp = inputs
+                .get(2)
+                .copied()
+                .flatten()
+                .map_or(DataType::Uint8 as i32, |t| t.elem);
+            one(ValueType {
+                elem: zp,
+                shape: xs,
+            })
         }
         "DequantizeLinear" => {
-            let s = inputs.get(1).copied().flatten().map_or(DataType::Float as i32, |t| t.elem);
+            let s = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .map_or(DataType::Float as i32, |t| t.elem);
             one(ValueType { elem: s, shape: xs })
         }
         "DynamicQuantizeMatMul" | "MatMulIntegerToFloat" => {
-            let b = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
-            one(ValueType::new(DataType::Float, matmul_shape(xs.as_ref(), b.as_ref())))
+            let b = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
+            one(ValueType::new(
+                DataType::Float,
+                matmul_shape(xs.as_ref(), b.as_ref()),
+            ))
         }
         _ => vec![unknown(); n_out],
     }
@@ -463,9 +593,20 @@ fn matmul_shape(a: Option<&Vec<Dim>>, b: Option<&Vec<Dim>>) -> Option<Vec<Dim>> 
     if a.is_empty() || b.is_empty() {
         return None;
     }
-    let a2 = if a.len() == 1 { vec![Dim::Known(1), a[0].clone()] } else { a.clone() };
-    let b2 = if b.len() == 1 { vec![b[0].clone(), Dim::Known(1)] } else { b.clone() };
-    let batch = broadcast(&[Some(&a2[..a2.len() - 2].to_vec()), Some(&b2[..b2.len() - 2].to_vec())])?;
+    let a2 = if a.len() == 1 {
+        vec![Dim::Known(1), a[0].clone()]
+    } else {
+        a.clone()
+    };
+    let b2 = if b.len() == 1 {
+        vec![b[0].clone(), Dim::Known(1)]
+    } else {
+        b.clone()
+    };
+    let batch = broadcast(&[
+        Some(&a2[..a2.len() - 2].to_vec()),
+        Some(&b2[..b2.len() - 2].to_vec()),
+    ])?;
     let mut out = batch;
     if a.len() > 1 {
         out.push(a2[a2.len() - 2].clone());
@@ -481,7 +622,9 @@ fn reshape_shape(input: Option<&Vec<Dim>>, target: &[i64], allowzero: bool) -> V
         .iter()
         .enumerate()
         .map(|(i, &t)| match t {
-            0 if !allowzero => input.and_then(|s| s.get(i).cloned()).unwrap_or(Dim::Unknown),
+            0 if !allowzero => input
+                .and_then(|s| s.get(i).cloned())
+                .unwrap_or(Dim::Unknown),
             -1 => Dim::Unknown,
             t => Dim::Known(t),
         })
@@ -509,7 +652,11 @@ fn rnn_shapes(
     x: Option<&ValueType>,
     n_out: usize,
 ) -> Vec<ValueType> {
-    let hidden = node.attr::<i64>("hidden_size").ok().flatten().map_or(Dim::Unknown, Dim::Known);
+    let hidden = node
+        .attr::<i64>("hidden_size")
+        .ok()
+        .flatten()
+        .map_or(Dim::Unknown, Dim::Known);
     let dirs = match node.attr::<String>("direction").ok().flatten().as_deref() {
         Some("bidirectional") => 2,
         _ => 1,
@@ -535,9 +682,18 @@ fn rnn_shapes(
         vec![batch, d, hidden]
     };
     let mut v = vec![
-        ValueType { elem, shape: Some(y) },
-        ValueType { elem, shape: Some(state.clone()) },
-        ValueType { elem, shape: Some(state) },
+        ValueType {
+            elem,
+            shape: Some(y),
+        },
+        ValueType {
+            elem,
+            shape: Some(state.clone()),
+        },
+        ValueType {
+            elem,
+            shape: Some(state),
+        },
     ];
     v.truncate(n_out);
     v
@@ -563,13 +719,24 @@ mod tests {
 
     #[test]
     fn matmul_keeps_symbolic_batch_dims() {
-        let a = vec![Dim::Sym("seq".into()), Dim::Sym("batch".into()), Dim::Known(64)];
+        let a = vec![
+            Dim::Sym("seq".into()),
+            Dim::Sym("batch".into()),
+            Dim::Known(64),
+        ];
         let b = k(&[64, 1000]);
         assert_eq!(
             matmul_shape(Some(&a), Some(&b)).unwrap(),
-            vec![Dim::Sym("seq".into()), Dim::Sym("batch".into()), Dim::Known(1000)]
+            vec![
+                Dim::Sym("seq".into()),
+                Dim::Sym("batch".into()),
+                Dim::Known(1000)
+            ]
         );
-        assert_eq!(matmul_shape(Some(&k(&[3])), Some(&k(&[3, 5]))).unwrap(), k(&[5]));
+        assert_eq!(
+            matmul_shape(Some(&k(&[3])), Some(&k(&[3, 5]))).unwrap(),
+            k(&[5])
+        );
     }
 
     #[test]

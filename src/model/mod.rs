@@ -70,7 +70,13 @@ impl Model {
 
     /// The opset imported for `domain` ("" or "ai.onnx" for the default domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
-        let norm = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+        let norm = |d: &str| {
+            if d == "ai.onnx" {
+                String::new()
+            } else {
+                d.to_string()
+            }
+        };
         let want = norm(domain);
         self.proto
             .opset_import
@@ -122,7 +128,9 @@ impl Model {
             }
         }
         if self.opset("").is_none() {
-            return Err(Error::invalid("the model does not import the default ONNX opset"));
+            return Err(Error::invalid(
+                "the model does not import the default ONNX opset",
+            ));
         }
         self.graph.validate(&HashSet::new())
     }

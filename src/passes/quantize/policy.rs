@@ -131,7 +131,12 @@ pub fn constant_values(g: &Graph, outer_consts: &HashSet<String>) -> HashSet<Str
             && n.subgraphs.is_empty()
             && !matches!(
                 n.op_type(),
-                "RandomNormal" | "RandomUniform" | "RandomNormalLike" | "RandomUniformLike" | "Multinomial" | "Bernoulli"
+                "RandomNormal"
+                    | "RandomUniform"
+                    | "RandomNormalLike"
+                    | "RandomUniformLike"
+                    | "Multinomial"
+                    | "Bernoulli"
             )
             && n.inputs().iter().all(|i| i.is_empty() || c.contains(i));
         if foldable {
@@ -217,7 +222,9 @@ impl Ctx<'_> {
     }
 
     fn elem_of(&self, name: &str) -> DataType {
-        self.types.get(name).map_or(DataType::Undefined, ValueType::dtype)
+        self.types
+            .get(name)
+            .map_or(DataType::Undefined, ValueType::dtype)
     }
 
     fn node_verdict(&self, g: &Graph, n: &Node, kind: OpKind) -> Verdict {
@@ -242,9 +249,7 @@ impl Ctx<'_> {
     }
 
     fn weight(&self, g: &Graph, n: &Node, idx: usize, what: &str) -> Result<Vec<i64>, String> {
-        let name = n
-            .input(idx)
-            .ok_or_else(|| format!("has no {what} input"))?;
+        let name = n.input(idx).ok_or_else(|| format!("has no {what} input"))?;
         if !self.consts.contains(name) {
             return Err(format!("{what} '{name}' is not a constant"));
         }
@@ -258,7 +263,10 @@ impl Ctx<'_> {
             DataType::Float => Ok(""),
             DataType::Float16 => Ok(" (fp16: cast to float32 around the int8 product)"),
             DataType::Undefined => Err(format!("input '{name}' has an unknown element type")),
-            t => Err(format!("input '{name}' is {}, not float", crate::ir::tensor::dtype_name(t as i32))),
+            t => Err(format!(
+                "input '{name}' is {}, not float",
+                crate::ir::tensor::dtype_name(t as i32)
+            )),
         }
     }
 
@@ -288,7 +296,11 @@ impl Ctx<'_> {
         }
         let fp16 = self.float_input(n, 0)?;
         let trans_b = n.attr::<i64>("transB").ok().flatten().unwrap_or(0) != 0;
-        let k = if kind == OpKind::Gemm && trans_b { w[1] } else { w[0] };
+        let k = if kind == OpKind::Gemm && trans_b {
+            w[1]
+        } else {
+            w[0]
+        };
         self.size_check(w[0] * w[1], Some(k))?;
         if kind == OpKind::Gemm
             && let Some(c) = n.input(2)
@@ -318,8 +330,11 @@ impl Ctx<'_> {
             _ => &["Tanh"],
         };
         let custom_acts = acts.as_ref().is_some_and(|a| {
-            a.chunks(default_acts.len())
-                .any(|c| c.iter().zip(default_acts).any(|(x, d)| !x.eq_ignore_ascii_case(d)))
+            a.chunks(default_acts.len()).any(|c| {
+                c.iter()
+                    .zip(default_acts)
+                    .any(|(x, d)| !x.eq_ignore_ascii_case(d))
+            })
         });
         let effective = if kind != OpKind::Lstm && mode == LstmMode::Ort {
             // onnxruntime has no int8 GRU/RNN op: the portable form is used.
@@ -335,25 +350,44 @@ impl Ctx<'_> {
                 if n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
                     return Err("input_forget=1 is not supported by DynamicQuantizeLSTM".into());
                 }
-                Ok(format!("DynamicQuantizeLSTM (int8 W {:?}, R {:?}){fp16}", w, r))
+                Ok(format!(
+                    "DynamicQuantizeLSTM (int8 W {:?}, R {:?}){fp16}",
+                    w, r
+                ))
             }
             LstmMode::Onnx => {
                 if custom_acts {
                     return Err("custom activations are not expressed by the Scan form; use --lstm weight-only".into());
                 }
                 if n.attr::<f32>("clip").ok().flatten().is_some() {
-                    return Err("clip is not expressed by the Scan form; use --lstm weight-only".into());
+                    return Err(
+                        "clip is not expressed by the Scan form; use --lstm weight-only".into(),
+                    );
                 }
                 if n.input(4).is_some() {
-                    return Err("sequence_lens is not honoured by the Scan form; use --lstm weight-only".into());
+                    return Err(
+                        "sequence_lens is not honoured by the Scan form; use --lstm weight-only"
+                            .into(),
+                    );
                 }
                 if kind == OpKind::Lstm && n.input(7).is_some() {
-                    return Err("peepholes are not expressed by the Scan form; use --lstm weight-only".into());
+                    return Err(
+                        "peepholes are not expressed by the Scan form; use --lstm weight-only"
+                            .into(),
+                    );
                 }
-                if kind == OpKind::Lstm && n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
-                    return Err("input_forget=1 is not expressed by the Scan form; use --lstm weight-only".into());
+                if kind == OpKind::Lstm
+                    && n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0
+                {
+                    return Err(
+                        "input_forget=1 is not expressed by the Scan form; use --lstm weight-only"
+                            .into(),
+                    );
                 }
-                Ok(format!("standard-op Scan form (int8 W {:?}, R {:?}){fp16}", w, r))
+                Ok(format!(
+                    "standard-op Scan form (int8 W {:?}, R {:?}){fp16}",
+                    w, r
+                ))
             }
             LstmMode::WeightOnly => Ok(format!("weight-only int8 (W {:?}, R {:?}){fp16}", w, r)),
         }
@@ -371,13 +405,21 @@ impl Ctx<'_> {
         let name = n.input(0).unwrap_or("");
         match self.elem_of(name) {
             DataType::Float | DataType::Float16 => {}
-            t => return Err(format!("table is {}, not float", crate::ir::tensor::dtype_name(t as i32))),
+            t => {
+                return Err(format!(
+                    "table is {}, not float",
+                    crate::ir::tensor::dtype_name(t as i32)
+                ));
+            }
         }
         if n.input(1).is_some_and(|i| self.consts.contains(i)) {
             return Err("indices are constant (folded instead)".into());
         }
         self.size_check(table[0] * table[1], None)?;
-        Ok(format!("int8 table {}x{} with per-row scales", table[0], table[1]))
+        Ok(format!(
+            "int8 table {}x{} with per-row scales",
+            table[0], table[1]
+        ))
     }
 
     fn conv_verdict(&self, g: &Graph, n: &Node) -> Verdict {
