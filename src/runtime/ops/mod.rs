@@ -5,6 +5,9 @@
 //! An op is built once per node (attributes parsed, constant inputs prepared) and run many
 //! times.
 
+pub mod conv;
+pub mod rnn;
+
 use std::collections::HashMap;
 
 use crate::error::Result;
