@@ -55,7 +55,8 @@ def backend(out):
 RNG = np.random.default_rng(7)
 NP2ONNX = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE,
            np.int32: TensorProto.INT32, np.int64: TensorProto.INT64,
-           np.float16: TensorProto.FLOAT16, np.uint8: TensorProto.UINT8}
+           np.float16: TensorProto.FLOAT16, np.uint8: TensorProto.UINT8,
+           np.int8: TensorProto.INT8}
 
 
 def rand(*shape, scale=1.0, dtype=np.float32):
@@ -111,13 +112,13 @@ def ort_case(out, name, op, inputs, n_outputs, attrs, const=(), rtol=1e-4, atol=
 
 
 def rnn_inputs(kind, d, seq, batch, inp, h, layout=0, lens=None, init=True, peep=False,
-               dtype=np.float32):
+               dtype=np.float32, bias=True):
     g = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
     x = rand(*((batch, seq, inp) if layout else (seq, batch, inp)), dtype=dtype)
     st = (batch, d, h) if layout else (d, batch, h)
     ins = [("X", x), ("W", rand(d, g * h, inp, scale=0.4, dtype=dtype)),
            ("R", rand(d, g * h, h, scale=0.4, dtype=dtype)),
-           ("B", rand(d, 2 * g * h, scale=0.3, dtype=dtype)),
+           ("B", rand(d, 2 * g * h, scale=0.3, dtype=dtype) if bias else None),
            ("sequence_lens", None if lens is None else np.array(lens, np.int32)),
            ("initial_h", rand(*st, dtype=dtype) if init else None)]
     if kind == "LSTM":
@@ -153,7 +154,21 @@ def ort_cases(out):
     ort_case(out, "lstm_only_yh_output", "LSTM",
              rnn_inputs("LSTM", 1, 4, 2, 3, 5), 2, dict(hidden_size=5), const=W,
              out_names=["", "yh"])
+    ort_case(out, "lstm_bidir_zero_length_row", "LSTM",
+             rnn_inputs("LSTM", 2, 4, 3, 3, 4, lens=[0, 4, 2], peep=True), 3,
+             dict(hidden_size=4, direction="bidirectional"), const=W)
+    ort_case(out, "lstm_batch1_h32_seq10", "LSTM",
+             rnn_inputs("LSTM", 1, 10, 1, 16, 32), 3, dict(hidden_size=32), const=W)
+    ort_case(out, "lstm_bidir_h24_batch5_no_bias", "LSTM",
+             rnn_inputs("LSTM", 2, 9, 5, 12, 24, bias=False), 3,
+             dict(hidden_size=24, direction="bidirectional"), const=W)
     # GRU
+    ort_case(out, "gru_lbr0_no_bias_no_init", "GRU",
+             rnn_inputs("GRU", 1, 5, 2, 3, 4, bias=False, init=False), 2,
+             dict(hidden_size=4), const=W)
+    ort_case(out, "gru_bidir_zero_length_row", "GRU",
+             rnn_inputs("GRU", 2, 4, 3, 3, 4, lens=[3, 0, 4]), 2,
+             dict(hidden_size=4, direction="bidirectional"))
     ort_case(out, "gru_lbr0_bidir_seqlens", "GRU",
              rnn_inputs("GRU", 2, 6, 3, 4, 5, lens=[6, 2, 4]), 2,
              dict(hidden_size=5, direction="bidirectional", linear_before_reset=0), const=W)
@@ -177,6 +192,9 @@ def ort_cases(out):
              rnn_inputs("RNN", 1, 4, 2, 3, 5, layout=1, lens=[4, 2]), 2,
              dict(hidden_size=5, direction="reverse", layout=1, activations=["Affine"],
                   activation_alpha=[0.5], activation_beta=[0.1]))
+    ort_case(out, "rnn_reverse_zero_length_row", "RNN",
+             rnn_inputs("RNN", 1, 4, 3, 3, 4, lens=[2, 4, 0]), 2,
+             dict(hidden_size=4, direction="reverse"), const=W)
     ort_case(out, "rnn_leakyrelu_clip", "RNN",
              rnn_inputs("RNN", 1, 4, 2, 3, 5), 2,
              dict(hidden_size=5, activations=["LeakyRelu"], activation_alpha=[0.2],
@@ -195,6 +213,10 @@ def ort_cases(out):
          dict(auto_pad="SAME_LOWER", strides=[3, 2]), const=())
     conv("conv2d_valid_kernel_shape", rand(2, 3, 7, 9), rand(5, 3, 3, 2), rand(5),
          dict(auto_pad="VALID", kernel_shape=[3, 2]))
+    conv("conv2d_grouped_parallel", rand(2, 8, 20, 20), rand(16, 4, 3, 3), rand(16),
+         dict(group=2, pads=[1, 1, 1, 1]))
+    conv("conv2d_1x1_strided", rand(1, 4, 7, 7), rand(3, 4, 1, 1), None,
+         dict(strides=[2, 2]))
     conv("conv2d_1x1", rand(2, 16, 5, 6), rand(8, 16, 1, 1), rand(8), {})
     conv("conv1d_grouped_pads", rand(2, 4, 20), rand(6, 2, 5), rand(6),
          dict(group=2, pads=[2, 3], strides=[2], dilations=[3]))
@@ -222,6 +244,13 @@ def ort_cases(out):
     pool("avgpool2d_same_lower_include", "AveragePool", rand(1, 2, 7, 7),
          dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_LOWER",
               count_include_pad=1))
+    pool("maxpool2d_int8", "MaxPool",
+         RNG.integers(-128, 128, (1, 2, 6, 5)).astype(np.int8),
+         dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 1]))
+    pool("maxpool2d_f16", "MaxPool", rand(1, 2, 6, 5, dtype=np.float16),
+         dict(kernel_shape=[3, 3], strides=[2, 2]))
+    pool("avgpool2d_dilations_pads_include", "AveragePool", rand(1, 2, 9, 8),
+         dict(kernel_shape=[2, 3], dilations=[2, 2], pads=[1, 2, 1, 0], count_include_pad=1))
     pool("avgpool1d_strides", "AveragePool", rand(2, 3, 12),
          dict(kernel_shape=[3], strides=[2]))
     pool("globalavgpool2d", "GlobalAveragePool", rand(2, 5, 7, 3), {})

@@ -18,7 +18,8 @@
 //! consumed in order by the activations that take parameters (as onnxruntime does).
 //! `sequence_lens` gives each batch row its own length: outputs past it are zero in `Y`, `Y_h`
 //! (and `Y_c`) hold the state at the row's last valid step, and the reverse direction starts
-//! at the row's own last valid step.
+//! at the row's own last valid step. A row of length 0 gets zero `Y_h`/`Y_c` (as onnxruntime
+//! does; the spec is silent).
 //!
 //! Execution: per direction, the input projection for all steps is one GEMM (hoisted out of the
 //! time loop); each step is one `[batch, H] x [H, G·H]` GEMM (two for GRU with
@@ -600,7 +601,13 @@ impl RecurrentOp {
         let mut y = ArrayD::<f32>::zeros(IxDyn(&[seq, d, batch, h]));
         let mut yh = ArrayD::<f32>::zeros(IxDyn(&[d, batch, h]));
         let mut yc = ArrayD::<f32>::zeros(IxDyn(&[d, batch, h]));
-        for (di, o) in per_dir.into_iter().enumerate() {
+        for (di, mut o) in per_dir.into_iter().enumerate() {
+            // A row of length 0 never ran: its final state is zero, not the initial state
+            // (as onnxruntime does).
+            for (b, _) in lens.iter().enumerate().filter(|(_, l)| **l == 0) {
+                o.h.row_mut(b).fill(0.0);
+                o.c.row_mut(b).fill(0.0);
+            }
             y.index_axis_mut(Axis(1), di).assign(&o.y);
             yh.index_axis_mut(Axis(0), di).assign(&o.h);
             yc.index_axis_mut(Axis(0), di).assign(&o.c);
