@@ -765,3 +765,309 @@ fn avg_pool(x: &[f32], geo: &Geometry, planes: usize, count_include_pad: bool) -
     let n = y.len();
     ArrayD::from_shape_vec(IxDyn(&[n]), y).expect("1-D")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::attrs::{attr_int, attr_ints, attr_string};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn arr(shape: &[usize], seed: u64) -> ArrayD<f32> {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), values(n, seed)).unwrap()
+    }
+
+    fn run(n: &Node, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let mut r = Registry::default();
+        register(&mut r);
+        let b = r.get("", n.op_type()).expect("registered");
+        let ctx = BuildCtx {
+            opset: 22,
+            const_inputs: vec![None; inputs.len()],
+        };
+        b(n, &ctx)?.run(inputs)
+    }
+
+    fn conv_node(attrs: Vec<crate::onnx::AttributeProto>) -> Node {
+        let mut n = Node::new(
+            "c",
+            "Conv",
+            "",
+            vec!["X".into(), "W".into(), "B".into()],
+            vec!["Y".into()],
+        );
+        for a in attrs {
+            n = n.with_attr(a);
+        }
+        n
+    }
+
+    /// Direct convolution by definition, any rank, explicit pads.
+    fn naive_conv(
+        x: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        b: &[f32],
+        group: usize,
+        pads: &[usize],
+        strides: &[usize],
+        dil: &[usize],
+    ) -> ArrayD<f32> {
+        let r = x.ndim() - 2;
+        let (n, c, m) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+        let (cg, mg) = (c / group, m / group);
+        let out: Vec<usize> = (0..r)
+            .map(|a| {
+                let eff = (w.shape()[2 + a] - 1) * dil[a] + 1;
+                (x.shape()[2 + a] + pads[a] + pads[r + a] - eff) / strides[a] + 1
+            })
+            .collect();
+        let mut yshape = vec![n, m];
+        yshape.extend(&out);
+        let mut y = ArrayD::<f32>::zeros(IxDyn(&yshape));
+        let idx_space = |dims: &[usize]| -> Vec<Vec<usize>> {
+            dims.iter().fold(vec![vec![]], |acc, &d| {
+                acc.into_iter()
+                    .flat_map(|p| {
+                        (0..d).map(move |i| {
+                            let mut q = p.clone();
+                            q.push(i);
+                            q
+                        })
+                    })
+                    .collect()
+            })
+        };
+        for yi in idx_space(&yshape) {
+            let (img, oc) = (yi[0], yi[1]);
+            let grp = oc / mg;
+            let mut s = b.get(oc).copied().unwrap_or(0.0);
+            for ci in 0..cg {
+                for k in idx_space(&w.shape()[2..]) {
+                    let pos: Vec<isize> = (0..r)
+                        .map(|a| {
+                            (yi[2 + a] * strides[a] + k[a] * dil[a]) as isize - pads[a] as isize
+                        })
+                        .collect();
+                    if pos
+                        .iter()
+                        .enumerate()
+                        .all(|(a, &p)| p >= 0 && (p as usize) < x.shape()[2 + a])
+                    {
+                        let mut xi = vec![img, grp * cg + ci];
+                        xi.extend(pos.iter().map(|&p| p as usize));
+                        let mut wi = vec![oc, ci];
+                        wi.extend(&k);
+                        s += x[IxDyn(&xi)] * w[IxDyn(&wi)];
+                    }
+                }
+            }
+            y[IxDyn(&yi)] = s;
+        }
+        y
+    }
+
+    #[test]
+    fn conv_matches_direct_definition() {
+        // (x shape, w shape, group, pads, strides, dilations)
+        type Case = (
+            Vec<usize>,
+            Vec<usize>,
+            usize,
+            Vec<usize>,
+            Vec<usize>,
+            Vec<usize>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                vec![2, 4, 9],
+                vec![6, 2, 3],
+                2,
+                vec![1, 2],
+                vec![2],
+                vec![2],
+            ),
+            (
+                vec![1, 3, 7, 6],
+                vec![4, 3, 3, 2],
+                1,
+                vec![1, 0, 2, 1],
+                vec![2, 1],
+                vec![1, 2],
+            ),
+            (
+                vec![2, 6, 5, 5],
+                vec![6, 1, 3, 3],
+                6,
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                vec![1, 1],
+            ),
+            (
+                vec![1, 4, 4, 5],
+                vec![2, 4, 1, 1],
+                1,
+                vec![0; 4],
+                vec![1, 1],
+                vec![1, 1],
+            ),
+            (
+                vec![1, 2, 4, 5, 3],
+                vec![3, 2, 2, 3, 2],
+                1,
+                vec![1, 0, 1, 0, 1, 1],
+                vec![1, 2, 1],
+                vec![1, 1, 2],
+            ),
+            // Large enough for the parallel path.
+            (
+                vec![2, 8, 16, 16],
+                vec![16, 4, 3, 3],
+                2,
+                vec![1; 4],
+                vec![1, 1],
+                vec![1, 1],
+            ),
+        ];
+        for (i, (xs, ws, group, pads, strides, dil)) in cases.into_iter().enumerate() {
+            let x = arr(&xs, 10 + i as u64);
+            let w = arr(&ws, 20 + i as u64);
+            let b = values(ws[0], 30 + i as u64);
+            let bv = Value::F32(ArrayD::from_shape_vec(IxDyn(&[ws[0]]), b.clone()).unwrap());
+            let n = conv_node(vec![
+                attr_int("group", group as i64),
+                attr_ints("pads", pads.iter().map(|&p| p as i64).collect()),
+                attr_ints("strides", strides.iter().map(|&p| p as i64).collect()),
+                attr_ints("dilations", dil.iter().map(|&p| p as i64).collect()),
+            ]);
+            let (xv, wv) = (Value::F32(x.clone()), Value::F32(w.clone()));
+            let got = run(&n, &[Some(&xv), Some(&wv), Some(&bv)]).unwrap();
+            let want = naive_conv(&x, &w, &b, group, &pads, &strides, &dil);
+            let got = got[0].as_f32().unwrap();
+            assert_eq!(got.shape(), want.shape(), "case {i}");
+            for (a, b) in got.iter().zip(want.iter()) {
+                assert!((a - b).abs() < 1e-4, "case {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_padding_puts_the_odd_pad_where_asked() {
+        let id = Ident {
+            node: "n".into(),
+            op: "Conv".into(),
+        };
+        let mut w = WindowAttrs {
+            auto_pad: AutoPad::SameUpper,
+            kernel_shape: None,
+            pads: None,
+            strides: Some(vec![2]),
+            dilations: None,
+            ceil_mode: false,
+        };
+        // in 6, k 4, s 2: out 3, total pad (3-1)*2+4-6 = 2 -> 1/1; in 7: out 4, pad 3.
+        let g = w.geometry(&[7], &[4], &id).unwrap();
+        assert_eq!((g.pad_begin[2], g.pad_end[2], g.output[2]), (1, 2, 4));
+        w.auto_pad = AutoPad::SameLower;
+        let g = w.geometry(&[7], &[4], &id).unwrap();
+        assert_eq!((g.pad_begin[2], g.pad_end[2], g.output[2]), (2, 1, 4));
+        w.auto_pad = AutoPad::Valid;
+        let g = w.geometry(&[7], &[4], &id).unwrap();
+        assert_eq!((g.pad_begin[2], g.output[2]), (0, 2));
+        assert!(w.geometry(&[3], &[4], &id).is_err());
+    }
+
+    #[test]
+    fn max_pool_indices_follow_storage_order() {
+        let x = Value::F32(
+            ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 3]), vec![1.0, 5.0, 2.0, 4.0, 3.0, 6.0])
+                .unwrap(),
+        );
+        let mk = |order: i64| {
+            Node::new(
+                "p",
+                "MaxPool",
+                "",
+                vec!["X".into()],
+                vec!["Y".into(), "I".into()],
+            )
+            .with_attr(attr_ints("kernel_shape", vec![2, 2]))
+            .with_attr(attr_int("storage_order", order))
+        };
+        let out = run(&mk(0), &[Some(&x)]).unwrap();
+        assert_eq!(
+            out[0].as_f32().unwrap().iter().copied().collect::<Vec<_>>(),
+            vec![5.0, 6.0]
+        );
+        assert_eq!(
+            out[1].as_i64().unwrap().iter().copied().collect::<Vec<_>>(),
+            vec![1, 5]
+        );
+        let out = run(&mk(1), &[Some(&x)]).unwrap();
+        // Column-major over (h, w): index = h + w * H.
+        assert_eq!(
+            out[1].as_i64().unwrap().iter().copied().collect::<Vec<_>>(),
+            vec![2, 5]
+        );
+    }
+
+    #[test]
+    fn average_pool_divisor_counts_pads_only_when_asked() {
+        let x = Value::F32(ArrayD::from_elem(IxDyn(&[1, 1, 3]), 3.0));
+        let mk = |include: i64| {
+            Node::new("p", "AveragePool", "", vec!["X".into()], vec!["Y".into()])
+                .with_attr(attr_ints("kernel_shape", vec![2]))
+                .with_attr(attr_ints("pads", vec![1, 1]))
+                .with_attr(attr_int("count_include_pad", include))
+        };
+        let y = run(&mk(0), &[Some(&x)]).unwrap();
+        assert_eq!(
+            y[0].as_f32().unwrap().as_slice().unwrap(),
+            &[3.0, 3.0, 3.0, 3.0]
+        );
+        let y = run(&mk(1), &[Some(&x)]).unwrap();
+        assert_eq!(
+            y[0].as_f32().unwrap().as_slice().unwrap(),
+            &[1.5, 3.0, 3.0, 1.5]
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let x = Value::F32(arr(&[1, 4, 5, 5], 1));
+        let w = Value::F32(arr(&[4, 3, 3, 3], 2));
+        let e = run(&conv_node(vec![]), &[Some(&x), Some(&w)]).unwrap_err();
+        assert!(e.to_string().contains("'c'"), "{e}");
+        let w = Value::F32(arr(&[4, 4, 7, 7], 3));
+        assert!(run(&conv_node(vec![]), &[Some(&x), Some(&w)]).is_err());
+        let w = Value::F32(arr(&[4, 4, 3], 4));
+        assert!(run(&conv_node(vec![]), &[Some(&x), Some(&w)]).is_err());
+        let n = conv_node(vec![attr_string("auto_pad", "SAME")]);
+        assert!(run(&n, &[Some(&x), Some(&w)]).is_err());
+        let pool = Node::new("p", "MaxPool", "", vec!["X".into()], vec!["Y".into()]);
+        assert!(run(&pool, &[Some(&x)]).is_err());
+        let s = Value::I64(ArrayD::from_elem(IxDyn(&[1, 2, 3]), 1));
+        let gap = Node::new(
+            "g",
+            "GlobalAveragePool",
+            "",
+            vec!["X".into()],
+            vec!["Y".into()],
+        );
+        assert!(run(&gap, &[Some(&s)]).is_err());
+        let y = run(&gap, &[Some(&x)]).unwrap();
+        assert_eq!(y[0].shape(), &[1, 4, 1, 1]);
+    }
+}

@@ -881,3 +881,229 @@ impl Steps<'_> {
         DirOut { y, h: hs, c }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::attrs::{attr_float, attr_floats, attr_int, attr_string, attr_strings};
+    use ndarray::ArrayD;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn arr(shape: &[usize], seed: u64) -> Value {
+        let n = shape.iter().product();
+        Value::F32(ArrayD::from_shape_vec(IxDyn(shape), values(n, seed)).unwrap())
+    }
+
+    fn node(op: &str, n_inputs: usize) -> Node {
+        let inputs = [
+            "X",
+            "W",
+            "R",
+            "B",
+            "sequence_lens",
+            "initial_h",
+            "initial_c",
+            "P",
+        ];
+        Node::new(
+            "cell",
+            op,
+            "",
+            inputs[..n_inputs].iter().map(|s| s.to_string()).collect(),
+            vec!["Y".into(), "Y_h".into(), "Y_c".into()],
+        )
+    }
+
+    fn build(n: &Node, consts: Vec<Option<&Value>>) -> Result<Box<dyn Op>> {
+        let mut r = Registry::default();
+        register(&mut r);
+        let b = r.get("", n.op_type()).expect("registered");
+        b(
+            n,
+            &BuildCtx {
+                opset: 22,
+                const_inputs: consts,
+            },
+        )
+    }
+
+    #[test]
+    fn activation_parameters_are_consumed_in_order() {
+        let mut a = [0.1f32, 0.3].into_iter();
+        let mut b = [0.6f32].into_iter();
+        let got: Vec<_> = ["LeakyRelu", "Tanh", "hardsigmoid", "Elu"]
+            .iter()
+            .map(|n| Activation::parse(n, &mut a, &mut b).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Activation::LeakyRelu { alpha: 0.1 },
+                Activation::Tanh,
+                Activation::HardSigmoid {
+                    alpha: 0.3,
+                    beta: 0.6
+                },
+                // Ran out of alphas: the operator default.
+                Activation::Elu { alpha: 1.0 },
+            ]
+        );
+        assert!(Activation::parse("Swish", &mut a, &mut b).is_none());
+    }
+
+    #[test]
+    fn activations_match_closed_forms_and_do_not_overflow() {
+        for x in [-100.0f32, -3.0, -0.5, 0.0, 0.7, 4.0, 100.0] {
+            let sig = 1.0 / (1.0 + (-(x as f64)).exp());
+            assert!((Activation::Sigmoid.eval(x) as f64 - sig).abs() < 1e-6);
+            let sp = (1.0 + (x as f64).exp()).ln();
+            assert!((Activation::Softplus.eval(x) as f64 - sp).abs() < 1e-5 * sp.max(1.0));
+            let hs = Activation::HardSigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            };
+            assert_eq!(hs.eval(x), (0.2 * x + 0.5).clamp(0.0, 1.0));
+            let st = Activation::ScaledTanh {
+                alpha: 2.0,
+                beta: 0.5,
+            };
+            assert!((st.eval(x) - 2.0 * (0.5 * x).tanh()).abs() < 1e-6);
+            assert!(Activation::Sigmoid.eval(x).is_finite());
+        }
+        assert_eq!(Activation::ThresholdedRelu { alpha: 1.0 }.eval(1.0), 0.0);
+        assert_eq!(Activation::ThresholdedRelu { alpha: 1.0 }.eval(1.5), 1.5);
+    }
+
+    /// Constant (prepared at build) and runtime weights give identical results, and f64/f16
+    /// inputs are computed like f32.
+    #[test]
+    fn const_and_dynamic_weights_agree_across_types() {
+        let (seq, batch, inp, h) = (4, 2, 3, 5);
+        let x = arr(&[seq, batch, inp], 1);
+        let w = arr(&[2, 4 * h, inp], 2);
+        let r = arr(&[2, 4 * h, h], 3);
+        let b = arr(&[2, 8 * h], 4);
+        let n = node("LSTM", 4)
+            .with_attr(attr_int("hidden_size", h as i64))
+            .with_attr(attr_string("direction", "bidirectional"));
+        let inputs = [Some(&x), Some(&w), Some(&r), Some(&b)];
+        let dynamic = build(&n, vec![None; 4]).unwrap().run(&inputs).unwrap();
+        let prepared = build(&n, vec![None, Some(&w), Some(&r), Some(&b)])
+            .unwrap()
+            .run(&inputs)
+            .unwrap();
+        assert_eq!(dynamic, prepared);
+        assert_eq!(dynamic[0].shape(), &[seq, 2, batch, h]);
+        assert_eq!(dynamic.len(), 3);
+
+        let x64 = Value::F64(x.as_f32().unwrap().mapv(f64::from));
+        let out64 = build(&n, vec![None; 4])
+            .unwrap()
+            .run(&[Some(&x64), Some(&w), Some(&r), Some(&b)])
+            .unwrap();
+        let y64 = out64[0].as_f64().expect("f64 output for f64 X");
+        let y32 = dynamic[0].as_f32().unwrap();
+        for (a, b) in y64.iter().zip(y32) {
+            assert!((*a as f32 - b).abs() < 1e-6);
+        }
+    }
+
+    /// A reversed row processes its own last valid step first; steps past it stay zero.
+    #[test]
+    fn reverse_with_sequence_lens_matches_a_truncated_sequence() {
+        let (seq, inp, h) = (5, 2, 3);
+        let x = arr(&[seq, 1, inp], 11);
+        let w = arr(&[1, h, inp], 12);
+        let r = arr(&[1, h, h], 13);
+        let n = node("RNN", 5)
+            .with_attr(attr_int("hidden_size", h as i64))
+            .with_attr(attr_string("direction", "reverse"));
+        let op = build(&n, vec![None; 5]).unwrap();
+        let lens = Value::I32(ArrayD::from_elem(IxDyn(&[1]), 3));
+        let full = op
+            .run(&[Some(&x), Some(&w), Some(&r), None, Some(&lens)])
+            .unwrap();
+        let x3 = Value::F32(
+            x.as_f32()
+                .unwrap()
+                .slice(s![..3, .., ..])
+                .to_owned()
+                .into_dyn(),
+        );
+        let short = op.run(&[Some(&x3), Some(&w), Some(&r)]).unwrap();
+        let (yf, ys) = (full[0].as_f32().unwrap(), short[0].as_f32().unwrap());
+        assert_eq!(yf.slice(s![..3, .., .., ..]).into_dyn(), ys.view());
+        assert!(yf.slice(s![3.., .., .., ..]).iter().all(|&v| v == 0.0));
+        assert_eq!(full[1], short[1]);
+    }
+
+    #[test]
+    fn gru_with_identity_gates_keeps_the_state() {
+        // z = 1 everywhere (huge update-gate bias) means Ht = Ht-1.
+        let (seq, batch, inp, h) = (3, 2, 2, 2);
+        let x = arr(&[seq, batch, inp], 21);
+        let w = arr(&[1, 3 * h, inp], 22);
+        let r = arr(&[1, 3 * h, h], 23);
+        let mut bv = vec![0f32; 6 * h];
+        bv[..h].fill(100.0);
+        let b = Value::F32(ArrayD::from_shape_vec(IxDyn(&[1, 6 * h]), bv).unwrap());
+        let h0 = arr(&[1, batch, h], 24);
+        let n = node("GRU", 6).with_attr(attr_int("linear_before_reset", 1));
+        let out = build(&n, vec![None; 6])
+            .unwrap()
+            .run(&[Some(&x), Some(&w), Some(&r), Some(&b), None, Some(&h0)])
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        for (a, b) in out[1].as_f32().unwrap().iter().zip(h0.as_f32().unwrap()) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_naming_the_node() {
+        let h = 2;
+        let x = arr(&[3, 1, 2], 31);
+        let w = arr(&[1, 4 * h, 2], 32);
+        let r = arr(&[1, 4 * h, h], 33);
+        let n = node("LSTM", 5).with_attr(attr_int("hidden_size", h as i64));
+        let op = build(&n, vec![None; 5]).unwrap();
+        let bad_w = arr(&[1, 3 * h, 2], 34);
+        let e = op.run(&[Some(&x), Some(&bad_w), Some(&r)]).unwrap_err();
+        assert!(
+            e.to_string().contains("'cell'") && e.to_string().contains("W"),
+            "{e}"
+        );
+        let lens = Value::I32(ArrayD::from_elem(IxDyn(&[1]), 4));
+        let e = op
+            .run(&[Some(&x), Some(&w), Some(&r), None, Some(&lens)])
+            .unwrap_err();
+        assert!(e.to_string().contains("sequence length 4"), "{e}");
+        let bad_x = arr(&[3, 1, 5], 35);
+        assert!(op.run(&[Some(&bad_x), Some(&w), Some(&r)]).is_err());
+        assert!(op.run(&[Some(&x)]).is_err());
+
+        let n =
+            node("LSTM", 3).with_attr(attr_strings("activations", &["Sigmoid", "Nope", "Tanh"]));
+        assert!(build(&n, vec![None; 3]).is_err());
+        let n = node("RNN", 3).with_attr(attr_float("clip", -1.0));
+        assert!(build(&n, vec![None; 3]).is_err());
+        let n = node("RNN", 3)
+            .with_attr(attr_strings("activations", &["Affine"]))
+            .with_attr(attr_floats("activation_alpha", vec![2.0]));
+        assert!(build(&n, vec![None; 3]).is_ok());
+    }
+}
