@@ -222,6 +222,8 @@ fn run_case(dir: &Path) -> Outcome {
 fn onnx_backend_node_cases() {
     let dir = cases_dir();
     let gaps = known_gaps();
+    // ONNX_DYNQ_CONFORMANCE_VERBOSE=1 also lists the passing cases.
+    let verbose = std::env::var_os("ONNX_DYNQ_CONFORMANCE_VERBOSE").is_some();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("conformance dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -242,6 +244,9 @@ fn onnx_backend_node_cases() {
             .unwrap_or_else(|_| Outcome::Fail("panicked".into()));
         match outcome {
             Outcome::Pass => {
+                if verbose {
+                    println!("PASS {name}");
+                }
                 passed += 1;
                 if gaps.contains_key(&name) {
                     stale.push(name);
