@@ -125,7 +125,7 @@ fn random_value(dt: DataType, shape: &[usize], rng: &mut Rng, int_range: i64) ->
 
 /// Per-output summary: shape, dtype, min, max, mean (NaNs skipped by min/max, counted).
 fn summary(name: &str, v: &Value) -> serde_json::Value {
-    let vals: Vec<f64> = onnx_dynq::dispatch_value!(v, a => a.iter().map(|x| to_f64(x)).collect());
+    let vals: Vec<f64> = onnx_dynq::dispatch_value!(v, a => a.iter().map(to_f64).collect());
     let finite = vals.iter().copied().filter(|x| !x.is_nan());
     let min = finite.clone().fold(f64::INFINITY, f64::min);
     let max = finite.fold(f64::NEG_INFINITY, f64::max);

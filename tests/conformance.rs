@@ -113,7 +113,7 @@ fn close(got: &Value, want: &Value, rtol: f64, atol: f64) -> Result<(), String> 
     };
     let bad = match (got, want) {
         (Value::F32(a), Value::F32(b)) => cmp(a, b, |x, y| fclose(x as f64, y as f64)),
-        (Value::F64(a), Value::F64(b)) => cmp(a, b, |x, y| fclose(x, y)),
+        (Value::F64(a), Value::F64(b)) => cmp(a, b, fclose),
         (Value::F16(a), Value::F16(b)) => cmp(a, b, |x, y| fclose(x.to_f64(), y.to_f64())),
         (Value::I64(a), Value::I64(b)) => cmp(a, b, |x, y| x == y),
         (Value::I32(a), Value::I32(b)) => cmp(a, b, |x, y| x == y),
