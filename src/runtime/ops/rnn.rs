@@ -28,7 +28,8 @@
 //! are computed in f32 and converted back.
 
 use ndarray::{
-    Array1, Array2, Array3, ArrayD, ArrayView2, Axis, IxDyn, linalg::general_mat_mul, s,
+    Array1, Array2, Array3, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn,
+    linalg::general_mat_mul, s,
 };
 use rayon::prelude::*;
 
@@ -652,6 +653,76 @@ impl Op for RecurrentOp {
 // ---------------------------------------------------------------------------------------------
 // Time loop
 
+/// Batch sizes up to this use the row-streaming kernel for `Ht-1·Rᵀ`; larger ones the packed GEMM.
+const FEW_ROWS: usize = 8;
+
+/// `out = a · b` for the per-step recurrence, `a [batch, H]`, `b [H, cols]` (rows contiguous).
+/// A packed GEMM re-packs all of `b` on every call, which dominates at small batch; with few
+/// rows, streaming `b` once and accumulating into the output rows is several times faster.
+fn recurrent_product(a: &Array2<f32>, b: &ArrayView2<f32>, out: &mut Array2<f32>) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let rows_contiguous = b.ncols() == 0 || b.row(0).as_slice().is_some();
+    match (a.as_slice(), out.as_slice_mut()) {
+        (Some(a), Some(o)) if m <= FEW_ROWS && rows_contiguous => {
+            few_rows_dispatch(a, m, k, b, n, o)
+        }
+        _ => {
+            let mut view: ArrayViewMut2<f32> = out.view_mut();
+            general_mat_mul(1.0, a, b, 0.0, &mut view);
+        }
+    }
+}
+
+fn few_rows_dispatch(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { few_rows_avx2(a, m, k, b, n, o) };
+        return;
+    }
+    few_rows::<false>(a, m, k, b, n, o);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn few_rows_avx2(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o: &mut [f32]) {
+    few_rows::<true>(a, m, k, b, n, o);
+}
+
+/// `o [m, n] = a [m, k] · b [k, n]`, streaming the rows of `b` once. `FMA` selects fused
+/// multiply-add (only where the CPU has it: elsewhere `mul_add` is a library call).
+#[inline(always)]
+fn few_rows<const FMA: bool>(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &ArrayView2<f32>,
+    n: usize,
+    o: &mut [f32],
+) {
+    o.fill(0.0);
+    for (kk, brow) in b.rows().into_iter().enumerate().take(k) {
+        let Some(brow) = brow.as_slice() else { return };
+        for i in 0..m {
+            let s = a[i * k + kk];
+            if s == 0.0 {
+                continue;
+            }
+            let orow = &mut o[i * n..(i + 1) * n];
+            if FMA {
+                for (o, &bv) in orow.iter_mut().zip(brow) {
+                    *o = s.mul_add(bv, *o);
+                }
+            } else {
+                for (o, &bv) in orow.iter_mut().zip(brow) {
+                    *o += s * bv;
+                }
+            }
+        }
+    }
+}
+
 /// Everything one direction's time loop reads.
 struct Steps<'a> {
     /// X as `[seq·batch, in]` (step-major).
@@ -706,7 +777,7 @@ impl Steps<'_> {
         let mut gates = vec![0f32; 4 * h];
         let (f, g, hf) = (self.acts[0], self.acts[1], self.acts[2]);
         for step in 0..self.seq {
-            general_mat_mul(1.0, &hs, &self.w.rt, 0.0, &mut hr);
+            recurrent_product(&hs, &self.w.rt.view(), &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -784,7 +855,7 @@ impl Steps<'_> {
         let mut rh_r = Array2::<f32>::zeros((self.batch, h));
         let mut cand = vec![0f32; h];
         for step in 0..self.seq {
-            general_mat_mul(1.0, &hs, &rt_zr, 0.0, &mut hr);
+            recurrent_product(&hs, &rt_zr, &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -809,7 +880,7 @@ impl Steps<'_> {
                 }
             }
             if !linear_before_reset {
-                general_mat_mul(1.0, &rh, &rt_h, 0.0, &mut rh_r);
+                recurrent_product(&rh, &rt_h, &mut rh_r);
             }
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
@@ -857,7 +928,7 @@ impl Steps<'_> {
         let mut hr = Array2::<f32>::zeros((self.batch, h));
         let f = self.acts[0];
         for step in 0..self.seq {
-            general_mat_mul(1.0, &hs, &self.w.rt, 0.0, &mut hr);
+            recurrent_product(&hs, &self.w.rt.view(), &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
