@@ -755,28 +755,51 @@ fn max_pool_typed<T: Copy + PartialOrd + Send + Sync>(
     let [id_, ih, iw] = geo.input;
     let mut vals = Vec::with_capacity(planes * osz);
     let mut idx = Vec::with_capacity(planes * osz);
-    let mut best: Vec<Option<(T, usize)>> = vec![None; osz];
+    let taps = [0, 1, 2].map(|a| AxisTaps::new(geo, a));
+    let [tz, ty, tx] = &taps;
+    let [_, _, ow] = geo.output;
+    let dil = geo.dilation;
+    // Per output row: best value, its offset, and whether any tap was seen yet.
+    let mut best: Vec<(T, usize)> = Vec::with_capacity(ow);
+    let mut seen = vec![false; ow];
     for p in 0..planes {
         let plane = &x[p * isz..][..isz];
-        best.fill(None);
-        for_windows(geo, |o, off| {
-            if best[o].is_none_or(|(b, _)| plane[off] > b) {
-                best[o] = Some((plane[off], off));
+        for z in 0..geo.output[0] {
+            for y in 0..geo.output[1] {
+                best.clear();
+                best.resize(ow, (plane[0], 0));
+                seen.fill(false);
+                for kz in tz.lo[z]..tz.hi[z] {
+                    let iz = (tz.start[z] + (kz * dil[0]) as isize) as usize;
+                    for ky in ty.lo[y]..ty.hi[y] {
+                        let iy = (ty.start[y] + (ky * dil[1]) as isize) as usize;
+                        let row = &plane[(iz * ih + iy) * iw..][..iw];
+                        for (xo, (b, s)) in best.iter_mut().zip(seen.iter_mut()).enumerate() {
+                            for kx in tx.lo[xo]..tx.hi[xo] {
+                                let ix = (tx.start[xo] + (kx * dil[2]) as isize) as usize;
+                                let v = row[ix];
+                                if !*s || v > b.0 {
+                                    *b = (v, (iz * ih + iy) * iw + ix);
+                                    *s = true;
+                                }
+                            }
+                        }
+                    }
+                }
+                // A window without in-image taps (only possible in degenerate dilated
+                // cases) keeps the plane's first element.
+                for &(v, off) in &best {
+                    let flat = if column_major {
+                        let (z, rest) = (off / (ih * iw), off % (ih * iw));
+                        let (y, xx) = (rest / iw, rest % iw);
+                        z + y * id_ + xx * id_ * ih
+                    } else {
+                        off
+                    };
+                    vals.push(v);
+                    idx.push((p * isz + flat) as i64);
+                }
             }
-        });
-        for b in &best {
-            // A window without in-image taps (only possible in degenerate dilated cases)
-            // yields the plane's first element.
-            let (v, off) = b.unwrap_or((plane[0], 0));
-            let flat = if column_major {
-                let (z, rest) = (off / (ih * iw), off % (ih * iw));
-                let (y, xx) = (rest / iw, rest % iw);
-                z + y * id_ + xx * id_ * ih
-            } else {
-                off
-            };
-            vals.push(v);
-            idx.push((p * isz + flat) as i64);
         }
     }
     let n = vals.len();
