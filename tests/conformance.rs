@@ -23,6 +23,16 @@ use onnx_dynq::runtime::ops::default_registry;
 use onnx_dynq::runtime::{Options, Session, Value};
 use prost::Message;
 
+/// Prints past libtest's output capture, so the summary shows on success too.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -158,7 +168,7 @@ fn run_case(dir: &Path) -> Outcome {
         Err(e) => {
             // The loader's limits (IR or opset versions newer than this build reads) are not
             // the runtime's; show them without failing.
-            println!("SKIP {}: load: {e}", dir.display());
+            say!("SKIP {}: load: {e}", dir.display());
             return Outcome::Skip("model not loadable");
         }
     };
@@ -245,7 +255,7 @@ fn onnx_backend_node_cases() {
         match outcome {
             Outcome::Pass => {
                 if verbose {
-                    println!("PASS {name}");
+                    say!("PASS {name}");
                 }
                 passed += 1;
                 if gaps.contains_key(&name) {
@@ -256,17 +266,17 @@ fn onnx_backend_node_cases() {
             Outcome::Fail(msg) => match gaps.get(&name) {
                 Some(_) => known += 1,
                 None => {
-                    println!("FAIL {name}: {msg}");
+                    say!("FAIL {name}: {msg}");
                     failed += 1;
                 }
             },
         }
     }
     for s in &stale {
-        println!("note: {s} passes but is listed in tests/conformance_known_gaps.txt");
+        say!("note: {s} passes but is listed in tests/conformance_known_gaps.txt");
     }
-    println!("skipped: {skipped:?}; known gaps (listed, failing): {known}");
-    println!("{passed} passed, {failed} failed");
+    say!("skipped: {skipped:?}; known gaps (listed, failing): {known}");
+    say!("{passed} passed, {failed} failed");
     assert_eq!(
         failed, 0,
         "{failed} conformance cases failed (see FAIL lines above)"
