@@ -1,5 +1,5 @@
-//! The committed fixtures the runtime can execute (those without recurrent or conv ops), fed
-//! their stored inputs and compared with PyTorch's stored outputs.
+//! The committed fixtures, fed their stored inputs and compared with PyTorch's stored outputs
+//! (threads 1 and 2).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -68,4 +68,13 @@ fn mlp_fp16_matches_torch() {
 #[test]
 fn if_branch_matches_torch() {
     check("if_branch", 1e-4);
+}
+
+#[test]
+fn recurrent_and_conv_fixtures_match_torch() {
+    // Recurrent and conv kernels come from the kernels family; the session plans them like
+    // any other op, including the dynamo export's Slice/Concat chains over flat weights.
+    for name in ["gru", "bilstm", "conv_bn_relu", "word_lm", "word_lm_dynamo"] {
+        check(name, 1e-4);
+    }
 }
