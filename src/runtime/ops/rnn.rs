@@ -721,7 +721,7 @@ impl Op for RecurrentOp {
 // Time loop
 
 /// Batch sizes up to this use the row-streaming kernel for `Ht-1·Rᵀ`; larger ones the packed GEMM.
-const FEW_ROWS: usize = 8;
+const FEW_ROWS: usize = 16;
 
 /// `out = a · b` for the per-step recurrence, `a [batch, H]`, `b [H, cols]` (rows contiguous).
 /// A packed GEMM re-packs all of `b` on every call, which dominates at small batch; with few
@@ -757,7 +757,8 @@ fn few_rows_avx2(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o
     few_rows::<true>(a, m, k, b, n, o);
 }
 
-/// `o [m, n] = a [m, k] · b [k, n]`, streaming the rows of `b` once. `FMA` selects fused
+/// `o [m, n] = a [m, k] * b [k, n]`, streaming the rows of `b` once. Output columns are
+/// processed in blocks so that the `m` partial rows stay in L1. `FMA` selects fused
 /// multiply-add (only where the CPU has it: elsewhere `mul_add` is a library call).
 #[inline(always)]
 fn few_rows<const FMA: bool>(
@@ -768,25 +769,32 @@ fn few_rows<const FMA: bool>(
     n: usize,
     o: &mut [f32],
 ) {
+    const BLOCK: usize = 256;
     o.fill(0.0);
-    for (kk, brow) in b.rows().into_iter().enumerate().take(k) {
-        let Some(brow) = brow.as_slice() else { return };
-        for i in 0..m {
-            let s = a[i * k + kk];
-            if s == 0.0 {
-                continue;
-            }
-            let orow = &mut o[i * n..(i + 1) * n];
-            if FMA {
-                for (o, &bv) in orow.iter_mut().zip(brow) {
-                    *o = s.mul_add(bv, *o);
+    let mut c0 = 0;
+    while c0 < n {
+        let c1 = (c0 + BLOCK).min(n);
+        for (kk, brow) in b.rows().into_iter().enumerate().take(k) {
+            let Some(brow) = brow.as_slice() else { return };
+            let brow = &brow[c0..c1];
+            for i in 0..m {
+                let s = a[i * k + kk];
+                if s == 0.0 {
+                    continue;
                 }
-            } else {
-                for (o, &bv) in orow.iter_mut().zip(brow) {
-                    *o += s * bv;
+                let orow = &mut o[i * n + c0..i * n + c1];
+                if FMA {
+                    for (o, &bv) in orow.iter_mut().zip(brow) {
+                        *o = s.mul_add(bv, *o);
+                    }
+                } else {
+                    for (o, &bv) in orow.iter_mut().zip(brow) {
+                        *o += s * bv;
+                    }
                 }
             }
         }
+        c0 = c1;
     }
 }
 
