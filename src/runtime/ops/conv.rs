@@ -401,6 +401,10 @@ impl Op for ConvOp {
         let mut yshape = vec![n, m];
         yshape.extend_from_slice(geo.out_shape());
         let mut y = ArrayD::<f32>::zeros(IxDyn(&yshape));
+        if y.is_empty() {
+            // No images or no output channels: nothing to compute (and no chunking by zero).
+            return Ok(vec![like(y, xv)]);
+        }
         conv_f32(
             &geo,
             &ConvShape { n, cg, m, g },
@@ -1288,5 +1292,19 @@ mod tests {
         assert!(run(&gap, &[Some(&s)]).is_err());
         let y = run(&gap, &[Some(&x)]).unwrap();
         assert_eq!(y[0].shape(), &[1, 4, 1, 1]);
+        // Empty batches and zero output channels are fine, empty spatial axes are errors.
+        let x0 = Value::F32(arr(&[0, 4, 5, 5], 5));
+        let w = Value::F32(arr(&[2, 4, 3, 3], 6));
+        let y = run(&conv_node(vec![]), &[Some(&x0), Some(&w)]).unwrap();
+        assert_eq!(y[0].shape(), &[0, 2, 3, 3]);
+        let w0 = Value::F32(arr(&[0, 4, 3, 3], 7));
+        let y = run(&conv_node(vec![]), &[Some(&x), Some(&w0)]).unwrap();
+        assert_eq!(y[0].shape(), &[1, 0, 3, 3]);
+        let xe = Value::F32(arr(&[1, 4, 0, 5], 8));
+        assert!(run(&conv_node(vec![]), &[Some(&xe), Some(&w)]).is_err());
+        let mp = Node::new("p", "MaxPool", "", vec!["X".into()], vec!["Y".into()])
+            .with_attr(attr_ints("kernel_shape", vec![2, 2]));
+        assert!(run(&mp, &[Some(&xe)]).is_err());
+        assert_eq!(run(&mp, &[Some(&x0)]).unwrap()[0].shape(), &[0, 4, 4, 4]);
     }
 }

@@ -1263,6 +1263,14 @@ mod tests {
         assert!(op.run(&[Some(&bad_x), Some(&w), Some(&r)]).is_err());
         assert!(op.run(&[Some(&x)]).is_err());
 
+        // Empty sequences and batches run and give empty or zero outputs.
+        for (seq, batch) in [(0, 1), (3, 0)] {
+            let xe = arr(&[seq, batch, 2], 36);
+            let out = op.run(&[Some(&xe), Some(&w), Some(&r)]).unwrap();
+            assert_eq!(out[0].shape(), &[seq, 1, batch, h]);
+            assert!(out[1].as_f32().unwrap().iter().all(|&v| v == 0.0));
+        }
+
         let n =
             node("LSTM", 3).with_attr(attr_strings("activations", &["Sigmoid", "Nope", "Tanh"]));
         assert!(build(&n, vec![None; 3]).is_err());
