@@ -757,9 +757,10 @@ fn few_rows_avx2(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o
     few_rows::<true>(a, m, k, b, n, o);
 }
 
-/// `o [m, n] = a [m, k] * b [k, n]`, streaming the rows of `b` once. Output columns are
-/// processed in blocks so that the `m` partial rows stay in L1. `FMA` selects fused
-/// multiply-add (only where the CPU has it: elsewhere `mul_add` is a library call).
+/// `o [m, n] = a [m, k] * b [k, n]` for few rows of `a`. Below 4 rows, streams the rows of
+/// `b` once into column blocks of the outputs (which stay in L1); from 4 rows on, computes
+/// 4 x 32 output tiles in registers. `FMA` selects fused multiply-add (only where the CPU has
+/// it: elsewhere `mul_add` is a library call).
 #[inline(always)]
 fn few_rows<const FMA: bool>(
     a: &[f32],
@@ -769,13 +770,29 @@ fn few_rows<const FMA: bool>(
     n: usize,
     o: &mut [f32],
 ) {
+    let rows: Vec<&[f32]> = b
+        .rows()
+        .into_iter()
+        .take(k)
+        .filter_map(|r| r.to_slice())
+        .collect();
+    if rows.len() != k || rows.iter().any(|r| r.len() != n) {
+        // Callers check that rows are contiguous; keep a correct path all the same.
+        let a = ArrayView2::from_shape((m, k), a).expect("a is m*k");
+        let mut out = ArrayViewMut2::from_shape((m, n), o).expect("o is m*n");
+        general_mat_mul(1.0, &a, b, 0.0, &mut out);
+        return;
+    }
+    if m >= 4 {
+        tiled::<FMA>(a, m, k, &rows, n, o);
+        return;
+    }
     const BLOCK: usize = 256;
     o.fill(0.0);
     let mut c0 = 0;
     while c0 < n {
         let c1 = (c0 + BLOCK).min(n);
-        for (kk, brow) in b.rows().into_iter().enumerate().take(k) {
-            let Some(brow) = brow.as_slice() else { return };
+        for (kk, brow) in rows.iter().enumerate() {
             let brow = &brow[c0..c1];
             for i in 0..m {
                 let s = a[i * k + kk];
@@ -795,6 +812,64 @@ fn few_rows<const FMA: bool>(
             }
         }
         c0 = c1;
+    }
+}
+
+const TILE_W: usize = 32;
+
+#[inline(always)]
+fn tiled<const FMA: bool>(a: &[f32], m: usize, k: usize, rows: &[&[f32]], n: usize, o: &mut [f32]) {
+    let nw = n / TILE_W * TILE_W;
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(4);
+        for c0 in (0..nw).step_by(TILE_W) {
+            match r {
+                4 => tile::<FMA, 4>(a, k, rows, n, o, i, c0),
+                3 => tile::<FMA, 3>(a, k, rows, n, o, i, c0),
+                2 => tile::<FMA, 2>(a, k, rows, n, o, i, c0),
+                _ => tile::<FMA, 1>(a, k, rows, n, o, i, c0),
+            }
+        }
+        i += r;
+    }
+    // Columns past the last full tile.
+    for i in 0..m {
+        for c in nw..n {
+            o[i * n + c] = rows
+                .iter()
+                .enumerate()
+                .map(|(kk, brow)| a[i * k + kk] * brow[c])
+                .sum();
+        }
+    }
+}
+
+/// One `R x TILE_W` output tile, accumulated in registers over all of `k`.
+#[inline(always)]
+fn tile<const FMA: bool, const R: usize>(
+    a: &[f32],
+    k: usize,
+    rows: &[&[f32]],
+    n: usize,
+    o: &mut [f32],
+    i: usize,
+    c0: usize,
+) {
+    let mut acc = [[0f32; TILE_W]; R];
+    for (kk, brow) in rows.iter().enumerate() {
+        let Ok(bb) = <&[f32; TILE_W]>::try_from(&brow[c0..c0 + TILE_W]) else {
+            return;
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let s = a[(i + r) * k + kk];
+            for (v, &bv) in acc.iter_mut().zip(bb) {
+                *v = if FMA { s.mul_add(bv, *v) } else { *v + s * bv };
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        o[(i + r) * n + c0..][..TILE_W].copy_from_slice(acc);
     }
 }
 
@@ -1085,6 +1160,25 @@ mod tests {
                 const_inputs: consts,
             },
         )
+    }
+
+    #[test]
+    fn recurrent_product_matches_gemm() {
+        for m in [1, 2, 3, 4, 5, 7, 10, 16, 17] {
+            for (k, n, full) in [(5, 20, 30), (37, 70, 70), (64, 96, 160)] {
+                let a = Array2::from_shape_vec((m, k), values(m * k, m as u64)).unwrap();
+                let b = Array2::from_shape_vec((k, full), values(k * full, 99)).unwrap();
+                // A column slice, like GRU's z/r block of R.
+                let bv = b.slice(s![.., ..n]);
+                let mut got = Array2::<f32>::from_elem((m, n), f32::NAN);
+                recurrent_product(&a, &bv, &mut got);
+                let mut want = Array2::<f32>::zeros((m, n));
+                general_mat_mul(1.0, &a, &bv, 0.0, &mut want);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-4, "m {m} k {k} n {n}: {x} vs {y}");
+                }
+            }
+        }
     }
 
     #[test]
