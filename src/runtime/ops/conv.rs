@@ -498,6 +498,21 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
     let [od, oh, ow] = geo.output;
     let [kd, kh, kw] = geo.kernel;
     let p = od * oh * ow;
+    let sx = geo.stride[2];
+    // Per kernel column: the output x range whose tap lands inside the image, and the input
+    // x of its first element; outside it the column is padding (zero).
+    let xr: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|e| {
+            let inside = |o: usize| geo.inside(2, geo.coord(2, o, e));
+            match (
+                (0..ow).find(|&o| inside(o)),
+                (0..ow).rev().find(|&o| inside(o)),
+            ) {
+                (Some(lo), Some(last)) => (lo, last + 1, geo.coord(2, lo, e) as usize),
+                _ => (0, 0, 0),
+            }
+        })
+        .collect();
     let mut row = 0;
     for c in 0..channels {
         let plane = &x[c * id_ * ih_ * iw_..][..id_ * ih_ * iw_];
@@ -521,13 +536,15 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
                                 continue;
                             }
                             let src = &plane[(iz as usize * ih_ + iy as usize) * iw_..][..iw_];
-                            for (xx, v) in dy.iter_mut().enumerate() {
-                                let ix = geo.coord(2, xx, e);
-                                *v = if geo.inside(2, ix) {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
+                            let (lo, hi, first) = xr[e];
+                            dy[..lo].fill(0.0);
+                            dy[hi..].fill(0.0);
+                            if sx == 1 {
+                                dy[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                            } else {
+                                for (j, v) in dy[lo..hi].iter_mut().enumerate() {
+                                    *v = src[first + j * sx];
+                                }
                             }
                         }
                     }
