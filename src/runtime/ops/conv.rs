@@ -518,7 +518,7 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
         let plane = &x[c * id_ * ih_ * iw_..][..id_ * ih_ * iw_];
         for a in 0..kd {
             for b in 0..kh {
-                for e in 0..kw {
+                for &(lo, hi, first) in &xr {
                     let dst = &mut col[row * p..][..p];
                     row += 1;
                     for z in 0..od {
@@ -536,7 +536,6 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
                                 continue;
                             }
                             let src = &plane[(iz as usize * ih_ + iy as usize) * iw_..][..iw_];
-                            let (lo, hi, first) = xr[e];
                             dy[..lo].fill(0.0);
                             dy[hi..].fill(0.0);
                             if sx == 1 {
