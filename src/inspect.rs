@@ -51,13 +51,18 @@ pub struct InspectReport {
     pub initializer_bytes: usize,
     pub quantizable: Vec<Decision>,
     pub skipped: Vec<Decision>,
+    pub warnings: Vec<String>,
 }
 
 fn io_info(v: &ValueInfoProto) -> IoInfo {
     let t = ValueType::from_value_info(v).unwrap_or_default();
     IoInfo {
         name: v.name().to_string(),
-        dtype: if t.elem == 0 { "?".into() } else { dtype_name(t.elem) },
+        dtype: if t.elem == 0 {
+            "?".into()
+        } else {
+            dtype_name(t.elem)
+        },
         shape: t.shape_string(),
     }
 }
@@ -126,6 +131,7 @@ pub fn inspect(model: &Model, policy: &PolicyOptions) -> InspectReport {
         initializers,
         quantizable,
         skipped,
+        warnings: model.reencode_warning().into_iter().collect(),
     }
 }
 
@@ -153,7 +159,11 @@ impl InspectReport {
             "ir_version: {}   opsets: {}   producer: {}",
             self.ir_version,
             opsets.join(", "),
-            if self.producer.is_empty() { "-" } else { &self.producer }
+            if self.producer.is_empty() {
+                "-"
+            } else {
+                &self.producer
+            }
         );
         let _ = writeln!(s, "inputs:");
         for i in &self.inputs {
@@ -190,7 +200,11 @@ impl InspectReport {
             );
         }
         if self.initializers.len() > max_initializers {
-            let _ = writeln!(s, "  ... {} more", self.initializers.len() - max_initializers);
+            let _ = writeln!(
+                s,
+                "  ... {} more",
+                self.initializers.len() - max_initializers
+            );
         }
         let _ = writeln!(s, "quantizable ({}):", self.quantizable.len());
         for d in &self.quantizable {
@@ -199,6 +213,9 @@ impl InspectReport {
         let _ = writeln!(s, "left float ({}):", self.skipped.len());
         for d in &self.skipped {
             let _ = writeln!(s, "  {} {}: {}", d.op_type, qualified(d), d.reason);
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
         }
         s
     }

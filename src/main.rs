@@ -7,12 +7,18 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod cli_run;
+
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
 };
 
 #[derive(Parser)]
-#[command(name = "onnx-dynq", version, about = "Dynamic int8 quantization of ONNX models, verified")]
+#[command(
+    name = "onnx-dynq",
+    version,
+    about = "Dynamic int8 quantization of ONNX models, verified"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,12 +28,18 @@ struct Cli {
 enum Command {
     /// Show a model's interface, ops, weights and what the rewrite would quantize.
     Inspect(InspectArgs),
+    /// Run a model with the built-in runtime and summarize its outputs.
+    Run(cli_run::RunArgs),
 }
 
 #[derive(Args)]
 struct PolicyArgs {
     /// Op families to quantize (comma-separated): MatMul,Gemm,LSTM,GRU,RNN,Gather,Conv.
-    #[arg(long, value_delimiter = ',', default_value = "MatMul,Gemm,LSTM,GRU,RNN,Gather")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "MatMul,Gemm,LSTM,GRU,RNN,Gather"
+    )]
     ops: Vec<String>,
     /// Node names (as in the input model) to leave float.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
@@ -112,6 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Run(a) => cli_run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,8 @@ impl AttrType for f32 {
 impl AttrType for String {
     const TYPE: AttributeType = AttributeType::String;
     fn read(a: &AttributeProto) -> Option<Self> {
-        a.s.as_ref().map(|s| String::from_utf8_lossy(s).into_owned())
+        a.s.as_ref()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
     }
 }
 impl AttrType for Vec<i64> {
@@ -129,7 +130,9 @@ impl Node {
     /// Reads a tensor attribute (e.g. Constant's `value`) as a checked [`Tensor`].
     pub fn attr_tensor(&self, name: &str) -> Result<Option<Tensor>> {
         match self.attr::<TensorProto>(name)? {
-            Some(t) => Tensor::new(t).map(Some).map_err(|e| self.error(e.to_string())),
+            Some(t) => Tensor::new(t)
+                .map(Some)
+                .map_err(|e| self.error(e.to_string())),
             None => Ok(None),
         }
     }

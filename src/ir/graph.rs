@@ -196,7 +196,11 @@ impl Graph {
     pub fn to_proto(&self) -> GraphProto {
         let mut proto = self.proto.clone();
         proto.node = self.nodes.iter().map(Node::to_proto).collect();
-        proto.initializer = self.initializers.values().map(|t| t.proto.clone()).collect();
+        proto.initializer = self
+            .initializers
+            .values()
+            .map(|t| t.proto.clone())
+            .collect();
         proto
     }
 
@@ -285,9 +289,7 @@ impl Graph {
         if self.proto.input.iter().any(|v| v.name() == name) {
             return Some(Source::Input);
         }
-        self.producers()
-            .get(name)
-            .map(|&(n, o)| Source::Node(n, o))
+        self.producers().get(name).map(|&(n, o)| Source::Node(n, o))
     }
 
     /// Names defined in this graph: inputs, initializers and node outputs.
@@ -295,7 +297,12 @@ impl Graph {
         let mut s: HashSet<&str> = self.proto.input.iter().map(|v| v.name()).collect();
         s.extend(self.initializers.keys().map(String::as_str));
         for n in &self.nodes {
-            s.extend(n.outputs().iter().map(String::as_str).filter(|o| !o.is_empty()));
+            s.extend(
+                n.outputs()
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|o| !o.is_empty()),
+            );
         }
         s
     }
@@ -343,8 +350,9 @@ impl Graph {
                 dependents[p].push(i);
             }
         }
-        let mut ready: std::collections::BTreeSet<usize> =
-            (0..self.nodes.len()).filter(|&i| indegree[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> = (0..self.nodes.len())
+            .filter(|&i| indegree[i] == 0)
+            .collect();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(i) = ready.pop_first() {
             order.push(i);
@@ -356,7 +364,9 @@ impl Graph {
             }
         }
         if order.len() != self.nodes.len() {
-            let stuck = (0..self.nodes.len()).find(|&i| indegree[i] > 0).unwrap_or(0);
+            let stuck = (0..self.nodes.len())
+                .find(|&i| indegree[i] > 0)
+                .unwrap_or(0);
             return Err(self.nodes[stuck].error("is part of a graph cycle"));
         }
         Ok(order)
@@ -368,7 +378,10 @@ impl Graph {
         if order.iter().enumerate().all(|(i, &j)| i == j) {
             return Ok(());
         }
-        let mut slots: Vec<Option<Node>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+        let mut slots: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
         self.nodes = order.into_iter().filter_map(|i| slots[i].take()).collect();
         Ok(())
     }
@@ -388,7 +401,9 @@ impl Graph {
         for n in &self.nodes {
             for i in n.inputs().iter().filter(|i| !i.is_empty()) {
                 if !defined.contains(i.as_str()) && !outer.contains(i) {
-                    return Err(n.error(format!("input '{i}' is not produced by any node, graph input or initializer")));
+                    return Err(n.error(format!(
+                        "input '{i}' is not produced by any node, graph input or initializer"
+                    )));
                 }
             }
         }
@@ -406,9 +421,9 @@ impl Graph {
             scope.extend(defined.iter().map(|s| s.to_string()));
             for n in &self.nodes {
                 for s in &n.subgraphs {
-                    s.graph.validate(&scope).map_err(|e| {
-                        n.error(format!("in subgraph '{}': {e}", s.attr))
-                    })?;
+                    s.graph
+                        .validate(&scope)
+                        .map_err(|e| n.error(format!("in subgraph '{}': {e}", s.attr)))?;
                 }
             }
         }
@@ -451,7 +466,12 @@ fn put_back_subgraph(proto: &mut NodeProto, attr: &str, index: Option<usize>, g:
 /// Every value a node reads: its inputs and, for control-flow nodes, the outer-scope values
 /// its subgraphs read.
 pub fn node_reads(n: &Node) -> Vec<String> {
-    let mut v: Vec<String> = n.inputs().iter().filter(|i| !i.is_empty()).cloned().collect();
+    let mut v: Vec<String> = n
+        .inputs()
+        .iter()
+        .filter(|i| !i.is_empty())
+        .cloned()
+        .collect();
     for s in &n.subgraphs {
         v.extend(s.graph.outer_refs());
     }

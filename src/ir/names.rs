@@ -55,7 +55,13 @@ mod tests {
     #[test]
     fn never_repeats_a_name() {
         let mut g = Graph::default();
-        g.nodes.push(Node::new("n", "Relu", "", vec!["x".into()], vec!["y".into()]));
+        g.nodes.push(Node::new(
+            "n",
+            "Relu",
+            "",
+            vec!["x".into()],
+            vec!["y".into()],
+        ));
         let mut names = NameGen::new(&g);
         assert_eq!(names.fresh("y"), "y_1");
         assert_eq!(names.fresh("y"), "y_2");

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use crate::onnx::{TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto, type_proto};
+use crate::onnx::{
+    TypeProto, ValueInfoProto, tensor_proto::DataType, tensor_shape_proto, type_proto,
+};
 
 use super::graph::{Graph, Node};
 use super::tensor::Tensor;
@@ -106,7 +108,10 @@ impl ValueType {
             None => "[?]".into(),
             Some(s) => format!(
                 "[{}]",
-                s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -114,7 +119,10 @@ impl ValueType {
 
 /// Types of every value in `graph` (and not in its subgraphs) that the rules can tell.
 /// `outer` supplies the types of outer-scope values for a subgraph.
-pub fn infer_types(graph: &Graph, outer: &HashMap<String, ValueType>) -> HashMap<String, ValueType> {
+pub fn infer_types(
+    graph: &Graph,
+    outer: &HashMap<String, ValueType>,
+) -> HashMap<String, ValueType> {
     let mut types = outer.clone();
     for v in graph
         .proto
@@ -127,10 +135,18 @@ pub fn infer_types(graph: &Graph, outer: &HashMap<String, ValueType>) -> HashMap
             types.insert(v.name().to_string(), t);
         }
     }
+    // Small integer tensors whose values are known, possibly symbolically: shape vectors
+    // (Shape -> Slice/Gather -> Concat chains) and the scalars around them.
+    let mut vals: HashMap<String, Vec<Dim>> = HashMap::new();
     for (name, t) in &graph.initializers {
         types.insert(name.clone(), ValueType::of_tensor(t));
+        if let Some(v) = small_int_values(t) {
+            vals.insert(name.clone(), v);
+        }
     }
-    let order = graph.topo_order().unwrap_or_else(|_| (0..graph.nodes.len()).collect());
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|_| (0..graph.nodes.len()).collect());
     for i in order {
         let node = &graph.nodes[i];
         let inputs: Vec<Option<&ValueType>> = node
@@ -138,11 +154,10 @@ pub fn infer_types(graph: &Graph, outer: &HashMap<String, ValueType>) -> HashMap
             .iter()
             .map(|n| if n.is_empty() { None } else { types.get(n) })
             .collect();
-        let consts = |k: usize| -> Option<Vec<i64>> {
-            let name = node.input(k)?;
-            graph.initializer(name).and_then(|t| t.to_i64_vec().ok())
-        };
-        let outs = infer_node(node, &inputs, &consts);
+        let known = |k: usize| -> Option<Vec<Dim>> { vals.get(node.input(k)?).cloned() };
+        let consts = |k: usize| -> Option<Vec<i64>> { known(k)?.iter().map(Dim::known).collect() };
+        let outs = infer_node(node, &inputs, &consts, &known);
+        let value = propagate_values(node, &inputs, &known);
         for (name, t) in node.outputs().iter().zip(outs) {
             if name.is_empty() {
                 continue;
@@ -154,6 +169,9 @@ pub fn infer_types(graph: &Graph, outer: &HashMap<String, ValueType>) -> HashMap
             if !keep_declared && (t.elem != 0 || !types.contains_key(name)) {
                 types.insert(name.clone(), t);
             }
+        }
+        if let (Some(v), Some(o)) = (value, node.outputs().first()) {
+            vals.insert(o.clone(), v);
         }
     }
     types
@@ -172,7 +190,7 @@ fn same_elem(t: Option<&ValueType>, shape: Option<Vec<Dim>>) -> ValueType {
 
 /// Numpy-style broadcasting of shapes.
 pub fn broadcast(shapes: &[Option<&Vec<Dim>>]) -> Option<Vec<Dim>> {
-    let shapes: Vec<&Vec<Dim>> = shapes.iter().map(|s| *s).collect::<Option<_>>()?;
+    let shapes: Vec<&Vec<Dim>> = shapes.iter().copied().collect::<Option<_>>()?;
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut out = vec![Dim::Known(1); rank];
     for s in shapes {
@@ -201,6 +219,7 @@ fn infer_node(
     node: &Node,
     inputs: &[Option<&ValueType>],
     consts: &dyn Fn(usize) -> Option<Vec<i64>>,
+    known: &dyn Fn(usize) -> Option<Vec<Dim>>,
 ) -> Vec<ValueType> {
     let x = inputs.first().copied().flatten();
     let xs = x.and_then(|t| t.shape.clone());
@@ -217,11 +236,39 @@ fn infer_node(
         return vec![unknown(); n_out];
     }
     match op {
-        "Identity" | "Relu" | "LeakyRelu" | "Sigmoid" | "HardSigmoid" | "Tanh" | "Exp" | "Log"
-        | "Neg" | "Abs" | "Sqrt" | "Erf" | "Gelu" | "Softmax" | "LogSoftmax" | "Clip"
-        | "Floor" | "Ceil" | "Round" | "Reciprocal" | "Sin" | "Cos" | "Not" | "Elu" | "Selu"
-        | "Softplus" | "HardSwish" | "PRelu" | "LayerNormalization" | "BatchNormalization"
-        | "InstanceNormalization" | "Dropout" | "Sign" => {
+        "Identity"
+        | "Relu"
+        | "LeakyRelu"
+        | "Sigmoid"
+        | "HardSigmoid"
+        | "Tanh"
+        | "Exp"
+        | "Log"
+        | "Neg"
+        | "Abs"
+        | "Sqrt"
+        | "Erf"
+        | "Gelu"
+        | "Softmax"
+        | "LogSoftmax"
+        | "Clip"
+        | "Floor"
+        | "Ceil"
+        | "Round"
+        | "Reciprocal"
+        | "Sin"
+        | "Cos"
+        | "Not"
+        | "Elu"
+        | "Selu"
+        | "Softplus"
+        | "HardSwish"
+        | "PRelu"
+        | "LayerNormalization"
+        | "BatchNormalization"
+        | "InstanceNormalization"
+        | "Dropout"
+        | "Sign" => {
             let mut v = vec![same_elem(x, xs.clone())];
             if op == "Dropout" && n_out > 1 {
                 v.push(ValueType::new(DataType::Bool, xs));
@@ -229,18 +276,36 @@ fn infer_node(
             v.resize(n_out, unknown());
             v
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "Sum" | "Mean" => one(
-            same_elem(x, broadcast(&inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect::<Vec<_>>())),
-        ),
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "Sum" | "Mean" => {
+            one(same_elem(
+                x,
+                broadcast(
+                    &inputs
+                        .iter()
+                        .map(|t| t.and_then(|t| t.shape.as_ref()))
+                        .collect::<Vec<_>>(),
+                ),
+            ))
+        }
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" => {
             one(ValueType::new(
                 DataType::Bool,
-                broadcast(&inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect::<Vec<_>>()),
+                broadcast(
+                    &inputs
+                        .iter()
+                        .map(|t| t.and_then(|t| t.shape.as_ref()))
+                        .collect::<Vec<_>>(),
+                ),
             ))
         }
         "Where" => one(same_elem(
             inputs.get(1).copied().flatten(),
-            broadcast(&inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect::<Vec<_>>()),
+            broadcast(
+                &inputs
+                    .iter()
+                    .map(|t| t.and_then(|t| t.shape.as_ref()))
+                    .collect::<Vec<_>>(),
+            ),
         )),
         "Cast" => one(ValueType {
             elem: attr_i("to", 0) as i32,
@@ -265,7 +330,11 @@ fn infer_node(
         }
         "Size" => one(ValueType::new(DataType::Int64, Some(vec![]))),
         "MatMul" | "MatMulInteger" => {
-            let b = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
+            let b = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
             let shape = matmul_shape(xs.as_ref(), b.as_ref());
             let elem = if op == "MatMulInteger" {
                 DataType::Int32 as i32
@@ -275,11 +344,23 @@ fn infer_node(
             one(ValueType { elem, shape })
         }
         "Gemm" => {
-            let b = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
+            let b = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
             let shape = match (xs, b) {
                 (Some(a), Some(b)) if a.len() == 2 && b.len() == 2 => {
-                    let m = if attr_i("transA", 0) != 0 { &a[1] } else { &a[0] };
-                    let n = if attr_i("transB", 0) != 0 { &b[0] } else { &b[1] };
+                    let m = if attr_i("transA", 0) != 0 {
+                        &a[1]
+                    } else {
+                        &a[0]
+                    };
+                    let n = if attr_i("transB", 0) != 0 {
+                        &b[0]
+                    } else {
+                        &b[1]
+                    };
                     Some(vec![m.clone(), n.clone()])
                 }
                 _ => Some(vec![Dim::Unknown, Dim::Unknown]),
@@ -289,18 +370,22 @@ fn infer_node(
         "Transpose" => one(same_elem(
             x,
             xs.map(|s| {
-                let perm = attr_ints("perm")
-                    .unwrap_or_else(|| (0..s.len() as i64).rev().collect());
+                let perm = attr_ints("perm").unwrap_or_else(|| (0..s.len() as i64).rev().collect());
                 perm.iter()
                     .map(|&p| s.get(p as usize).cloned().unwrap_or(Dim::Unknown))
                     .collect()
             }),
         )),
-        "Reshape" => one(same_elem(x, consts(1).map(|target| reshape_shape(xs.as_ref(), &target, attr_i("allowzero", 0) != 0)))),
+        "Reshape" => one(same_elem(
+            x,
+            known(1).map(|target| reshape_shape(xs.as_ref(), &target, attr_i("allowzero", 0) != 0)),
+        )),
         "Flatten" => one(same_elem(
             x,
             xs.map(|s| {
-                let axis = norm_axis(attr_i("axis", 1), s.len() + 1).unwrap_or(1).min(s.len());
+                let axis = norm_axis(attr_i("axis", 1), s.len() + 1)
+                    .unwrap_or(1)
+                    .min(s.len());
                 vec![product(&s[..axis]), product(&s[axis..])]
             }),
         )),
@@ -312,8 +397,15 @@ fn infer_node(
                     let r = s.len();
                     match axes {
                         Some(axes) => {
-                            let ax: Vec<usize> = axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
-                            Some(s.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect())
+                            let ax: Vec<usize> =
+                                axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
+                            Some(
+                                s.iter()
+                                    .enumerate()
+                                    .filter(|(i, _)| !ax.contains(i))
+                                    .map(|(_, d)| d.clone())
+                                    .collect(),
+                            )
                         }
                         None if s.iter().all(|d| d.known().is_some()) => {
                             Some(s.into_iter().filter(|d| *d != Dim::Known(1)).collect())
@@ -332,14 +424,27 @@ fn infer_node(
                         let r = s.len() + axes.len();
                         let ax: Vec<usize> = axes.iter().filter_map(|&a| norm_axis(a, r)).collect();
                         let mut it = s.into_iter();
-                        Some((0..r).map(|i| if ax.contains(&i) { Dim::Known(1) } else { it.next().unwrap_or(Dim::Unknown) }).collect())
+                        Some(
+                            (0..r)
+                                .map(|i| {
+                                    if ax.contains(&i) {
+                                        Dim::Known(1)
+                                    } else {
+                                        it.next().unwrap_or(Dim::Unknown)
+                                    }
+                                })
+                                .collect(),
+                        )
                     }
                     _ => None,
                 },
             ))
         }
         "Concat" => {
-            let shapes: Option<Vec<&Vec<Dim>>> = inputs.iter().map(|t| t.and_then(|t| t.shape.as_ref())).collect();
+            let shapes: Option<Vec<&Vec<Dim>>> = inputs
+                .iter()
+                .map(|t| t.and_then(|t| t.shape.as_ref()))
+                .collect();
             one(same_elem(
                 x,
                 shapes.and_then(|shapes| {
@@ -356,7 +461,11 @@ fn infer_node(
             ))
         }
         "Gather" => {
-            let idx = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
+            let idx = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
             one(same_elem(
                 x,
                 match (xs, idx) {
@@ -383,12 +492,21 @@ fn infer_node(
                 }
             });
             let shape = if op == "Expand" { None } else { shape };
-            let elem = if op == "ConvInteger" { DataType::Int32 as i32 } else { x.map_or(0, |t| t.elem) };
+            let elem = if op == "ConvInteger" {
+                DataType::Int32 as i32
+            } else {
+                x.map_or(0, |t| t.elem)
+            };
             vec![ValueType { elem, shape }; n_out]
         }
         "GlobalAveragePool" | "GlobalMaxPool" => one(same_elem(
             x,
-            xs.map(|s| s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect()),
+            xs.map(|s| {
+                s.iter()
+                    .enumerate()
+                    .map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) })
+                    .collect()
+            }),
         )),
         "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
             let keep = attr_i("keepdims", 1) != 0;
@@ -398,7 +516,9 @@ fn infer_node(
                 xs.map(|s| {
                     let r = s.len();
                     let ax: Vec<usize> = match &axes {
-                        Some(a) if !a.is_empty() => a.iter().filter_map(|&a| norm_axis(a, r)).collect(),
+                        Some(a) if !a.is_empty() => {
+                            a.iter().filter_map(|&a| norm_axis(a, r)).collect()
+                        }
                         _ if attr_i("noop_with_empty_axes", 0) != 0 => vec![],
                         _ => (0..r).collect(),
                     };
@@ -425,7 +545,7 @@ fn infer_node(
                 .map_or(DataType::Float as i32, |t| t.proto.data_type());
             one(ValueType {
                 elem,
-                shape: consts(0).map(|s| s.into_iter().map(Dim::Known).collect()),
+                shape: known(0),
             })
         }
         "Range" => one(same_elem(x, Some(vec![Dim::Unknown]))),
@@ -436,16 +556,34 @@ fn infer_node(
             ValueType::new(DataType::Uint8, Some(vec![])),
         ],
         "QuantizeLinear" => {
-            let zp = inputs.get(2).copied().flatten().map_or(DataType::Uint8 as i32, |t| t.elem);
-            one(ValueType { elem: zp, shape: xs })
+            let zp = inputs
+                .get(2)
+                .copied()
+                .flatten()
+                .map_or(DataType::Uint8 as i32, |t| t.elem);
+            one(ValueType {
+                elem: zp,
+                shape: xs,
+            })
         }
         "DequantizeLinear" => {
-            let s = inputs.get(1).copied().flatten().map_or(DataType::Float as i32, |t| t.elem);
+            let s = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .map_or(DataType::Float as i32, |t| t.elem);
             one(ValueType { elem: s, shape: xs })
         }
         "DynamicQuantizeMatMul" | "MatMulIntegerToFloat" => {
-            let b = inputs.get(1).copied().flatten().and_then(|t| t.shape.clone());
-            one(ValueType::new(DataType::Float, matmul_shape(xs.as_ref(), b.as_ref())))
+            let b = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| t.shape.clone());
+            one(ValueType::new(
+                DataType::Float,
+                matmul_shape(xs.as_ref(), b.as_ref()),
+            ))
         }
         _ => vec![unknown(); n_out],
     }
@@ -463,9 +601,20 @@ fn matmul_shape(a: Option<&Vec<Dim>>, b: Option<&Vec<Dim>>) -> Option<Vec<Dim>> 
     if a.is_empty() || b.is_empty() {
         return None;
     }
-    let a2 = if a.len() == 1 { vec![Dim::Known(1), a[0].clone()] } else { a.clone() };
-    let b2 = if b.len() == 1 { vec![b[0].clone(), Dim::Known(1)] } else { b.clone() };
-    let batch = broadcast(&[Some(&a2[..a2.len() - 2].to_vec()), Some(&b2[..b2.len() - 2].to_vec())])?;
+    let a2 = if a.len() == 1 {
+        vec![Dim::Known(1), a[0].clone()]
+    } else {
+        a.clone()
+    };
+    let b2 = if b.len() == 1 {
+        vec![b[0].clone(), Dim::Known(1)]
+    } else {
+        b.clone()
+    };
+    let batch = broadcast(&[
+        Some(&a2[..a2.len() - 2].to_vec()),
+        Some(&b2[..b2.len() - 2].to_vec()),
+    ])?;
     let mut out = batch;
     if a.len() > 1 {
         out.push(a2[a2.len() - 2].clone());
@@ -476,17 +625,19 @@ fn matmul_shape(a: Option<&Vec<Dim>>, b: Option<&Vec<Dim>>) -> Option<Vec<Dim>> 
     Some(out)
 }
 
-fn reshape_shape(input: Option<&Vec<Dim>>, target: &[i64], allowzero: bool) -> Vec<Dim> {
+fn reshape_shape(input: Option<&Vec<Dim>>, target: &[Dim], allowzero: bool) -> Vec<Dim> {
     let mut out: Vec<Dim> = target
         .iter()
         .enumerate()
-        .map(|(i, &t)| match t {
-            0 if !allowzero => input.and_then(|s| s.get(i).cloned()).unwrap_or(Dim::Unknown),
-            -1 => Dim::Unknown,
-            t => Dim::Known(t),
+        .map(|(i, t)| match t {
+            Dim::Known(0) if !allowzero => input
+                .and_then(|s| s.get(i).cloned())
+                .unwrap_or(Dim::Unknown),
+            Dim::Known(-1) => Dim::Unknown,
+            t => t.clone(),
         })
         .collect();
-    if let Some(pos) = target.iter().position(|&t| t == -1) {
+    if let Some(pos) = target.iter().position(|t| *t == Dim::Known(-1)) {
         let total = input.map(|s| product(s)).and_then(|d| d.known());
         let rest = out
             .iter()
@@ -498,9 +649,159 @@ fn reshape_shape(input: Option<&Vec<Dim>>, target: &[i64], allowzero: bool) -> V
             && r > 0
         {
             out[pos] = Dim::Known(t / r);
+        } else if let Some(input) = input {
+            // Symbolic dims cancel: [seq, batch, 64] -> [0, 0, -1] or [-1, 64] with the same
+            // symbolic factors on both sides.
+            out[pos] = cancel_symbolic(input, &out, pos).unwrap_or(Dim::Unknown);
         }
     }
     out
+}
+
+/// The dim at `pos` of `out` such that both shapes hold the same number of elements, when
+/// the symbolic factors on both sides match up.
+fn cancel_symbolic(input: &[Dim], out: &[Dim], pos: usize) -> Option<Dim> {
+    let mut syms: Vec<&str> = Vec::new();
+    let mut known_in = 1i64;
+    for d in input {
+        match d {
+            Dim::Known(v) => known_in *= v,
+            Dim::Sym(s) => syms.push(s),
+            Dim::Unknown => return None,
+        }
+    }
+    let mut known_out = 1i64;
+    for (i, d) in out.iter().enumerate() {
+        if i == pos {
+            continue;
+        }
+        match d {
+            Dim::Known(v) => known_out *= v,
+            Dim::Sym(s) => {
+                let at = syms.iter().position(|x| x == s)?;
+                syms.remove(at);
+            }
+            Dim::Unknown => return None,
+        }
+    }
+    if known_out == 0 || known_in % known_out != 0 {
+        return None;
+    }
+    match (syms.as_slice(), known_in / known_out) {
+        ([], v) => Some(Dim::Known(v)),
+        ([s], 1) => Some(Dim::Sym(s.to_string())),
+        _ => None,
+    }
+}
+
+/// Values of an integer initializer small enough to be a shape operand.
+fn small_int_values(t: &Tensor) -> Option<Vec<Dim>> {
+    if t.dims().len() > 1 || t.numel() > 64 {
+        return None;
+    }
+    Some(t.to_i64_vec().ok()?.into_iter().map(Dim::Known).collect())
+}
+
+/// Known (possibly symbolic) values of a node's first output, for the ops that move shape
+/// vectors around.
+fn propagate_values(
+    node: &Node,
+    inputs: &[Option<&ValueType>],
+    known: &dyn Fn(usize) -> Option<Vec<Dim>>,
+) -> Option<Vec<Dim>> {
+    if !node.domain().is_empty() {
+        return None;
+    }
+    let int_out = |v: Vec<Dim>| Some(v);
+    match node.op_type() {
+        "Constant" => small_int_values(&node.attr_tensor("value").ok()??)
+            .or_else(|| {
+                let v = node.attr::<Vec<i64>>("value_ints").ok()??;
+                Some(v.into_iter().map(Dim::Known).collect())
+            })
+            .or_else(|| {
+                let v = node.attr::<i64>("value_int").ok()??;
+                Some(vec![Dim::Known(v)])
+            }),
+        "Shape" => {
+            let s = inputs.first().copied().flatten()?.shape.clone()?;
+            let r = s.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let start = clamp(node.attr::<i64>("start").ok()?.unwrap_or(0));
+            let end = clamp(node.attr::<i64>("end").ok()?.unwrap_or(r));
+            int_out(s.get(start..end.max(start))?.to_vec())
+        }
+        "Identity" | "Cast" | "Squeeze" | "Unsqueeze" | "Reshape" | "Flatten" => {
+            let elem = inputs.first().copied().flatten()?.dtype();
+            if !matches!(elem, DataType::Int64 | DataType::Int32) {
+                return None;
+            }
+            known(0)
+        }
+        "Concat" => {
+            let mut out = Vec::new();
+            for k in 0..node.inputs().len() {
+                out.extend(known(k)?);
+            }
+            int_out(out)
+        }
+        "Gather" => {
+            let data = known(0)?;
+            let idx = known(1)?;
+            idx.iter()
+                .map(|i| {
+                    let i = i.known()?;
+                    let i = if i < 0 { i + data.len() as i64 } else { i };
+                    data.get(usize::try_from(i).ok()?).cloned()
+                })
+                .collect()
+        }
+        "Slice" => {
+            let data = known(0)?;
+            let n = data.len() as i64;
+            let first = |k: usize| -> Option<i64> { known(k)?.first()?.known() };
+            let (start, end) = match node.attr::<Vec<i64>>("starts").ok()? {
+                Some(s) => (*s.first()?, *node.attr::<Vec<i64>>("ends").ok()??.first()?),
+                None => (first(1)?, first(2)?),
+            };
+            let step = if node.input(4).is_some() {
+                first(4)?
+            } else {
+                1
+            };
+            if step != 1 {
+                return None;
+            }
+            let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as usize;
+            let (s, e) = (clamp(start), clamp(end));
+            int_out(data.get(s..e.max(s))?.to_vec())
+        }
+        "Mul" | "Add" | "Sub" | "Div" => {
+            let (a, b) = (known(0)?, known(1)?);
+            let len = a.len().max(b.len());
+            if !(a.len() == len || a.len() == 1) || !(b.len() == len || b.len() == 1) {
+                return None;
+            }
+            let at = |v: &Vec<Dim>, i: usize| v[if v.len() == 1 { 0 } else { i }].clone();
+            (0..len)
+                .map(|i| {
+                    let (x, y) = (at(&a, i), at(&b, i));
+                    Some(match (node.op_type(), &x, &y) {
+                        (_, Dim::Known(p), Dim::Known(q)) => Dim::Known(match node.op_type() {
+                            "Mul" => p.checked_mul(*q)?,
+                            "Add" => p.checked_add(*q)?,
+                            "Sub" => p.checked_sub(*q)?,
+                            _ => p.checked_div(*q)?,
+                        }),
+                        ("Mul" | "Div", d, Dim::Known(1)) | ("Mul", Dim::Known(1), d) => d.clone(),
+                        ("Add" | "Sub", d, Dim::Known(0)) | ("Add", Dim::Known(0), d) => d.clone(),
+                        _ => Dim::Unknown,
+                    })
+                })
+                .collect()
+        }
+        _ => None,
+    }
 }
 
 fn rnn_shapes(
@@ -509,7 +810,11 @@ fn rnn_shapes(
     x: Option<&ValueType>,
     n_out: usize,
 ) -> Vec<ValueType> {
-    let hidden = node.attr::<i64>("hidden_size").ok().flatten().map_or(Dim::Unknown, Dim::Known);
+    let hidden = node
+        .attr::<i64>("hidden_size")
+        .ok()
+        .flatten()
+        .map_or(Dim::Unknown, Dim::Known);
     let dirs = match node.attr::<String>("direction").ok().flatten().as_deref() {
         Some("bidirectional") => 2,
         _ => 1,
@@ -535,9 +840,18 @@ fn rnn_shapes(
         vec![batch, d, hidden]
     };
     let mut v = vec![
-        ValueType { elem, shape: Some(y) },
-        ValueType { elem, shape: Some(state.clone()) },
-        ValueType { elem, shape: Some(state) },
+        ValueType {
+            elem,
+            shape: Some(y),
+        },
+        ValueType {
+            elem,
+            shape: Some(state.clone()),
+        },
+        ValueType {
+            elem,
+            shape: Some(state),
+        },
     ];
     v.truncate(n_out);
     v
@@ -563,23 +877,45 @@ mod tests {
 
     #[test]
     fn matmul_keeps_symbolic_batch_dims() {
-        let a = vec![Dim::Sym("seq".into()), Dim::Sym("batch".into()), Dim::Known(64)];
+        let a = vec![
+            Dim::Sym("seq".into()),
+            Dim::Sym("batch".into()),
+            Dim::Known(64),
+        ];
         let b = k(&[64, 1000]);
         assert_eq!(
             matmul_shape(Some(&a), Some(&b)).unwrap(),
-            vec![Dim::Sym("seq".into()), Dim::Sym("batch".into()), Dim::Known(1000)]
+            vec![
+                Dim::Sym("seq".into()),
+                Dim::Sym("batch".into()),
+                Dim::Known(1000)
+            ]
         );
-        assert_eq!(matmul_shape(Some(&k(&[3])), Some(&k(&[3, 5]))).unwrap(), k(&[5]));
+        assert_eq!(
+            matmul_shape(Some(&k(&[3])), Some(&k(&[3, 5]))).unwrap(),
+            k(&[5])
+        );
+    }
+
+    #[test]
+    fn symbolic_dims_cancel_in_reshape() {
+        let x = vec![Dim::Known(35), Dim::Sym("batch".into()), Dim::Known(64)];
+        let target = vec![Dim::Known(-1), Dim::Sym("batch".into()), Dim::Known(64)];
+        assert_eq!(reshape_shape(Some(&x), &target, false)[0], Dim::Known(35));
     }
 
     #[test]
     fn reshape_resolves_zero_and_minus_one() {
         let x = k(&[2, 3, 4]);
-        assert_eq!(reshape_shape(Some(&x), &[0, -1], false), k(&[2, 12]));
+        assert_eq!(reshape_shape(Some(&x), &k(&[0, -1]), false), k(&[2, 12]));
         let sym = vec![Dim::Sym("b".into()), Dim::Known(3), Dim::Known(4)];
         assert_eq!(
-            reshape_shape(Some(&sym), &[0, -1], false),
-            vec![Dim::Sym("b".into()), Dim::Unknown]
+            reshape_shape(Some(&sym), &k(&[0, -1]), false),
+            vec![Dim::Sym("b".into()), Dim::Known(12)]
+        );
+        assert_eq!(
+            reshape_shape(Some(&sym), &k(&[-1, 4]), false),
+            vec![Dim::Unknown, Dim::Known(4)]
         );
     }
 }

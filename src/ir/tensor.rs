@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::onnx::{TensorProto, tensor_proto::DataType};
 
 #[cfg(target_endian = "big")]
-compile_error!("onnx-dynq reads tensor payloads as little-endian memory; big-endian is unsupported");
+compile_error!(
+    "onnx-dynq reads tensor payloads as little-endian memory; big-endian is unsupported"
+);
 
 /// Size in bytes of one element of `dt`, or `None` for types without a fixed width (string) or
 /// that are sub-byte (int4).
@@ -87,11 +89,31 @@ pod_element!(f32, Float, |p| p.float_data.clone());
 pod_element!(f64, Double, |p| p.double_data.clone());
 pod_element!(i64, Int64, |p| p.int64_data.clone());
 pod_element!(i32, Int32, |p| p.int32_data.clone());
-pod_element!(i8, Int8, |p| p.int32_data.iter().map(|&v| v as i8).collect());
-pod_element!(u8, Uint8, |p| p.int32_data.iter().map(|&v| v as u8).collect());
-pod_element!(i16, Int16, |p| p.int32_data.iter().map(|&v| v as i16).collect());
-pod_element!(u16, Uint16, |p| p.int32_data.iter().map(|&v| v as u16).collect());
-pod_element!(u32, Uint32, |p| p.uint64_data.iter().map(|&v| v as u32).collect());
+pod_element!(i8, Int8, |p| p
+    .int32_data
+    .iter()
+    .map(|&v| v as i8)
+    .collect());
+pod_element!(u8, Uint8, |p| p
+    .int32_data
+    .iter()
+    .map(|&v| v as u8)
+    .collect());
+pod_element!(i16, Int16, |p| p
+    .int32_data
+    .iter()
+    .map(|&v| v as i16)
+    .collect());
+pod_element!(u16, Uint16, |p| p
+    .int32_data
+    .iter()
+    .map(|&v| v as u16)
+    .collect());
+pod_element!(u32, Uint32, |p| p
+    .uint64_data
+    .iter()
+    .map(|&v| v as u32)
+    .collect());
 pod_element!(u64, Uint64, |p| p.uint64_data.clone());
 pod_element!(f16, Float16, |p| p
     .int32_data
@@ -218,9 +240,8 @@ impl Tensor {
     /// Checks that the declared dims, element type and payload size agree.
     pub fn check_size(&self) -> Result<()> {
         let p = &self.proto;
-        let numel = checked_numel(&p.dims).ok_or_else(|| {
-            Error::tensor(self.name(), format!("invalid dims {:?}", p.dims))
-        })?;
+        let numel = checked_numel(&p.dims)
+            .ok_or_else(|| Error::tensor(self.name(), format!("invalid dims {:?}", p.dims)))?;
         if p.data_location() == crate::onnx::tensor_proto::DataLocation::External {
             // Resolved (and size-checked) by the loader.
             return Ok(());
@@ -231,7 +252,7 @@ impl Tensor {
         }
         if let Some(raw) = &p.raw_data {
             if let Some(size) = elem_size(dt) {
-                let expected = numel.checked_mul(size).unwrap_or(usize::MAX);
+                let expected = numel.saturating_mul(size);
                 if raw.len() != expected {
                     return Err(Error::tensor(
                         self.name(),
@@ -297,9 +318,10 @@ impl Tensor {
     pub fn view<T: Element>(&self) -> Result<CowArray<'_, T, IxDyn>> {
         let shape = IxDyn(&self.shape());
         let arr = match self.as_slice::<T>()? {
-            Cow::Borrowed(s) => CowArray::from(ArrayViewD::from_shape(shape, s).map_err(|e| {
-                Error::tensor(self.name(), e.to_string())
-            })?),
+            Cow::Borrowed(s) => CowArray::from(
+                ArrayViewD::from_shape(shape, s)
+                    .map_err(|e| Error::tensor(self.name(), e.to_string()))?,
+            ),
             Cow::Owned(v) => CowArray::from(
                 ArrayD::from_shape_vec(shape, v)
                     .map_err(|e| Error::tensor(self.name(), e.to_string()))?,
@@ -350,7 +372,10 @@ mod tests {
         })
         .unwrap();
         let v = t.as_slice::<f16>().unwrap();
-        assert_eq!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), vec![1.0, 2.0, -2.0]);
+        assert_eq!(
+            v.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+            vec![1.0, 2.0, -2.0]
+        );
     }
 
     #[test]
@@ -364,7 +389,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(err.contains("'bad'") && err.contains("64 bytes") && err.contains("60 bytes"), "{err}");
+        assert!(
+            err.contains("'bad'") && err.contains("64 bytes") && err.contains("60 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -134,7 +134,8 @@ impl ExternalResolver {
         }
         t.raw_data = Some(data.slice(offset as usize..end as usize));
         t.external_data.clear();
-        t.data_location = None;
+        // As onnx.load does after reading external data: explicitly DEFAULT.
+        t.data_location = Some(DataLocation::Default as i32);
         Ok(())
     }
 
@@ -142,7 +143,9 @@ impl ExternalResolver {
     fn checked_path(&self, location: &str) -> std::result::Result<PathBuf, String> {
         let rel = Path::new(location);
         if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
-            return Err(format!("location '{location}' is absolute; it must be relative to the model's folder"));
+            return Err(format!(
+                "location '{location}' is absolute; it must be relative to the model's folder"
+            ));
         }
         if rel
             .components()
@@ -168,10 +171,7 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::io(
-            path,
-            std::io::Error::other("not a regular file"),
-        ));
+        return Err(Error::io(path, std::io::Error::other("not a regular file")));
     }
     if meta.len() == 0 {
         return Ok(Bytes::new());

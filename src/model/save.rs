@@ -90,7 +90,9 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         let written = writer.offset;
         writer.out.flush().map_err(|e| Error::io(&data_path, e))?;
         drop(writer);
-        data.as_file().sync_all().map_err(|e| Error::io(&data_path, e))?;
+        data.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&data_path, e))?;
         data.persist(&data_path)
             .map_err(|e| Error::io(&data_path, e.error))?;
         saved.external_file = Some(data_path);
@@ -168,7 +170,8 @@ impl<W: Write> ExternalWriter<'_, W> {
             return Ok(());
         }
         let pad = (EXTERNAL_ALIGN - self.offset % EXTERNAL_ALIGN) % EXTERNAL_ALIGN;
-        self.out.write_all(&[0u8; EXTERNAL_ALIGN as usize][..pad as usize])?;
+        self.out
+            .write_all(&[0u8; EXTERNAL_ALIGN as usize][..pad as usize])?;
         self.offset += pad;
         self.out.write_all(raw)?;
         let entry = |k: &str, v: String| StringStringEntryProto {

@@ -119,19 +119,40 @@ pub struct Decision {
 }
 
 /// Values of `g` that are constant: initializers (here or in enclosing scopes), Constant
-/// outputs, and outputs of deterministic nodes whose inputs are all constant (the chains
-/// exporters emit around weights, which the rewrite folds first).
-pub fn constant_values(g: &Graph, outer_consts: &HashSet<String>) -> HashSet<String> {
+/// outputs, `Shape` of values whose requested dims are statically known, and outputs of
+/// deterministic nodes whose inputs are all constant (the chains exporters emit around
+/// weights, which the rewrite folds first).
+pub fn constant_values(
+    g: &Graph,
+    outer_consts: &HashSet<String>,
+    types: &HashMap<String, ValueType>,
+) -> HashSet<String> {
     let mut c: HashSet<String> = outer_consts.clone();
-    c.extend(g.initializers.keys().cloned());
+    // An initializer that is also a graph input is only a default: callers may override it.
+    c.extend(
+        g.initializers
+            .keys()
+            .filter(|k| !g.proto.input.iter().any(|i| i.name() == k.as_str()))
+            .cloned(),
+    );
     let order = g.topo_order().unwrap_or_default();
     for i in order {
         let n = &g.nodes[i];
+        if n.op_type() == "Shape" && n.domain().is_empty() && static_shape_slice(n, types).is_some()
+        {
+            c.extend(n.outputs().iter().cloned());
+            continue;
+        }
         let foldable = n.domain().is_empty()
             && n.subgraphs.is_empty()
             && !matches!(
                 n.op_type(),
-                "RandomNormal" | "RandomUniform" | "RandomNormalLike" | "RandomUniformLike" | "Multinomial" | "Bernoulli"
+                "RandomNormal"
+                    | "RandomUniform"
+                    | "RandomNormalLike"
+                    | "RandomUniformLike"
+                    | "Multinomial"
+                    | "Bernoulli"
             )
             && n.inputs().iter().all(|i| i.is_empty() || c.contains(i));
         if foldable {
@@ -139,6 +160,20 @@ pub fn constant_values(g: &Graph, outer_consts: &HashSet<String>) -> HashSet<Str
         }
     }
     c
+}
+
+/// The dims a `Shape` node returns, when they are all statically known.
+pub fn static_shape_slice(n: &Node, types: &HashMap<String, ValueType>) -> Option<Vec<i64>> {
+    let shape = types.get(n.input(0)?)?.shape.as_ref()?;
+    let r = shape.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let start = clamp(n.attr::<i64>("start").ok()?.unwrap_or(0));
+    let end = clamp(n.attr::<i64>("end").ok()?.unwrap_or(r));
+    shape
+        .get(start..end.max(start))?
+        .iter()
+        .map(|d| d.known())
+        .collect()
 }
 
 struct Ctx<'a> {
@@ -163,10 +198,11 @@ fn decide_in(
     outer_types: &HashMap<String, ValueType>,
     out: &mut Vec<Decision>,
 ) {
+    let types = infer_types(g, outer_types);
     let ctx = Ctx {
         opts,
-        consts: constant_values(g, outer_consts),
-        types: infer_types(g, outer_types),
+        consts: constant_values(g, outer_consts, &types),
+        types,
     };
     for n in &g.nodes {
         if let Some(kind) = OpKind::of(n) {
@@ -217,7 +253,9 @@ impl Ctx<'_> {
     }
 
     fn elem_of(&self, name: &str) -> DataType {
-        self.types.get(name).map_or(DataType::Undefined, ValueType::dtype)
+        self.types
+            .get(name)
+            .map_or(DataType::Undefined, ValueType::dtype)
     }
 
     fn node_verdict(&self, g: &Graph, n: &Node, kind: OpKind) -> Verdict {
@@ -242,9 +280,7 @@ impl Ctx<'_> {
     }
 
     fn weight(&self, g: &Graph, n: &Node, idx: usize, what: &str) -> Result<Vec<i64>, String> {
-        let name = n
-            .input(idx)
-            .ok_or_else(|| format!("has no {what} input"))?;
+        let name = n.input(idx).ok_or_else(|| format!("has no {what} input"))?;
         if !self.consts.contains(name) {
             return Err(format!("{what} '{name}' is not a constant"));
         }
@@ -258,7 +294,10 @@ impl Ctx<'_> {
             DataType::Float => Ok(""),
             DataType::Float16 => Ok(" (fp16: cast to float32 around the int8 product)"),
             DataType::Undefined => Err(format!("input '{name}' has an unknown element type")),
-            t => Err(format!("input '{name}' is {}, not float", crate::ir::tensor::dtype_name(t as i32))),
+            t => Err(format!(
+                "input '{name}' is {}, not float",
+                crate::ir::tensor::dtype_name(t as i32)
+            )),
         }
     }
 
@@ -288,7 +327,11 @@ impl Ctx<'_> {
         }
         let fp16 = self.float_input(n, 0)?;
         let trans_b = n.attr::<i64>("transB").ok().flatten().unwrap_or(0) != 0;
-        let k = if kind == OpKind::Gemm && trans_b { w[1] } else { w[0] };
+        let k = if kind == OpKind::Gemm && trans_b {
+            w[1]
+        } else {
+            w[0]
+        };
         self.size_check(w[0] * w[1], Some(k))?;
         if kind == OpKind::Gemm
             && let Some(c) = n.input(2)
@@ -299,9 +342,55 @@ impl Ctx<'_> {
         Ok(format!("int8 weight {}x{}{fp16}", w[0], w[1]))
     }
 
+    /// A recurrent weight's shape: known, or (behind a constant chain that shape inference
+    /// cannot follow) the one the op's attributes and input imply.
+    fn rnn_weight(
+        &self,
+        g: &Graph,
+        n: &Node,
+        idx: usize,
+        what: &str,
+        gates: i64,
+    ) -> Result<Vec<i64>, String> {
+        match self.weight(g, n, idx, what) {
+            Ok(s) => Ok(s),
+            Err(e) if e.ends_with("unknown shape") => {
+                let h = n
+                    .attr::<i64>("hidden_size")
+                    .ok()
+                    .flatten()
+                    .ok_or(e.clone())?;
+                let dirs = if n.attr::<String>("direction").ok().flatten().as_deref()
+                    == Some("bidirectional")
+                {
+                    2
+                } else {
+                    1
+                };
+                let cols = if idx == 2 {
+                    h
+                } else {
+                    let x = self
+                        .types
+                        .get(n.input(0).unwrap_or(""))
+                        .and_then(|t| t.shape.clone())
+                        .ok_or(e.clone())?;
+                    x.last().and_then(|d| d.known()).ok_or(e)?
+                };
+                Ok(vec![dirs, gates * h, cols])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn rnn_verdict(&self, g: &Graph, n: &Node, kind: OpKind) -> Verdict {
-        let w = self.weight(g, n, 1, "W")?;
-        let r = self.weight(g, n, 2, "R")?;
+        let gates = match kind {
+            OpKind::Lstm => 4,
+            OpKind::Gru => 3,
+            _ => 1,
+        };
+        let w = self.rnn_weight(g, n, 1, "W", gates)?;
+        let r = self.rnn_weight(g, n, 2, "R", gates)?;
         if let Some(b) = n.input(3)
             && !self.consts.contains(b)
         {
@@ -318,8 +407,11 @@ impl Ctx<'_> {
             _ => &["Tanh"],
         };
         let custom_acts = acts.as_ref().is_some_and(|a| {
-            a.chunks(default_acts.len())
-                .any(|c| c.iter().zip(default_acts).any(|(x, d)| !x.eq_ignore_ascii_case(d)))
+            a.chunks(default_acts.len()).any(|c| {
+                c.iter()
+                    .zip(default_acts)
+                    .any(|(x, d)| !x.eq_ignore_ascii_case(d))
+            })
         });
         let effective = if kind != OpKind::Lstm && mode == LstmMode::Ort {
             // onnxruntime has no int8 GRU/RNN op: the portable form is used.
@@ -335,25 +427,44 @@ impl Ctx<'_> {
                 if n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
                     return Err("input_forget=1 is not supported by DynamicQuantizeLSTM".into());
                 }
-                Ok(format!("DynamicQuantizeLSTM (int8 W {:?}, R {:?}){fp16}", w, r))
+                Ok(format!(
+                    "DynamicQuantizeLSTM (int8 W {:?}, R {:?}){fp16}",
+                    w, r
+                ))
             }
             LstmMode::Onnx => {
                 if custom_acts {
                     return Err("custom activations are not expressed by the Scan form; use --lstm weight-only".into());
                 }
                 if n.attr::<f32>("clip").ok().flatten().is_some() {
-                    return Err("clip is not expressed by the Scan form; use --lstm weight-only".into());
+                    return Err(
+                        "clip is not expressed by the Scan form; use --lstm weight-only".into(),
+                    );
                 }
                 if n.input(4).is_some() {
-                    return Err("sequence_lens is not honoured by the Scan form; use --lstm weight-only".into());
+                    return Err(
+                        "sequence_lens is not honoured by the Scan form; use --lstm weight-only"
+                            .into(),
+                    );
                 }
                 if kind == OpKind::Lstm && n.input(7).is_some() {
-                    return Err("peepholes are not expressed by the Scan form; use --lstm weight-only".into());
+                    return Err(
+                        "peepholes are not expressed by the Scan form; use --lstm weight-only"
+                            .into(),
+                    );
                 }
-                if kind == OpKind::Lstm && n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
-                    return Err("input_forget=1 is not expressed by the Scan form; use --lstm weight-only".into());
+                if kind == OpKind::Lstm
+                    && n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0
+                {
+                    return Err(
+                        "input_forget=1 is not expressed by the Scan form; use --lstm weight-only"
+                            .into(),
+                    );
                 }
-                Ok(format!("standard-op Scan form (int8 W {:?}, R {:?}){fp16}", w, r))
+                Ok(format!(
+                    "standard-op Scan form (int8 W {:?}, R {:?}){fp16}",
+                    w, r
+                ))
             }
             LstmMode::WeightOnly => Ok(format!("weight-only int8 (W {:?}, R {:?}){fp16}", w, r)),
         }
@@ -371,13 +482,21 @@ impl Ctx<'_> {
         let name = n.input(0).unwrap_or("");
         match self.elem_of(name) {
             DataType::Float | DataType::Float16 => {}
-            t => return Err(format!("table is {}, not float", crate::ir::tensor::dtype_name(t as i32))),
+            t => {
+                return Err(format!(
+                    "table is {}, not float",
+                    crate::ir::tensor::dtype_name(t as i32)
+                ));
+            }
         }
         if n.input(1).is_some_and(|i| self.consts.contains(i)) {
             return Err("indices are constant (folded instead)".into());
         }
         self.size_check(table[0] * table[1], None)?;
-        Ok(format!("int8 table {}x{} with per-row scales", table[0], table[1]))
+        Ok(format!(
+            "int8 table {}x{} with per-row scales",
+            table[0], table[1]
+        ))
     }
 
     fn conv_verdict(&self, g: &Graph, n: &Node) -> Verdict {

@@ -1,0 +1,371 @@
+//! Weight quantization math, as onnxruntime's `quantize_dynamic` does it
+//! (REFERENCE.md §2):
+//!
+//! - the range always includes zero: `rmin = min(min w, 0)`, `rmax = max(max w, 0)`;
+//! - ranges: int8 `[-128, 127]`, symmetric int8 `[-127, 127]`, reduce-range int8 `[-64, 64]`;
+//!   uint8 `[0, 255]`, reduce-range uint8 `[0, 127]`;
+//! - symmetric: `scale = max(|rmin|, |rmax|) * 2 / (qmax - qmin)`, zero point
+//!   `round((qmax + qmin) / 2)` (0 for int8, 128 for uint8);
+//! - asymmetric: `scale = (rmax - rmin) / (qmax - qmin)` in f64, stored as f32, and
+//!   `zp = round(qmin - rmin / scale)`;
+//! - a scale below the smallest normal f32 becomes 1 with zero point 0;
+//! - `q = clamp(round_half_even(w / scale) + zp, qmin, qmax)`, the division in f32.
+//!
+//! Per-tensor gives one scale; per-axis one scale per index along the axis. Work is spread
+//! over rayon's pool: large weights (a 33278x512 embedding) quantize in parallel.
+
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use rayon::prelude::*;
+
+use crate::ir::Tensor;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightType {
+    #[default]
+    Int8,
+    Uint8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightQuantOptions {
+    pub weight_type: WeightType,
+    pub symmetric: bool,
+    pub reduce_range: bool,
+}
+
+impl Default for WeightQuantOptions {
+    fn default() -> Self {
+        WeightQuantOptions {
+            weight_type: WeightType::Int8,
+            symmetric: true,
+            reduce_range: false,
+        }
+    }
+}
+
+impl WeightQuantOptions {
+    /// The integer range `[qmin, qmax]` of quantized values.
+    pub fn qrange(&self) -> (i32, i32) {
+        match (self.weight_type, self.reduce_range, self.symmetric) {
+            (WeightType::Uint8, false, _) => (0, 255),
+            (WeightType::Uint8, true, _) => (0, 127),
+            (WeightType::Int8, true, _) => (-64, 64),
+            (WeightType::Int8, false, true) => (-127, 127),
+            (WeightType::Int8, false, false) => (-128, 127),
+        }
+    }
+}
+
+/// Quantized values of either signedness.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QValues {
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedWeight {
+    pub values: QValues,
+    /// One per tensor, or one per index along `axis`.
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<i32>,
+    pub axis: Option<usize>,
+}
+
+/// Round half to even (numpy's `round`), in f32.
+pub fn round_half_even(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// Scale and zero point for a value range.
+pub fn scale_zero_point(min: f32, max: f32, opts: &WeightQuantOptions) -> (f32, i32) {
+    let (qmin, qmax) = opts.qrange();
+    let rmin = min.min(0.0) as f64;
+    let rmax = max.max(0.0) as f64;
+    let (scale, zp) = if opts.symmetric {
+        let absmax = rmin.abs().max(rmax.abs());
+        let scale = absmax * 2.0 / (qmax - qmin) as f64;
+        let zp = ((qmax + qmin) as f64 / 2.0).round_ties_even() as i32;
+        (scale, zp)
+    } else {
+        let scale = (rmax - rmin) / (qmax - qmin) as f64;
+        let zp = if scale > 0.0 {
+            (qmin as f64 - rmin / scale).round_ties_even() as i32
+        } else {
+            0
+        };
+        (scale, zp)
+    };
+    let scale32 = scale as f32;
+    // Also catches NaN (a weight holding NaN or inf).
+    if scale32.is_nan() || scale32 < f32::MIN_POSITIVE {
+        return (1.0, 0);
+    }
+    (scale32, zp.clamp(qmin, qmax))
+}
+
+fn min_max(values: &[f32]) -> (f32, f32) {
+    values
+        .par_chunks(1 << 16)
+        .map(|c| {
+            c.iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                })
+        })
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        )
+}
+
+fn quantize_into(values: &[f32], out: &mut [i32], scale: f32, zp: i32, qmin: i32, qmax: i32) {
+    out.par_chunks_mut(1 << 16)
+        .zip(values.par_chunks(1 << 16))
+        .for_each(|(o, v)| {
+            for (o, &v) in o.iter_mut().zip(v) {
+                *o = (round_half_even(v / scale) as i32)
+                    .saturating_add(zp)
+                    .clamp(qmin, qmax);
+            }
+        });
+}
+
+/// Quantizes `w` per tensor (`axis = None`) or per index along `axis`.
+pub fn quantize_weight(
+    w: ArrayViewD<f32>,
+    axis: Option<usize>,
+    opts: &WeightQuantOptions,
+) -> QuantizedWeight {
+    let (qmin, qmax) = opts.qrange();
+    let shape = w.shape().to_vec();
+    let (q, scales, zero_points) = match axis {
+        None => {
+            let flat = w.as_standard_layout();
+            let flat = flat.as_slice().expect("standard layout is contiguous");
+            let (lo, hi) = if flat.is_empty() {
+                (0.0, 0.0)
+            } else {
+                min_max(flat)
+            };
+            let (scale, zp) = scale_zero_point(lo, hi, opts);
+            let mut q = vec![0i32; flat.len()];
+            quantize_into(flat, &mut q, scale, zp, qmin, qmax);
+            (
+                ArrayD::from_shape_vec(IxDyn(&shape), q).expect("same shape"),
+                vec![scale],
+                vec![zp],
+            )
+        }
+        Some(a) => {
+            // Move the axis to the front so each channel is one contiguous row.
+            let mut perm: Vec<usize> = (0..shape.len()).collect();
+            perm.remove(a);
+            perm.insert(0, a);
+            let moved = w
+                .view()
+                .permuted_axes(perm.clone())
+                .as_standard_layout()
+                .into_owned();
+            let channels = shape[a];
+            let row = moved.len() / channels.max(1);
+            let data = moved.as_slice().expect("standard layout");
+            let mut q = vec![0i32; data.len()];
+            let params: Vec<(f32, i32)> = q
+                .par_chunks_mut(row.max(1))
+                .zip(data.par_chunks(row.max(1)))
+                .map(|(o, v)| {
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                    let (scale, zp) = scale_zero_point(lo, hi, opts);
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = (round_half_even(v / scale) as i32)
+                            .saturating_add(zp)
+                            .clamp(qmin, qmax);
+                    }
+                    (scale, zp)
+                })
+                .collect();
+            let moved_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            let qm = ArrayD::from_shape_vec(IxDyn(&moved_shape), q).expect("same shape");
+            // Undo the permutation.
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            let back = qm.permuted_axes(inverse).as_standard_layout().into_owned();
+            let (s, z) = if channels == 0 {
+                (vec![], vec![])
+            } else {
+                params.into_iter().unzip()
+            };
+            (back, s, z)
+        }
+    };
+    let values = match opts.weight_type {
+        WeightType::Int8 => QValues::I8(q.mapv(|v| v as i8)),
+        WeightType::Uint8 => QValues::U8(q.mapv(|v| v as u8)),
+    };
+    QuantizedWeight {
+        values,
+        scales,
+        zero_points,
+        axis,
+    }
+}
+
+impl QuantizedWeight {
+    /// The quantized values as an initializer.
+    pub fn values_tensor(&self, name: &str) -> Tensor {
+        match &self.values {
+            QValues::I8(a) => Tensor::from_array(name, &a.view()),
+            QValues::U8(a) => Tensor::from_array(name, &a.view()),
+        }
+    }
+
+    /// Scales as an initializer of the given shape (`[]` for per-tensor, `[N]` per-axis, or
+    /// e.g. `[D, 4H]` for recurrent weights).
+    pub fn scale_tensor(&self, name: &str, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(name, shape, self.scales.clone())
+    }
+
+    /// Zero points as an initializer of the given shape, typed like the values.
+    pub fn zero_point_tensor(&self, name: &str, shape: &[usize]) -> Tensor {
+        match &self.values {
+            QValues::I8(_) => Tensor::from_vec(
+                name,
+                shape,
+                self.zero_points.iter().map(|&z| z as i8).collect(),
+            ),
+            QValues::U8(_) => Tensor::from_vec(
+                name,
+                shape,
+                self.zero_points.iter().map(|&z| z as u8).collect(),
+            ),
+        }
+    }
+
+    /// Dequantized values (for accuracy checks and weight-only reference math).
+    pub fn dequantize(&self) -> ArrayD<f32> {
+        let q: ArrayD<f32> = match &self.values {
+            QValues::I8(a) => a.mapv(|v| v as f32),
+            QValues::U8(a) => a.mapv(|v| v as f32),
+        };
+        match self.axis {
+            None => q.mapv(|v| (v - self.zero_points[0] as f32) * self.scales[0]),
+            Some(a) => {
+                let mut out = q;
+                for (i, mut lane) in out.axis_iter_mut(Axis(a)).enumerate() {
+                    let (s, z) = (self.scales[i], self.zero_points[i] as f32);
+                    lane.mapv_inplace(|v| (v - z) * s);
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::arr2;
+
+    fn opts(weight_type: WeightType, symmetric: bool, reduce_range: bool) -> WeightQuantOptions {
+        WeightQuantOptions {
+            weight_type,
+            symmetric,
+            reduce_range,
+        }
+    }
+
+    #[test]
+    fn symmetric_int8_per_tensor_matches_hand_computation() {
+        let w = arr2(&[[0.5f32, -1.27], [0.0, 1.0]]).into_dyn();
+        let q = quantize_weight(w.view(), None, &WeightQuantOptions::default());
+        // absmax 1.27 -> scale 1.27*2/254 = 0.01
+        assert!((q.scales[0] - 0.01).abs() < 1e-9);
+        assert_eq!(q.zero_points, vec![0]);
+        assert_eq!(
+            q.values,
+            QValues::I8(arr2(&[[50i8, -127], [0, 100]]).into_dyn())
+        );
+    }
+
+    #[test]
+    fn asymmetric_uint8_includes_zero_in_range() {
+        // All positive: rmin is forced to 0, so zp is 0.
+        let w = arr2(&[[1.0f32, 2.55]]).into_dyn();
+        let q = quantize_weight(w.view(), None, &opts(WeightType::Uint8, false, false));
+        assert!((q.scales[0] - 0.01).abs() < 1e-7);
+        assert_eq!(q.zero_points, vec![0]);
+        assert_eq!(q.values, QValues::U8(arr2(&[[100u8, 255]]).into_dyn()));
+        // Negative and positive: zp = round(0 - (-1)/scale).
+        let w = arr2(&[[-1.0f32, 1.55]]).into_dyn();
+        let q = quantize_weight(w.view(), None, &opts(WeightType::Uint8, false, false));
+        assert!((q.scales[0] - 0.01).abs() < 1e-7);
+        assert_eq!(q.zero_points, vec![100]);
+        assert_eq!(q.values, QValues::U8(arr2(&[[0u8, 255]]).into_dyn()));
+    }
+
+    #[test]
+    fn rounds_half_to_even() {
+        // scale 1/127 * 127 = 1: w = 2.5 -> 2, 3.5 -> 4, -0.5 -> -0
+        let w = arr2(&[[127.0f32, 2.5, 3.5, -0.5]]).into_dyn();
+        let q = quantize_weight(w.view(), None, &WeightQuantOptions::default());
+        assert_eq!(q.scales, vec![1.0]);
+        assert_eq!(q.values, QValues::I8(arr2(&[[127i8, 2, 4, 0]]).into_dyn()));
+    }
+
+    #[test]
+    fn all_zero_and_constant_tensors() {
+        let z = ArrayD::<f32>::zeros(IxDyn(&[3, 2]));
+        for o in [
+            opts(WeightType::Int8, true, false),
+            opts(WeightType::Uint8, false, false),
+            opts(WeightType::Uint8, true, false),
+        ] {
+            let q = quantize_weight(z.view(), None, &o);
+            assert_eq!(
+                (q.scales.clone(), q.zero_points.clone()),
+                (vec![1.0], vec![0]),
+                "{o:?}"
+            );
+        }
+        let c = ArrayD::<f32>::from_elem(IxDyn(&[2, 2]), -3.0);
+        let q = quantize_weight(c.view(), None, &opts(WeightType::Uint8, false, false));
+        // range [-3, 0]: scale 3/255, zp 255, every value 0.
+        assert_eq!(q.zero_points, vec![255]);
+        assert_eq!(q.values, QValues::U8(ArrayD::zeros(IxDyn(&[2, 2]))));
+        let q = quantize_weight(c.view(), None, &WeightQuantOptions::default());
+        assert_eq!(
+            q.values,
+            QValues::I8(ArrayD::from_elem(IxDyn(&[2, 2]), -127))
+        );
+    }
+
+    #[test]
+    fn reduce_range_and_symmetric_uint8_zero_point() {
+        let w = arr2(&[[-0.64f32, 0.32]]).into_dyn();
+        let q = quantize_weight(w.view(), None, &opts(WeightType::Int8, true, true));
+        assert!((q.scales[0] - 0.01).abs() < 1e-7);
+        assert_eq!(q.values, QValues::I8(arr2(&[[-64i8, 32]]).into_dyn()));
+        let q = quantize_weight(w.view(), None, &opts(WeightType::Uint8, true, false));
+        assert_eq!(q.zero_points, vec![128]);
+    }
+
+    #[test]
+    fn per_channel_scales_follow_the_axis() {
+        let w = arr2(&[[1.0f32, -0.5], [-2.54, 0.25]]).into_dyn();
+        let q = quantize_weight(w.view(), Some(1), &WeightQuantOptions::default());
+        assert_eq!(q.scales.len(), 2);
+        assert!((q.scales[0] - 0.02).abs() < 1e-7);
+        assert!((q.scales[1] - 1.0 / 254.0).abs() < 1e-7);
+        assert_eq!(
+            q.values,
+            QValues::I8(arr2(&[[50i8, -127], [-127, 64]]).into_dyn())
+        );
+        let deq = q.dequantize();
+        assert!((deq[[1, 0]] + 2.54).abs() < 1e-6);
+    }
+}
