@@ -39,8 +39,9 @@ fn rand(shape: &[usize], seed: u64, scale: f32) -> Value {
     Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
 }
 
-/// Median wall time in ms of running a node built with constant weights.
-fn time_node(node: &Node, inputs: &[Value], n_const_from: usize) -> f64 {
+/// Median wall time and mean CPU time (all threads) in ms of running a node built with
+/// constant weights.
+fn time_node(node: &Node, inputs: &[Value], n_const_from: usize) -> (f64, f64) {
     let mut r = Registry::default();
     rnn::register(&mut r);
     conv::register(&mut r);
@@ -67,10 +68,28 @@ fn time_node(node: &Node, inputs: &[Value], n_const_from: usize) -> f64 {
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    let runs = 20;
+    let cpu0 = process_cpu_ns();
+    for _ in 0..runs {
+        std::hint::black_box(op.run(&refs).unwrap());
+    }
+    let cpu = (process_cpu_ns() - cpu0) as f64 / 1e6 / runs as f64;
+    (times[times.len() / 2], cpu)
 }
 
-fn rnn_case(op: &str, seq: usize, batch: usize, h: usize, dirs: usize) -> f64 {
+/// CPU time consumed by all threads of this process, in ns (from /proc: robust against the
+/// machine's load, unlike wall time).
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn rnn_case(op: &str, seq: usize, batch: usize, h: usize, dirs: usize) -> (f64, f64) {
     let g = if op == "LSTM" { 4 } else { 3 };
     let dir = if dirs == 2 {
         "bidirectional"
@@ -95,7 +114,7 @@ fn rnn_case(op: &str, seq: usize, batch: usize, h: usize, dirs: usize) -> f64 {
     time_node(&node, &inputs, 1)
 }
 
-fn conv_case(x: &[usize], w: &[usize], group: usize) -> f64 {
+fn conv_case(x: &[usize], w: &[usize], group: usize) -> (f64, f64) {
     let p = (w[2] / 2) as i64;
     let node = Node::new(
         "bench",
@@ -113,7 +132,7 @@ fn conv_case(x: &[usize], w: &[usize], group: usize) -> f64 {
 #[test]
 #[ignore = "benchmark: run explicitly in release mode"]
 fn kernel_timings() {
-    let ours: Vec<(&str, f64)> = vec![
+    let ours: Vec<(&str, (f64, f64))> = vec![
         ("lstm_seq35_b1_256", rnn_case("LSTM", 35, 1, 256, 1)),
         ("lstm_seq35_b10_256", rnn_case("LSTM", 35, 10, 256, 1)),
         ("lstm_bidir_seq100_b1_128", rnn_case("LSTM", 100, 1, 128, 2)),
@@ -151,19 +170,26 @@ fn kernel_timings() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ort: HashMap<String, f64> = String::from_utf8_lossy(&out.stdout)
+    let ort: HashMap<String, (f64, f64)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
-            let (n, t) = l.split_once(' ')?;
-            Some((n.to_string(), t.parse().ok()?))
+            let mut p = l.split_whitespace();
+            let n = p.next()?;
+            Some((
+                n.to_string(),
+                (p.next()?.parse().ok()?, p.next()?.parse().ok()?),
+            ))
         })
         .collect();
     println!(
-        "{:<28} {:>10} {:>14} {:>7}",
-        "case", "ours ms", "onnxruntime ms", "ratio"
+        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "case (ms)", "ours wall", "ours cpu", "ort wall", "ort cpu", "cpu x"
     );
-    for (name, t) in ours {
-        let o = ort.get(name).copied().unwrap_or(f64::NAN);
-        println!("{name:<28} {t:>10.3} {o:>14.3} {:>7.2}", t / o);
+    for (name, (w, c)) in ours {
+        let (ow, oc) = ort.get(name).copied().unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "{name:<26} {w:>9.3} {c:>9.3} {ow:>9.3} {oc:>9.3} {:>7.2}",
+            c / oc
+        );
     }
 }

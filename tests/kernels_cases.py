@@ -2,7 +2,7 @@
 
 Usage: kernels_cases.py backend OUT_DIR   (the ONNX backend node cases for these ops)
        kernels_cases.py ort OUT_DIR       (own cases, expected outputs from onnxruntime)
-       kernels_cases.py bench OUT_DIR     (onnxruntime single-thread timings, printed)
+       kernels_cases.py bench OUT_DIR     (onnxruntime single-thread wall and CPU ms)
 
 Each case becomes OUT_DIR/<name>/ with model.onnx, input_<i>.pb and output_<i>.pb (TensorProto,
 in graph input/output order), and a line "<name> <rtol> <atol>" in OUT_DIR/cases.txt.
@@ -307,7 +307,11 @@ def bench(out):
             t = time.perf_counter()
             s.run(None, feed)
             times.append(time.perf_counter() - t)
-        print(f"{name} {sorted(times)[len(times) // 2] * 1e3:.3f}")
+        c = time.process_time()
+        for _ in range(20):
+            s.run(None, feed)
+        cpu = (time.process_time() - c) / 20
+        print(f"{name} {sorted(times)[len(times) // 2] * 1e3:.3f} {cpu * 1e3:.3f}")
 
 
 if __name__ == "__main__":

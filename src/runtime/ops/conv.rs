@@ -401,6 +401,10 @@ impl Op for ConvOp {
         let mut yshape = vec![n, m];
         yshape.extend_from_slice(geo.out_shape());
         let mut y = ArrayD::<f32>::zeros(IxDyn(&yshape));
+        if y.is_empty() {
+            // No images or no output channels: nothing to compute (and no chunking by zero).
+            return Ok(vec![like(y, xv)]);
+        }
         conv_f32(
             &geo,
             &ConvShape { n, cg, m, g },
@@ -494,12 +498,27 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
     let [od, oh, ow] = geo.output;
     let [kd, kh, kw] = geo.kernel;
     let p = od * oh * ow;
+    let sx = geo.stride[2];
+    // Per kernel column: the output x range whose tap lands inside the image, and the input
+    // x of its first element; outside it the column is padding (zero).
+    let xr: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|e| {
+            let inside = |o: usize| geo.inside(2, geo.coord(2, o, e));
+            match (
+                (0..ow).find(|&o| inside(o)),
+                (0..ow).rev().find(|&o| inside(o)),
+            ) {
+                (Some(lo), Some(last)) => (lo, last + 1, geo.coord(2, lo, e) as usize),
+                _ => (0, 0, 0),
+            }
+        })
+        .collect();
     let mut row = 0;
     for c in 0..channels {
         let plane = &x[c * id_ * ih_ * iw_..][..id_ * ih_ * iw_];
         for a in 0..kd {
             for b in 0..kh {
-                for e in 0..kw {
+                for &(lo, hi, first) in &xr {
                     let dst = &mut col[row * p..][..p];
                     row += 1;
                     for z in 0..od {
@@ -517,13 +536,14 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
                                 continue;
                             }
                             let src = &plane[(iz as usize * ih_ + iy as usize) * iw_..][..iw_];
-                            for (xx, v) in dy.iter_mut().enumerate() {
-                                let ix = geo.coord(2, xx, e);
-                                *v = if geo.inside(2, ix) {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
+                            dy[..lo].fill(0.0);
+                            dy[hi..].fill(0.0);
+                            if sx == 1 {
+                                dy[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                            } else {
+                                for (j, v) in dy[lo..hi].iter_mut().enumerate() {
+                                    *v = src[first + j * sx];
+                                }
                             }
                         }
                     }
@@ -544,8 +564,14 @@ struct PoolOp {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PoolKind {
-    Max { column_major: bool },
-    Average { count_include_pad: bool },
+    /// `indices`: the node names the optional `Indices` output.
+    Max {
+        column_major: bool,
+        indices: bool,
+    },
+    Average {
+        count_include_pad: bool,
+    },
     GlobalAverage,
 }
 
@@ -559,6 +585,7 @@ fn build_max_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         window,
         kind: PoolKind::Max {
             column_major: node.attr_or::<i64>("storage_order", 0)? == 1,
+            indices: node.outputs().get(1).is_some_and(|n| !n.is_empty()),
         },
     }))
 }
@@ -623,7 +650,11 @@ impl Op for PoolOp {
         let planes = shape[0] * shape[1];
         let oshape = Self::out_shape(&shape, &geo);
         match self.kind {
-            PoolKind::Max { column_major } => {
+            PoolKind::Max {
+                column_major,
+                indices,
+            } => {
+                let column_major = indices.then_some(column_major);
                 let (y, idx) = match xv {
                     Value::F32(a) => max_pool_typed(a, &geo, planes, column_major, Value::F32),
                     Value::F64(a) => max_pool_typed(a, &geo, planes, column_major, Value::F64),
@@ -647,7 +678,11 @@ impl Op for PoolOp {
                         v => v,
                     })
                 };
-                Ok(vec![reshape(y)?, reshape(Value::I64(idx))?])
+                let mut outs = vec![reshape(y)?];
+                if let Some(idx) = idx {
+                    outs.push(reshape(Value::I64(idx))?);
+                }
+                Ok(outs)
             }
             PoolKind::Average { count_include_pad } => {
                 let x = float_input(xv, "X", &self.id)?;
@@ -741,16 +776,25 @@ fn for_windows(geo: &Geometry, mut f: impl FnMut(usize, usize)) {
     }
 }
 
-/// Max pooling over `planes` contiguous planes; returns values and flat argmax indices.
+/// Max pooling over `planes` contiguous planes; returns values and, when `column_major` is
+/// given, the flat argmax indices (row-major, or column-major over the spatial axes).
 fn max_pool_typed<T: Copy + PartialOrd + Send + Sync>(
     a: &ArrayD<T>,
     geo: &Geometry,
     planes: usize,
-    column_major: bool,
+    column_major: Option<bool>,
     wrap: fn(ArrayD<T>) -> Value,
-) -> (Value, ArrayD<i64>) {
+) -> (Value, Option<ArrayD<i64>>) {
     let x = a.as_standard_layout();
     let x = x.as_slice().unwrap_or(&[]);
+    let Some(column_major) = column_major else {
+        let vals = max_pool_values(x, geo, planes);
+        let n = vals.len();
+        return (
+            wrap(ArrayD::from_shape_vec(IxDyn(&[n]), vals).expect("1-D")),
+            None,
+        );
+    };
     let (isz, osz) = (geo.in_size(), geo.out_size());
     let [id_, ih, iw] = geo.input;
     let mut vals = Vec::with_capacity(planes * osz);
@@ -805,8 +849,57 @@ fn max_pool_typed<T: Copy + PartialOrd + Send + Sync>(
     let n = vals.len();
     (
         wrap(ArrayD::from_shape_vec(IxDyn(&[n]), vals).expect("1-D")),
-        ArrayD::from_shape_vec(IxDyn(&[n]), idx).expect("1-D"),
+        Some(ArrayD::from_shape_vec(IxDyn(&[n]), idx).expect("1-D")),
     )
+}
+
+/// Max pooling values only, separably: per output row, the element-wise max over the
+/// window's input rows (vectorizes), then the max over each window's columns of that.
+fn max_pool_values<T: Copy + PartialOrd>(x: &[T], geo: &Geometry, planes: usize) -> Vec<T> {
+    let (isz, osz) = (geo.in_size(), geo.out_size());
+    let [_, ih, iw] = geo.input;
+    let taps = [0, 1, 2].map(|a| AxisTaps::new(geo, a));
+    let [tz, ty, tx] = &taps;
+    let dil = geo.dilation;
+    let mut vals = Vec::with_capacity(planes * osz);
+    let mut colmax: Vec<T> = Vec::with_capacity(iw);
+    for p in 0..planes {
+        let plane = &x[p * isz..][..isz];
+        for z in 0..geo.output[0] {
+            for y in 0..geo.output[1] {
+                colmax.clear();
+                for kz in tz.lo[z]..tz.hi[z] {
+                    let iz = (tz.start[z] + (kz * dil[0]) as isize) as usize;
+                    for ky in ty.lo[y]..ty.hi[y] {
+                        let iy = (ty.start[y] + (ky * dil[1]) as isize) as usize;
+                        let row = &plane[(iz * ih + iy) * iw..][..iw];
+                        if colmax.is_empty() {
+                            colmax.extend_from_slice(row);
+                        } else {
+                            for (m, &v) in colmax.iter_mut().zip(row) {
+                                *m = if v > *m { v } else { *m };
+                            }
+                        }
+                    }
+                }
+                for xo in 0..geo.output[2] {
+                    let mut best: Option<T> = None;
+                    if !colmax.is_empty() {
+                        for kx in tx.lo[xo]..tx.hi[xo] {
+                            let v = colmax[(tx.start[xo] + (kx * dil[2]) as isize) as usize];
+                            if best.is_none_or(|b| v > b) {
+                                best = Some(v);
+                            }
+                        }
+                    }
+                    // A window without in-image taps (degenerate dilated cases) yields the
+                    // plane's first element, as in the indexed path.
+                    vals.push(best.unwrap_or(plane[0]));
+                }
+            }
+        }
+    }
+    vals
 }
 
 fn avg_pool(x: &[f32], geo: &Geometry, planes: usize, count_include_pad: bool) -> ArrayD<f32> {
@@ -1215,5 +1308,19 @@ mod tests {
         assert!(run(&gap, &[Some(&s)]).is_err());
         let y = run(&gap, &[Some(&x)]).unwrap();
         assert_eq!(y[0].shape(), &[1, 4, 1, 1]);
+        // Empty batches and zero output channels are fine, empty spatial axes are errors.
+        let x0 = Value::F32(arr(&[0, 4, 5, 5], 5));
+        let w = Value::F32(arr(&[2, 4, 3, 3], 6));
+        let y = run(&conv_node(vec![]), &[Some(&x0), Some(&w)]).unwrap();
+        assert_eq!(y[0].shape(), &[0, 2, 3, 3]);
+        let w0 = Value::F32(arr(&[0, 4, 3, 3], 7));
+        let y = run(&conv_node(vec![]), &[Some(&x), Some(&w0)]).unwrap();
+        assert_eq!(y[0].shape(), &[1, 0, 3, 3]);
+        let xe = Value::F32(arr(&[1, 4, 0, 5], 8));
+        assert!(run(&conv_node(vec![]), &[Some(&xe), Some(&w)]).is_err());
+        let mp = Node::new("p", "MaxPool", "", vec!["X".into()], vec!["Y".into()])
+            .with_attr(attr_ints("kernel_shape", vec![2, 2]));
+        assert!(run(&mp, &[Some(&xe)]).is_err());
+        assert_eq!(run(&mp, &[Some(&x0)]).unwrap()[0].shape(), &[0, 4, 4, 4]);
     }
 }

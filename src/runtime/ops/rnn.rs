@@ -721,7 +721,7 @@ impl Op for RecurrentOp {
 // Time loop
 
 /// Batch sizes up to this use the row-streaming kernel for `Ht-1·Rᵀ`; larger ones the packed GEMM.
-const FEW_ROWS: usize = 8;
+const FEW_ROWS: usize = 16;
 
 /// `out = a · b` for the per-step recurrence, `a [batch, H]`, `b [H, cols]` (rows contiguous).
 /// A packed GEMM re-packs all of `b` on every call, which dominates at small batch; with few
@@ -757,8 +757,10 @@ fn few_rows_avx2(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o
     few_rows::<true>(a, m, k, b, n, o);
 }
 
-/// `o [m, n] = a [m, k] · b [k, n]`, streaming the rows of `b` once. `FMA` selects fused
-/// multiply-add (only where the CPU has it: elsewhere `mul_add` is a library call).
+/// `o [m, n] = a [m, k] * b [k, n]` for few rows of `a`. Below 4 rows, streams the rows of
+/// `b` once into column blocks of the outputs (which stay in L1); from 4 rows on, computes
+/// 4 x 32 output tiles in registers. `FMA` selects fused multiply-add (only where the CPU has
+/// it: elsewhere `mul_add` is a library call).
 #[inline(always)]
 fn few_rows<const FMA: bool>(
     a: &[f32],
@@ -768,25 +770,106 @@ fn few_rows<const FMA: bool>(
     n: usize,
     o: &mut [f32],
 ) {
+    let rows: Vec<&[f32]> = b
+        .rows()
+        .into_iter()
+        .take(k)
+        .filter_map(|r| r.to_slice())
+        .collect();
+    if rows.len() != k || rows.iter().any(|r| r.len() != n) {
+        // Callers check that rows are contiguous; keep a correct path all the same.
+        let a = ArrayView2::from_shape((m, k), a).expect("a is m*k");
+        let mut out = ArrayViewMut2::from_shape((m, n), o).expect("o is m*n");
+        general_mat_mul(1.0, &a, b, 0.0, &mut out);
+        return;
+    }
+    if m >= 4 {
+        tiled::<FMA>(a, m, k, &rows, n, o);
+        return;
+    }
+    const BLOCK: usize = 256;
     o.fill(0.0);
-    for (kk, brow) in b.rows().into_iter().enumerate().take(k) {
-        let Some(brow) = brow.as_slice() else { return };
-        for i in 0..m {
-            let s = a[i * k + kk];
-            if s == 0.0 {
-                continue;
-            }
-            let orow = &mut o[i * n..(i + 1) * n];
-            if FMA {
-                for (o, &bv) in orow.iter_mut().zip(brow) {
-                    *o = s.mul_add(bv, *o);
+    let mut c0 = 0;
+    while c0 < n {
+        let c1 = (c0 + BLOCK).min(n);
+        for (kk, brow) in rows.iter().enumerate() {
+            let brow = &brow[c0..c1];
+            for i in 0..m {
+                let s = a[i * k + kk];
+                if s == 0.0 {
+                    continue;
                 }
-            } else {
-                for (o, &bv) in orow.iter_mut().zip(brow) {
-                    *o += s * bv;
+                let orow = &mut o[i * n + c0..i * n + c1];
+                if FMA {
+                    for (o, &bv) in orow.iter_mut().zip(brow) {
+                        *o = s.mul_add(bv, *o);
+                    }
+                } else {
+                    for (o, &bv) in orow.iter_mut().zip(brow) {
+                        *o += s * bv;
+                    }
                 }
             }
         }
+        c0 = c1;
+    }
+}
+
+const TILE_W: usize = 32;
+
+#[inline(always)]
+fn tiled<const FMA: bool>(a: &[f32], m: usize, k: usize, rows: &[&[f32]], n: usize, o: &mut [f32]) {
+    let nw = n / TILE_W * TILE_W;
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(4);
+        for c0 in (0..nw).step_by(TILE_W) {
+            match r {
+                4 => tile::<FMA, 4>(a, k, rows, n, o, i, c0),
+                3 => tile::<FMA, 3>(a, k, rows, n, o, i, c0),
+                2 => tile::<FMA, 2>(a, k, rows, n, o, i, c0),
+                _ => tile::<FMA, 1>(a, k, rows, n, o, i, c0),
+            }
+        }
+        i += r;
+    }
+    // Columns past the last full tile.
+    for i in 0..m {
+        for c in nw..n {
+            o[i * n + c] = rows
+                .iter()
+                .enumerate()
+                .map(|(kk, brow)| a[i * k + kk] * brow[c])
+                .sum();
+        }
+    }
+}
+
+/// One `R x TILE_W` output tile, accumulated in registers over all of `k`.
+#[inline(always)]
+fn tile<const FMA: bool, const R: usize>(
+    a: &[f32],
+    k: usize,
+    rows: &[&[f32]],
+    n: usize,
+    o: &mut [f32],
+    i: usize,
+    c0: usize,
+) {
+    let mut acc = [[0f32; TILE_W]; R];
+    for (kk, brow) in rows.iter().enumerate() {
+        let Ok(bb) = <&[f32; TILE_W]>::try_from(&brow[c0..c0 + TILE_W]) else {
+            return;
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let s = a[(i + r) * k + kk];
+            for (v, &bv) in acc.iter_mut().zip(bb) {
+                *v = if FMA { s.mul_add(bv, *v) } else { *v + s * bv };
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        o[(i + r) * n + c0..][..TILE_W].copy_from_slice(acc);
     }
 }
 
@@ -1080,6 +1163,25 @@ mod tests {
     }
 
     #[test]
+    fn recurrent_product_matches_gemm() {
+        for m in [1, 2, 3, 4, 5, 7, 10, 16, 17] {
+            for (k, n, full) in [(5, 20, 30), (37, 70, 70), (64, 96, 160)] {
+                let a = Array2::from_shape_vec((m, k), values(m * k, m as u64)).unwrap();
+                let b = Array2::from_shape_vec((k, full), values(k * full, 99)).unwrap();
+                // A column slice, like GRU's z/r block of R.
+                let bv = b.slice(s![.., ..n]);
+                let mut got = Array2::<f32>::from_elem((m, n), f32::NAN);
+                recurrent_product(&a, &bv, &mut got);
+                let mut want = Array2::<f32>::zeros((m, n));
+                general_mat_mul(1.0, &a, &bv, 0.0, &mut want);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-4, "m {m} k {k} n {n}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn activation_parameters_are_consumed_in_order() {
         let mut a = [0.1f32, 0.3].into_iter();
         let mut b = [0.6f32].into_iter();
@@ -1254,6 +1356,14 @@ mod tests {
         let bad_x = arr(&[3, 1, 5], 35);
         assert!(op.run(&[Some(&bad_x), Some(&w), Some(&r)]).is_err());
         assert!(op.run(&[Some(&x)]).is_err());
+
+        // Empty sequences and batches run and give empty or zero outputs.
+        for (seq, batch) in [(0, 1), (3, 0)] {
+            let xe = arr(&[seq, batch, 2], 36);
+            let out = op.run(&[Some(&xe), Some(&w), Some(&r)]).unwrap();
+            assert_eq!(out[0].shape(), &[seq, 1, batch, h]);
+            assert!(out[1].as_f32().unwrap().iter().all(|&v| v == 0.0));
+        }
 
         let n =
             node("LSTM", 3).with_attr(attr_strings("activations", &["Sigmoid", "Nope", "Tanh"]));
