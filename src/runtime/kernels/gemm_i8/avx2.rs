@@ -74,7 +74,16 @@ unsafe fn tile<const R: usize>(job: &Job, bp: *const i16, m0: usize, n0: usize, 
             b = b.add(16 * NV);
         }
     }
-    unsafe { epilogue::<R>(job, &acc, m0, n0, ncols) };
+    // Hand the sums over through memory: the epilogue's data-dependent loops would otherwise
+    // keep `acc` on the stack, and LLVM then spills every accumulator inside the K loop.
+    let mut sums = [[0i32; NR]; R];
+    for r in 0..R {
+        for j in 0..NV {
+            // SAFETY: sums[r] has room for NV vectors.
+            unsafe { _mm256_storeu_si256(sums[r].as_mut_ptr().add(8 * j).cast(), acc[r][j]) };
+        }
+    }
+    unsafe { epilogue::<R>(job, &sums, m0, n0, ncols) };
 }
 
 /// Zero-point correction and output; partial vectors go through [`Job::store_scalar`], which
@@ -83,7 +92,7 @@ unsafe fn tile<const R: usize>(job: &Job, bp: *const i16, m0: usize, n0: usize, 
 #[inline]
 unsafe fn epilogue<const R: usize>(
     job: &Job,
-    acc: &[[__m256i; NV]; R],
+    sums: &[[i32; NR]; R],
     m0: usize,
     n0: usize,
     ncols: usize,
@@ -96,14 +105,10 @@ unsafe fn epilogue<const R: usize>(
         }
         let left = n0 + ncols - c;
         if left < 8 {
-            for (r, acc_r) in acc.iter().enumerate() {
-                let mut raw = [0i32; 8];
-                // SAFETY: raw has room for one vector; row and columns are in range.
-                unsafe {
-                    _mm256_storeu_si256(raw.as_mut_ptr().cast(), acc_r[j]);
-                    for (i, &v) in raw.iter().enumerate().take(left) {
-                        job.store_scalar(m0 + r, c + i, v);
-                    }
+            for (r, sums_r) in sums.iter().enumerate() {
+                for (i, &v) in sums_r[8 * j..8 * j + left].iter().enumerate() {
+                    // SAFETY: row and columns are in range.
+                    unsafe { job.store_scalar(m0 + r, c + i, v) };
                 }
             }
             continue;
@@ -112,10 +117,10 @@ unsafe fn epilogue<const R: usize>(
         unsafe {
             let adj = _mm256_loadu_si256(job.b.col_adj.as_ptr().add(c).cast());
             let zb = _mm256_loadu_si256(job.b.zb.as_ptr().add(c).cast());
-            for (r, acc_r) in acc.iter().enumerate() {
+            for (r, sums_r) in sums.iter().enumerate() {
                 let row = m0 + r;
                 let mut corr = _mm256_sub_epi32(
-                    acc_r[j],
+                    _mm256_loadu_si256(sums_r.as_ptr().add(8 * j).cast()),
                     _mm256_mullo_epi32(_mm256_set1_epi32(job.za(row)), adj),
                 );
                 if job.b.has_zb {

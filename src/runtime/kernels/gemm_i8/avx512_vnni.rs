@@ -94,7 +94,16 @@ unsafe fn tile<const R: usize>(job: &Job, bp: *const i8, m0: usize, n0: usize, n
             }
         }
     }
-    unsafe { epilogue::<R>(job, &acc, m0, n0, ncols) };
+    // Hand the sums over through memory: the epilogue's data-dependent loops would otherwise
+    // keep `acc` on the stack, and LLVM then spills every accumulator inside the K loop.
+    let mut sums = [[0i32; NR]; R];
+    for r in 0..R {
+        for j in 0..NV {
+            // SAFETY: sums[r] has room for NV vectors.
+            unsafe { _mm512_storeu_si512(sums[r].as_mut_ptr().add(16 * j).cast(), acc[r][j]) };
+        }
+    }
+    unsafe { epilogue::<R>(job, &sums, m0, n0, ncols) };
 }
 
 /// Zero-point correction, then either int32 stores or the float scale/bias/ReLU, masked to the
@@ -103,7 +112,7 @@ unsafe fn tile<const R: usize>(job: &Job, bp: *const i8, m0: usize, n0: usize, n
 #[inline]
 unsafe fn epilogue<const R: usize>(
     job: &Job,
-    acc: &[[__m512i; NV]; R],
+    sums: &[[i32; NR]; R],
     m0: usize,
     n0: usize,
     ncols: usize,
@@ -127,7 +136,8 @@ unsafe fn epilogue<const R: usize>(
             let adj = _mm512_loadu_si512(job.b.col_adj.as_ptr().add(c).cast());
             let zb = _mm512_loadu_si512(job.b.zb.as_ptr().add(c).cast());
             let corr: [__m512i; R] = std::array::from_fn(|r| {
-                let v = _mm512_sub_epi32(acc[r][j], _mm512_mullo_epi32(za[r], adj));
+                let acc = _mm512_loadu_si512(sums[r].as_ptr().add(16 * j).cast());
+                let v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(za[r], adj));
                 if job.b.has_zb {
                     _mm512_sub_epi32(v, _mm512_mullo_epi32(rs[r], zb))
                 } else {
