@@ -363,3 +363,105 @@ fn bad_shapes_are_errors() {
     assert!(PackedB::from_i8(&[1; 5], 2, 3, &[]).is_err());
     assert!(PackedB::from_i8(&[1; 6], 2, 3, &[0, 0]).is_err());
 }
+
+/// Python for the onnxruntime cross-check: `ONNX_DYNQ_PYTHON`, `<repo>/.venv/bin/python`,
+/// then `python3` (as the integration tests find it).
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("ONNX_DYNQ_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    "python3".into()
+}
+
+/// Runs one ONNX `MatMulInteger` in onnxruntime on raw little-endian files in `dir`.
+const ORT_MATMUL_INTEGER: &str = r#"
+import sys, os, numpy as np, onnx, onnxruntime as ort
+from onnx import helper, TensorProto
+d, m, k, n, ta, tb = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5], sys.argv[6]
+npt = {"u8": np.uint8, "i8": np.int8}
+ott = {"u8": TensorProto.UINT8, "i8": TensorProto.INT8}
+rd = lambda name, t: np.fromfile(os.path.join(d, name), dtype=npt[t])
+a, b = rd("a", ta).reshape(m, k), rd("b", tb).reshape(k, n)
+za, zb = rd("za", ta).reshape(()), rd("zb", tb).reshape(n)
+g = helper.make_graph(
+    [helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"])], "g",
+    [helper.make_tensor_value_info("a", ott[ta], [m, k]),
+     helper.make_tensor_value_info("b", ott[tb], [k, n]),
+     helper.make_tensor_value_info("za", ott[ta], []),
+     helper.make_tensor_value_info("zb", ott[tb], [n])],
+    [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])])
+model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+onnx.checker.check_model(model)
+so = ort.SessionOptions(); so.intra_op_num_threads = 1
+s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+y = s.run(None, {"a": a, "b": b, "za": za, "zb": zb})[0]
+assert y.dtype == np.int32 and y.shape == (m, n)
+y.tofile(os.path.join(d, "y"))
+"#;
+
+#[test]
+fn matches_onnxruntime_matmul_integer() {
+    let mut rng = Rng(2024);
+    let (m, k, n) = (7, 259, 70);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (ta, tb) in [("u8", "i8"), ("u8", "u8"), ("i8", "i8")] {
+        let a = rng.u8s(m * k);
+        let b = rng.u8s(k * n);
+        let za = rng.u8s(1);
+        let zb = rng.u8s(n);
+        for (name, data) in [("a", &a), ("b", &b), ("za", &za), ("zb", &zb)] {
+            std::fs::write(dir.path().join(name), data).expect("write input");
+        }
+        let py = python();
+        let status = std::process::Command::new(&py)
+            .arg("-c")
+            .arg(ORT_MATMUL_INTEGER)
+            .arg(dir.path())
+            .args([m, k, n].map(|v| v.to_string()))
+            .args([ta, tb])
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run python ({}): {e}; set ONNX_DYNQ_PYTHON to a python with onnx, onnxruntime and numpy",
+                    py.display()
+                )
+            });
+        assert!(
+            status.success(),
+            "onnxruntime MatMulInteger {ta}x{tb} failed"
+        );
+        let want: Vec<i32> = std::fs::read(dir.path().join("y"))
+            .expect("read output")
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let as_i8 = |v: &[u8]| v.iter().map(|&x| x as i8).collect::<Vec<i8>>();
+        for isa in Isa::available() {
+            let packed = if tb == "u8" {
+                PackedB::from_u8_with_isa(isa, &b, k, n, &zb)
+            } else {
+                PackedB::from_i8_with_isa(isa, &as_i8(&b), k, n, &as_i8(&zb))
+            }
+            .unwrap();
+            let (a_i8, za_i8) = (as_i8(&a), as_i8(&za));
+            let input = if ta == "u8" {
+                AInput::U8 {
+                    data: &a,
+                    zero_points: &za,
+                }
+            } else {
+                AInput::I8 {
+                    data: &a_i8,
+                    zero_points: &za_i8,
+                }
+            };
+            let mut out = vec![0i32; m * n];
+            matmul_integer(input, m, k, &packed, &mut out, 1).unwrap();
+            assert_eq!(out, want, "{isa:?} {ta}x{tb}");
+        }
+    }
+}
