@@ -42,6 +42,9 @@ pub struct InputInfo {
     pub ty: Option<ValueType>,
 }
 
+/// Values with their names, in graph order.
+pub type NamedValues = Vec<(String, Value)>;
+
 /// Wall time of one step in a profiled run.
 #[derive(Clone, Debug)]
 pub struct NodeTime {
@@ -164,7 +167,7 @@ impl Session {
     pub fn run_profiled(
         &self,
         inputs: HashMap<String, Value>,
-    ) -> Result<(Vec<(String, Value)>, Vec<NodeTime>)> {
+    ) -> Result<(NamedValues, Vec<NodeTime>)> {
         let mut times = Vec::with_capacity(self.steps.len());
         let outs = self.run_inner(inputs, Some(&mut times))?;
         Ok((outs, times))
