@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also time each op type (one extra run) and report the totals, slowest first.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -253,6 +256,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("'{extra}' is not an input of the model");
     }
     let mut latency = None;
+    let feed_copy = args.profile.then(|| feed.clone());
     let outs = if let Some(n) = args.repeat {
         let outs = session.run(feed.clone())?;
         let mut times = Vec::with_capacity(n);
@@ -268,6 +272,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else {
         session.run(feed)?
     };
+    let profile = if args.profile {
+        let (_, times) = session.run_profiled(feed_copy.unwrap_or_default())?;
+        let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+        for t in times {
+            match by_op.iter_mut().find(|(o, _, _)| *o == t.op_type) {
+                Some(e) => {
+                    e.1 += t.ms;
+                    e.2 += 1;
+                }
+                None => by_op.push((t.op_type, t.ms, 1)),
+            }
+        }
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Some(by_op)
+    } else {
+        None
+    };
     if let Some(p) = &args.output {
         onnx_dynq::npy::write_npz(p, &outs)?;
     }
@@ -276,6 +297,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let mut obj = serde_json::json!({ "outputs": sums });
         if let Some((p50, p90, _)) = latency {
             obj["latency_ms"] = serde_json::json!({ "p50": p50, "p90": p90 });
+        }
+        if let Some(p) = &profile {
+            obj["profile_ms"] = p
+                .iter()
+                .map(|(op, ms, n)| serde_json::json!({ "op": op, "ms": ms, "nodes": n }))
+                .collect();
         }
         println!("{}", serde_json::to_string_pretty(&obj)?);
     } else {
@@ -301,6 +328,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         if let Some((p50, p90, n)) = latency {
             println!("latency over {n} runs: p50 {p50:.3} ms, p90 {p90:.3} ms");
+        }
+        if let Some(p) = &profile {
+            println!("time by op type (one run):");
+            for (op, ms, n) in p {
+                println!("  {op:<24} {ms:9.3} ms  ({n} nodes)");
+            }
         }
         if let Some(p) = &args.output {
             println!("outputs saved to {}", p.display());

@@ -108,6 +108,24 @@ fn random_inputs_are_seeded_and_repeat_reports_latency() {
             .unwrap(),
     );
     assert_eq!(d["outputs"][0]["shape"], serde_json::json!([4, 10]));
+    let p = json(
+        &bin()
+            .args([
+                "run",
+                &fixture("mlp.onnx"),
+                "--random-inputs",
+                "--profile",
+                "--json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let ops = p["profile_ms"].as_array().expect("profile_ms array");
+    assert!(!ops.is_empty());
+    assert!(
+        ops.iter()
+            .all(|o| o["op"].is_string() && o["ms"].as_f64().is_some_and(|m| m >= 0.0))
+    );
 }
 
 #[test]

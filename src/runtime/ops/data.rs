@@ -502,7 +502,8 @@ fn gather_t<T: Copy + Default>(
     let dim = shape[axis];
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
-    let src = standard(data.view());
+    // Borrowed when already row-major (an embedding table must not be copied per run).
+    let src = data.as_standard_layout();
     let src = src
         .as_slice()
         .ok_or_else(|| err("internal: non-contiguous data"))?;
