@@ -128,7 +128,13 @@ pub fn constant_values(
     types: &HashMap<String, ValueType>,
 ) -> HashSet<String> {
     let mut c: HashSet<String> = outer_consts.clone();
-    c.extend(g.initializers.keys().cloned());
+    // An initializer that is also a graph input is only a default: callers may override it.
+    c.extend(
+        g.initializers
+            .keys()
+            .filter(|k| !g.proto.input.iter().any(|i| i.name() == k.as_str()))
+            .cloned(),
+    );
     let order = g.topo_order().unwrap_or_default();
     for i in order {
         let n = &g.nodes[i];
