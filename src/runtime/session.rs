@@ -337,17 +337,18 @@ fn check_input(info: &InputInfo, v: &Value) -> Result<()> {
             ));
         }
         for (i, (d, &n)) in shape.iter().zip(v.shape()).enumerate() {
-            if let Dim::Known(k) = d {
-                if *k >= 0 && *k as usize != n {
-                    return Err(Error::tensor(
-                        name,
-                        format!(
-                            "input has shape {:?}, the model declares {} (dim {i} must be {k})",
-                            v.shape(),
-                            ty.shape_string()
-                        ),
-                    ));
-                }
+            if let Dim::Known(k) = d
+                && *k >= 0
+                && *k as usize != n
+            {
+                return Err(Error::tensor(
+                    name,
+                    format!(
+                        "input has shape {:?}, the model declares {} (dim {i} must be {k})",
+                        v.shape(),
+                        ty.shape_string()
+                    ),
+                ));
             }
         }
     }
@@ -440,10 +441,10 @@ impl<'r> Planner<'r> {
             }
         }
         for (s, lu) in last_use.iter().enumerate() {
-            if let Some(i) = lu {
-                if !keep.contains(&s) {
-                    steps[*i].frees.push(s);
-                }
+            if let Some(i) = lu
+                && !keep.contains(&s)
+            {
+                steps[*i].frees.push(s);
             }
         }
         Ok(Session {

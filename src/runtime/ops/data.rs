@@ -170,7 +170,7 @@ pub fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Ve
             .filter(|&(j, _)| j != i)
             .map(|(_, &d)| d)
             .product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(err(format!("cannot reshape {input:?} to {spec:?}")));
         }
         out[i] = total / known;

@@ -35,6 +35,20 @@
 //!   255·127·2 > 32767) this is exact for all inputs.
 //! - [`Isa::Scalar`]: portable fallback.
 //!
+//! # Example
+//! ```
+//! use onnx_dynq::runtime::kernels::gemm_i8::{Epilogue, PackedB, gemm_u8i8_f32};
+//! // B: int8 weights [K=3, N=2], symmetric (no zero point); packed once.
+//! let b = PackedB::from_i8(&[1, -2, 3, 4, -5, 6], 3, 2, &[]).unwrap();
+//! // A: one row of uint8 activations with zero point 10.
+//! let a = [11u8, 12, 13];
+//! let epi = Epilogue { b_scales: &[0.5], bias: Some(&[1.0, -1.0]), relu: true };
+//! let mut out = [0f32; 2];
+//! gemm_u8i8_f32(&a, 1, 3, 10, 0.1, &b, &epi, &mut out, 1).unwrap();
+//! // (1·1 + 2·3 + 3·(-5)) · 0.1 · 0.5 + 1 = 0.6; (1·(-2) + 2·4 + 3·6) · 0.05 - 1 = 0.2
+//! assert!((out[0] - 0.6).abs() < 1e-6 && (out[1] - 0.2).abs() < 1e-6);
+//! ```
+//!
 //! # Threads
 //! `threads > 1` splits the N panels over rayon's global pool for large shapes; small shapes
 //! always run on the calling thread, which is also the default (`threads = 1`).
@@ -83,12 +97,24 @@ impl Isa {
         }
     }
 
-    /// The fastest available path.
+    /// The path [`PackedB::from_i8`] and friends pack for: the fastest available one, unless
+    /// the environment variable `ONNX_DYNQ_INT8_ISA` names another available path (`scalar`,
+    /// `avx2`, `avx512-vnni`), which lets whole-model runs exercise every kernel.
     pub fn best() -> Isa {
-        [Isa::Avx512Vnni, Isa::Avx2]
-            .into_iter()
-            .find(|isa| isa.is_available())
-            .unwrap_or(Isa::Scalar)
+        static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let forced = std::env::var("ONNX_DYNQ_INT8_ISA").ok().and_then(|name| {
+                Isa::available()
+                    .into_iter()
+                    .find(|isa| isa.name() == name.trim())
+            });
+            forced.unwrap_or_else(|| {
+                [Isa::Avx512Vnni, Isa::Avx2]
+                    .into_iter()
+                    .find(|isa| isa.is_available())
+                    .unwrap_or(Isa::Scalar)
+            })
+        })
     }
 
     /// All paths this CPU can run, fastest first.
@@ -376,8 +402,9 @@ pub(crate) fn relu_f32(v: f32) -> f32 {
     if v > 0.0 { v } else { 0.0 }
 }
 
-/// Below this many multiply-adds a call stays on one thread: splitting costs more than it wins.
-const PAR_MIN_MACS: usize = 1 << 22;
+/// Below this many multiply-adds (~40 µs of single-core VNNI work) a call stays on one
+/// thread: waking rayon workers costs more than it wins.
+const PAR_MIN_MACS: usize = 1 << 24;
 
 fn run(a: &[u8], m: usize, k: usize, za: &[i32], b: &PackedB, out: Out, threads: usize) {
     if m == 0 || b.n() == 0 {

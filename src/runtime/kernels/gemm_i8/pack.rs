@@ -65,7 +65,8 @@ impl PackedB {
     pub fn from_i8_transposed(b_t: &[i8], k: usize, n: usize, zero_points: &[i8]) -> Result<Self> {
         check_len(b_t.len(), k, n)?;
         let zb = zero_points_i32(zero_points.iter().map(|&z| i32::from(z)), n)?;
-        Self::pack(Isa::best(), k, n, |kk, nn| b_t[nn * k + kk], zb)
+        let plain = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
+        Self::pack(Isa::best(), k, n, plain, zb)
     }
 
     /// [`PackedB::from_i8`] for a given kernel path (errors if this CPU lacks it).
@@ -78,7 +79,7 @@ impl PackedB {
     ) -> Result<Self> {
         check_len(b.len(), k, n)?;
         let zb = zero_points_i32(zero_points.iter().map(|&z| i32::from(z)), n)?;
-        Self::pack(isa, k, n, |kk, nn| b[kk * n + nn], zb)
+        Self::pack(isa, k, n, b.to_vec(), zb)
     }
 
     /// [`PackedB::from_u8`] for a given kernel path (errors if this CPU lacks it).
@@ -96,7 +97,8 @@ impl PackedB {
         } else {
             zero_points_i32(zero_points.iter().map(|&z| i32::from(z) - 128), n)?
         };
-        Self::pack(isa, k, n, |kk, nn| (b[kk * n + nn] ^ 0x80) as i8, zb)
+        let plain = b.iter().map(|&v| (v ^ 0x80) as i8).collect();
+        Self::pack(isa, k, n, plain, zb)
     }
 
     pub fn k(&self) -> usize {
@@ -112,14 +114,8 @@ impl PackedB {
         self.isa
     }
 
-    /// `get(k, n)` yields B's int8 value; `zb` has length n.
-    fn pack(
-        isa: Isa,
-        k: usize,
-        n: usize,
-        get: impl Fn(usize, usize) -> i8,
-        zb: Vec<i32>,
-    ) -> Result<Self> {
+    /// `plain` is B as int8 `[k, n]` row-major; `zb` has length n.
+    fn pack(isa: Isa, k: usize, n: usize, plain: Vec<i8>, zb: Vec<i32>) -> Result<Self> {
         if !isa.is_available() {
             return Err(err(format!(
                 "{} kernel not available on this CPU",
@@ -131,38 +127,49 @@ impl PackedB {
         let n_pad = panels * nr;
         let k_i32 = i32::try_from(k).map_err(|_| err(format!("K = {k} too large")))?;
 
+        // Row by row, so large B is read sequentially.
         let mut col_adj = vec![0i32; n_pad];
-        for (nn, adj) in col_adj.iter_mut().enumerate().take(n) {
-            let sum = (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(get(kk, nn))));
-            *adj = sum.wrapping_sub(k_i32.wrapping_mul(zb[nn]));
+        for row in plain.chunks_exact(n.max(1)) {
+            for (s, &v) in col_adj.iter_mut().zip(row) {
+                *s = s.wrapping_add(i32::from(v));
+            }
+        }
+        for (adj, &z) in col_adj.iter_mut().zip(&zb) {
+            *adj = adj.wrapping_sub(k_i32.wrapping_mul(z));
         }
         let has_zb = zb.iter().any(|&z| z != 0);
         let mut zb = zb;
         zb.resize(n_pad, 0);
 
         let data = match isa {
-            Isa::Scalar => Data::Plain((0..k * n).map(|i| get(i / n, i % n)).collect()),
+            Isa::Scalar => Data::Plain(plain),
             Isa::Avx512Vnni => {
-                // Line index: ((panel * groups + group) * 4 + vector); byte: col * 4 + k % 4.
+                // Line index: (panel * groups + k / 4) * (nr / 16) + col / 16;
+                // byte in line: (col % 16) * 4 + k % 4.
                 let groups = k.div_ceil(4);
-                let mut lines = vec![Line([0; 64]); panels * groups * 4];
-                for kk in 0..k {
-                    for nn in 0..n {
-                        let (p, c) = (nn / nr, nn % nr);
-                        let line = (p * groups + kk / 4) * 4 + c / 16;
-                        lines[line].0[(c % 16) * 4 + kk % 4] = get(kk, nn);
+                let per_group = nr / 16;
+                let mut lines = vec![Line([0; 64]); panels * groups * per_group];
+                // Panel by panel, so the destination stays in L1 while rows are gathered.
+                for p in 0..panels {
+                    for (kk, row) in plain.chunks_exact(n.max(1)).enumerate() {
+                        let base = (p * groups + kk / 4) * per_group;
+                        for (c, &v) in row[p * nr..n.min((p + 1) * nr)].iter().enumerate() {
+                            lines[base + c / 16].0[(c % 16) * 4 + kk % 4] = v;
+                        }
                     }
                 }
                 Data::Vnni(lines)
             }
             Isa::Avx2 => {
-                // Index: ((panel * pairs + pair) * 16 + col) * 2 + k % 2.
+                // Index: ((panel * pairs + k / 2) * nr + col) * 2 + k % 2.
                 let pairs = k.div_ceil(2);
-                let mut wide = vec![0i16; panels * pairs * 32];
-                for kk in 0..k {
-                    for nn in 0..n {
-                        let (p, c) = (nn / nr, nn % nr);
-                        wide[((p * pairs + kk / 2) * 16 + c) * 2 + kk % 2] = i16::from(get(kk, nn));
+                let mut wide = vec![0i16; panels * pairs * nr * 2];
+                for p in 0..panels {
+                    for (kk, row) in plain.chunks_exact(n.max(1)).enumerate() {
+                        let base = (p * pairs + kk / 2) * nr;
+                        for (c, &v) in row[p * nr..n.min((p + 1) * nr)].iter().enumerate() {
+                            wide[(base + c) * 2 + kk % 2] = i16::from(v);
+                        }
                     }
                 }
                 Data::Wide(wide)

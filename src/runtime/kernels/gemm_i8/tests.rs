@@ -125,7 +125,9 @@ fn this_machine_runs_the_simd_paths() {
     // The benchmark machine has AVX-512 VNNI; make a silent fallback to scalar visible.
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512vnni") {
-        assert_eq!(Isa::best(), Isa::Avx512Vnni);
+        if std::env::var_os("ONNX_DYNQ_INT8_ISA").is_none() {
+            assert_eq!(Isa::best(), Isa::Avx512Vnni);
+        }
         assert!(Isa::available().contains(&Isa::Avx2));
     }
     assert!(Isa::available().contains(&Isa::Scalar));
@@ -324,7 +326,7 @@ fn transposed_packing_matches() {
 fn threaded_split_matches_single_thread() {
     let mut rng = Rng(5);
     // Large enough to pass the parallel threshold; N not a multiple of any panel width.
-    let (m, k, n) = (70, 256, 333);
+    let (m, k, n) = (100, 512, 333);
     assert!(m * k * n >= PAR_MIN_MACS);
     let a = rng.u8s(m * k);
     let b = rng.i8s(k * n);
