@@ -1,0 +1,88 @@
+"""Checks rewritten recurrent models against their float references (tests/rewrite_rnn.rs).
+
+Usage: compare.py MODELDIR JOBS.json
+
+JOBS.json: a list of {case, file, ...}; MODELDIR holds make_models.py's output. For each job:
+onnx.checker.check_model(file, full_check=True), run the rewritten model in onnxruntime (or, for
+a float op onnxruntime cannot run -- layout 1, fp16 -- in onnx's reference evaluator) and the
+case's float reference in onnxruntime, and print one JSON line per job with, per output, the
+largest absolute difference and the cosine similarity.
+"""
+
+import json
+import sys
+import traceback
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx.reference import ReferenceEvaluator
+
+
+def session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def reference(mdir, case, feeds):
+    """Float outputs in the case's own layout, from the layout-0 float32 twin."""
+    layout = case["layout"]
+    rfeeds = {}
+    for n, v in feeds.items():
+        if layout and (n == "X" or n.startswith("initial")):
+            v = np.swapaxes(v, 0, 1)
+        if v.dtype == np.float16:
+            v = v.astype(np.float32)
+        rfeeds[n] = np.ascontiguousarray(v)
+    outs = session(f"{mdir}/{case['name']}.ref.onnx").run(None, rfeeds)
+    if layout:
+        outs = [np.transpose(outs[0], (2, 0, 1, 3))] + [np.swapaxes(o, 0, 1) for o in outs[1:]]
+    return outs
+
+
+def run_model(path, feeds):
+    try:
+        return session(path).run(None, feeds), "onnxruntime"
+    except Exception as e:  # noqa: BLE001
+        if "layout" not in str(e) and "float16" not in str(e).lower() and "NOT_IMPLEMENTED" not in str(e):
+            raise
+        # The reference evaluator implements DequantizeLinear from opset 19 on; for these
+        # inputs (int8/uint8, float scale) 19 computes the same as 10 and 13.
+        model = onnx.load(path)
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = max(o.version, 19)
+        return ReferenceEvaluator(model).run(None, feeds), "onnx-reference"
+
+
+def main():
+    mdir, jobs_path = sys.argv[1], sys.argv[2]
+    cases = {c["name"]: c for c in json.load(open(f"{mdir}/manifest.json"))}
+    for job in json.load(open(jobs_path)):
+        res = dict(job=job)
+        try:
+            case = cases[job["case"]]
+            onnx.checker.check_model(job["file"], full_check=True)
+            feeds = dict(np.load(f"{mdir}/{case['name']}.npz"))
+            got, runtime = run_model(job["file"], feeds)
+            want = reference(mdir, case, feeds)
+            res["runtime"] = runtime
+            res["dtypes"] = [str(g.dtype) for g in got]
+            metrics = []
+            for g, w in zip(got, want):
+                g = np.asarray(g, dtype=np.float64)
+                w = np.asarray(w, dtype=np.float64)
+                if g.shape != w.shape:
+                    raise ValueError(f"shape {g.shape} != reference {w.shape}")
+                cos = float((g * w).sum() / (np.linalg.norm(g) * np.linalg.norm(w) + 1e-30))
+                metrics.append(dict(max_abs=float(np.abs(g - w).max()), cosine=cos, ref_absmax=float(np.abs(w).max())))
+            res["metrics"] = metrics
+        except Exception as e:  # noqa: BLE001
+            res["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=2)}"
+        print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
