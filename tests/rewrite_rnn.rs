@@ -69,6 +69,16 @@ fn rewrite(
         .iter()
         .position(|n| matches!(n.op_type(), "LSTM" | "GRU" | "RNN"))
         .expect("a recurrent node");
+    rewrite_at(model, idx, mode, per_channel, weights)
+}
+
+fn rewrite_at(
+    model: &mut Model,
+    idx: usize,
+    mode: LstmMode,
+    per_channel: bool,
+    weights: WeightQuantOptions,
+) -> Result<String, String> {
     let opset = model.opset("").expect("default opset");
     let mut names = NameGen::new(&model.graph);
     let types = infer_types(&model.graph, &HashMap::new());
@@ -237,5 +247,83 @@ fn recurrent_rewrites_match_float_in_onnxruntime() {
     for s in &skipped {
         eprintln!("  {s}");
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The committed fixtures (PyTorch exports: a bidirectional LSTM classifier, a GRU with
+/// `linear_before_reset = 1`, a 2-layer word LM whose LSTMs read sliced initial states): every
+/// recurrent node rewritten, outputs compared with torch's in the fixture's npz.
+#[test]
+fn fixture_recurrent_models_stay_close_to_torch() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let mut jobs = Vec::new();
+    for name in ["bilstm", "gru", "word_lm"] {
+        for mode in [LstmMode::Ort, LstmMode::Onnx, LstmMode::WeightOnly] {
+            for per_channel in [false, true] {
+                let mut model = load(root.join(format!("{name}.onnx"))).unwrap();
+                let targets: Vec<String> = model
+                    .graph
+                    .nodes
+                    .iter()
+                    .filter(|n| matches!(n.op_type(), "LSTM" | "GRU" | "RNN"))
+                    .map(|n| n.name().to_string())
+                    .collect();
+                assert!(!targets.is_empty(), "{name} has no recurrent node");
+                for t in &targets {
+                    let idx = model
+                        .graph
+                        .nodes
+                        .iter()
+                        .position(|n| n.name() == t)
+                        .unwrap();
+                    let opts = WeightQuantOptions::default();
+                    if let Err(e) = rewrite_at(&mut model, idx, mode, per_channel, opts) {
+                        panic!("{name} {t} {}: {e}", mode_name(mode));
+                    }
+                }
+                let tag = format!("{name}.{}.{per_channel}", mode_name(mode));
+                let file = dir.path().join(format!("{tag}.onnx"));
+                save(&model, &file, &SaveOptions::default()).unwrap();
+                jobs.push(serde_json::json!({
+                    "tag": tag, "file": file.to_str().unwrap(),
+                    "npz": root.join(format!("{name}.npz")).to_str().unwrap(),
+                }));
+            }
+        }
+    }
+    let jobs_file = dir.path().join("jobs.json");
+    std::fs::write(&jobs_file, serde_json::to_vec(&jobs).unwrap()).unwrap();
+    let out = run_python(&[&script("compare.py"), Path::new("--npz"), &jobs_file]);
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for line in out.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        n += 1;
+        let tag = r["job"]["tag"].as_str().unwrap().to_string();
+        if let Some(e) = r["error"].as_str() {
+            failures.push(format!("{tag}: {e}"));
+            continue;
+        }
+        for m in r["metrics"].as_array().unwrap() {
+            let (max_abs, cos, absmax) = (
+                m["max_abs"].as_f64().unwrap(),
+                m["cosine"].as_f64().unwrap(),
+                m["ref_absmax"].as_f64().unwrap(),
+            );
+            eprintln!(
+                "{tag} {}: max abs {max_abs:.4} (ref |max| {absmax:.2}), cosine {cos:.6}",
+                m["name"]
+            );
+            // Logits are not ~1 in magnitude: the error bound scales with them.
+            if !(max_abs <= 0.05 * absmax.max(1.0) && cos >= 0.999) {
+                failures.push(format!(
+                    "{tag} {}: max abs {max_abs:.4} (ref |max| {absmax:.2}), cosine {cos:.6}",
+                    m["name"]
+                ));
+            }
+        }
+    }
+    assert_eq!(n, jobs.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

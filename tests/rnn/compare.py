@@ -1,6 +1,7 @@
 """Checks rewritten recurrent models against their float references (tests/rewrite_rnn.rs).
 
-Usage: compare.py MODELDIR JOBS.json
+Usage: compare.py MODELDIR JOBS.json   (models from make_models.py)
+       compare.py --npz JOBS.json      (fixtures: jobs {tag, file, npz})
 
 JOBS.json: a list of {case, file, ...}; MODELDIR holds make_models.py's output. For each job:
 onnx.checker.check_model(file, full_check=True), run the rewritten model in onnxruntime (or, for
@@ -57,7 +58,35 @@ def run_model(path, feeds):
         return ReferenceEvaluator(model).run(None, feeds), "onnx-reference"
 
 
+def metric(g, w, name=None):
+    g = np.asarray(g, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    if g.shape != w.shape:
+        raise ValueError(f"{name}: shape {g.shape} != reference {w.shape}")
+    cos = float((g * w).sum() / (np.linalg.norm(g) * np.linalg.norm(w) + 1e-30))
+    return dict(name=name, max_abs=float(np.abs(g - w).max()), cosine=cos, ref_absmax=float(np.abs(w).max()))
+
+
+def main_npz(jobs_path):
+    """Jobs {tag, file, npz}: inputs `input.<name>`, expected outputs `output.<name>`."""
+    for job in json.load(open(jobs_path)):
+        res = dict(job=job)
+        try:
+            onnx.checker.check_model(job["file"], full_check=True)
+            data = np.load(job["npz"])
+            feeds = {k[len("input."):]: data[k] for k in data.files if k.startswith("input.")}
+            sess = session(job["file"])
+            names = [o.name for o in sess.get_outputs()]
+            got = sess.run(None, feeds)
+            res["metrics"] = [metric(g, data[f"output.{n}"], n) for n, g in zip(names, got)]
+        except Exception as e:  # noqa: BLE001
+            res["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=2)}"
+        print(json.dumps(res), flush=True)
+
+
 def main():
+    if sys.argv[1] == "--npz":
+        return main_npz(sys.argv[2])
     mdir, jobs_path = sys.argv[1], sys.argv[2]
     cases = {c["name"]: c for c in json.load(open(f"{mdir}/manifest.json"))}
     for job in json.load(open(jobs_path)):
@@ -70,15 +99,7 @@ def main():
             want = reference(mdir, case, feeds)
             res["runtime"] = runtime
             res["dtypes"] = [str(g.dtype) for g in got]
-            metrics = []
-            for g, w in zip(got, want):
-                g = np.asarray(g, dtype=np.float64)
-                w = np.asarray(w, dtype=np.float64)
-                if g.shape != w.shape:
-                    raise ValueError(f"shape {g.shape} != reference {w.shape}")
-                cos = float((g * w).sum() / (np.linalg.norm(g) * np.linalg.norm(w) + 1e-30))
-                metrics.append(dict(max_abs=float(np.abs(g - w).max()), cosine=cos, ref_absmax=float(np.abs(w).max())))
-            res["metrics"] = metrics
+            res["metrics"] = [metric(g, w, i) for i, (g, w) in enumerate(zip(got, want))]
         except Exception as e:  # noqa: BLE001
             res["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=2)}"
         print(json.dumps(res), flush=True)
