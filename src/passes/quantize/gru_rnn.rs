@@ -22,10 +22,12 @@
 use crate::ir::Node;
 
 use super::policy::LstmMode;
+use super::recurrent_build::Builder;
 use super::recurrent_common::{
-    Builder, QuantRecurrent, RecurrentAttrs, RnnKind, rewrite_scan_form, rewrite_weight_only,
-    type_name,
+    QuantRecurrent, RecurrentAttrs, RnnKind, scan_form_limit, type_name,
 };
+use super::recurrent_scan::rewrite_scan_form;
+use super::recurrent_weight_only::rewrite_weight_only;
 use super::rewrite::{NodeCtx, RewriteResult, Skip};
 
 pub fn rewrite_gru_rnn(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
@@ -42,22 +44,8 @@ pub fn rewrite_gru_rnn(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     }
 }
 
-/// Why the Scan form cannot express this GRU/RNN, if it cannot.
-pub fn scan_form_limit(node: &Node, a: &RecurrentAttrs) -> Option<String> {
-    if a.custom_activations(node) {
-        return Some("custom activations are not expressed by the Scan form".into());
-    }
-    if node.attribute("clip").is_some() {
-        return Some("clip is not expressed by the Scan form".into());
-    }
-    if node.input(4).is_some() {
-        return Some("sequence_lens is not honoured by the Scan form".into());
-    }
-    None
-}
-
 fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteResult {
-    if let Some(why) = scan_form_limit(node, a) {
+    if let Some(why) = scan_form_limit(node, a.kind) {
         return Err(Skip(format!("{why}; use --lstm weight-only")));
     }
     let h = a.hidden;

@@ -27,10 +27,12 @@ use crate::ir::Node;
 use crate::onnx::tensor_proto::DataType;
 
 use super::policy::LstmMode;
+use super::recurrent_build::Builder;
 use super::recurrent_common::{
-    Builder, QuantRecurrent, RecurrentAttrs, RnnKind, const_f32, rewrite_scan_form,
-    rewrite_weight_only, type_name,
+    QuantRecurrent, RecurrentAttrs, RnnKind, const_f32, scan_form_limit, type_name,
 };
+use super::recurrent_scan::rewrite_scan_form;
+use super::recurrent_weight_only::rewrite_weight_only;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
 use super::weights::{WeightQuantOptions, WeightType};
 
@@ -41,23 +43,6 @@ pub fn rewrite_lstm(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         LstmMode::Onnx => rewrite_onnx(node, ctx, &a),
         LstmMode::WeightOnly => rewrite_weight_only(node, ctx, &a),
     }
-}
-
-/// Why the Scan form cannot express this LSTM, if it cannot.
-pub fn scan_form_limit(node: &Node, a: &RecurrentAttrs) -> Option<String> {
-    if a.custom_activations(node) {
-        return Some("custom activations are not expressed by the Scan form".into());
-    }
-    if node.attribute("clip").is_some() {
-        return Some("clip is not expressed by the Scan form".into());
-    }
-    if node.input(4).is_some() {
-        return Some("sequence_lens is not honoured by the Scan form".into());
-    }
-    if node.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
-        return Some("input_forget=1 is not expressed by the Scan form".into());
-    }
-    None
 }
 
 fn mode_note(opts: &WeightQuantOptions, per_channel: bool) -> String {
@@ -210,7 +195,7 @@ fn rewrite_ort(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRes
 }
 
 fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteResult {
-    if let Some(why) = scan_form_limit(node, a) {
+    if let Some(why) = scan_form_limit(node, RnnKind::Lstm) {
         return Err(Skip(format!("{why}; use --lstm ort or weight-only")));
     }
     let h = a.hidden;

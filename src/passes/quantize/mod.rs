@@ -4,6 +4,9 @@
 pub mod gru_rnn;
 pub mod lstm;
 pub mod policy;
+pub mod recurrent_build;
 pub mod recurrent_common;
+pub mod recurrent_scan;
+pub mod recurrent_weight_only;
 pub mod rewrite;
 pub mod weights;

@@ -1,7 +1,5 @@
 //! Shared pieces of the recurrent rewriters (LSTM, GRU, RNN).
 //!
-//! - [`Builder`]: emits nodes and initializers with fresh names, with opset-aware helpers for
-//!   the ops whose signature changed (Unsqueeze axes and Split sizes became inputs at opset 13).
 //! - [`RecurrentAttrs`]: the attributes and shapes all three ops share (ONNX LSTM/GRU/RNN:
 //!   `X` is `[seq, batch, in]`, or `[batch, seq, in]` with `layout = 1`; `W` is
 //!   `[D, G*H, in]`, `R` is `[D, G*H, H]`, `B` is `[D, 2*G*H]` = `[Wb, Rb]`; with G gates
@@ -9,222 +7,22 @@
 //! - [`QuantRecurrent`]: `W` or `R` quantized per direction (per-tensor, scales `[D]`) or per
 //!   gate row (per-channel: viewed as `[D*G*H, K]`, scales `[D, G*H]`), as onnxruntime's
 //!   `quantize_dynamic` does it.
-//! - [`rewrite_scan_form`]: the standard-ops form. The input projection of every time step is
-//!   one quantized matmul hoisted out of the recurrence
-//!   (`DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`, plus the hoistable biases);
-//!   each direction's recurrence is a `Scan` (opset >= 9 semantics) whose body the op's
-//!   rewriter builds; `Y`, `Y_h` (and `Y_c`) are assembled from the Scan outputs.
-//! - [`rewrite_weight_only`]: int8 `W`/`R` with `DequantizeLinear` feeding the float op.
+//! - [`scan_form_limit`]: what the standard-op Scan form (recurrent_scan.rs) cannot express;
+//!   the policy reports the same reasons.
+//!
+//! The forms themselves: recurrent_scan.rs (standard ops), recurrent_weight_only.rs, and
+//! DynamicQuantizeLSTM in lstm.rs.
 
 use std::ops::Range;
 
 use ndarray::{ArrayD, ArrayView3, Axis, Ix3, IxDyn, s};
 
-use crate::ir::attrs::{attr_int, attr_ints, attr_tensor};
-use crate::ir::graph::Subgraph;
-use crate::ir::{Graph, NameGen, Node, Tensor};
-use crate::onnx::attribute_proto::AttributeType;
+use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
-use crate::onnx::{
-    AttributeProto, GraphProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto,
-    type_proto,
-};
 
-use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
+use super::recurrent_build::{Builder, DirWeight};
+use super::rewrite::{NodeCtx, Skip};
 use super::weights::{QValues, QuantizedWeight, WeightQuantOptions, WeightType, quantize_weight};
-
-/// Emits nodes and initializers under fresh names.
-pub struct Builder<'n> {
-    pub names: &'n mut NameGen,
-    pub opset: i64,
-    pub nodes: Vec<Node>,
-    pub inits: Vec<Tensor>,
-    prefix: String,
-}
-
-impl<'n> Builder<'n> {
-    pub fn new(names: &'n mut NameGen, opset: i64, prefix: &str) -> Self {
-        Builder {
-            names,
-            opset,
-            nodes: Vec::new(),
-            inits: Vec::new(),
-            prefix: prefix.to_string(),
-        }
-    }
-
-    /// A builder for a subgraph (e.g. a Scan body) drawing from the same name pool.
-    pub fn sub(&mut self, prefix: &str) -> Builder<'_> {
-        Builder::new(self.names, self.opset, prefix)
-    }
-
-    /// A fresh value name `<prefix>/<what>`.
-    pub fn fresh(&mut self, what: &str) -> String {
-        self.names.fresh(&format!("{}/{what}", self.prefix))
-    }
-
-    /// Appends a default-domain node; returns its output names.
-    pub fn op(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        n_out: usize,
-        attrs: Vec<AttributeProto>,
-    ) -> Vec<String> {
-        self.op_in("", op, inputs, n_out, attrs)
-    }
-
-    /// Appends a node of `domain`; returns its output names.
-    pub fn op_in(
-        &mut self,
-        domain: &str,
-        op: &str,
-        inputs: &[&str],
-        n_out: usize,
-        attrs: Vec<AttributeProto>,
-    ) -> Vec<String> {
-        let outs: Vec<String> = (0..n_out).map(|_| self.fresh(op)).collect();
-        self.node_with_outputs(domain, op, inputs, outs.clone(), attrs);
-        outs
-    }
-
-    /// Appends a node with the given output names ("" for unused optional outputs).
-    pub fn node_with_outputs(
-        &mut self,
-        domain: &str,
-        op: &str,
-        inputs: &[&str],
-        outputs: Vec<String>,
-        attrs: Vec<AttributeProto>,
-    ) {
-        let name = self.names.fresh(&format!("{}/{op}", self.prefix));
-        let mut n = Node::new(
-            name,
-            op,
-            domain,
-            inputs.iter().map(|s| s.to_string()).collect(),
-            outputs,
-        );
-        n.proto.attribute = attrs;
-        self.nodes.push(n);
-    }
-
-    pub fn op1(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
-        self.op(op, inputs, 1, attrs).remove(0)
-    }
-
-    /// A new initializer named `<prefix>/<what>`.
-    pub fn init_with(&mut self, what: &str, make: impl FnOnce(&str) -> Tensor) -> String {
-        let name = self.fresh(what);
-        self.inits.push(make(&name));
-        name
-    }
-
-    pub fn init_f32(&mut self, what: &str, dims: &[usize], values: Vec<f32>) -> String {
-        self.init_with(what, |n| Tensor::from_vec(n, dims, values))
-    }
-
-    pub fn init_i64(&mut self, what: &str, dims: &[usize], values: Vec<i64>) -> String {
-        self.init_with(what, |n| Tensor::from_vec(n, dims, values))
-    }
-
-    pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> String {
-        if self.opset >= 13 {
-            let a = self.init_i64("axes", &[axes.len()], axes.to_vec());
-            self.op1("Unsqueeze", &[x, &a], vec![])
-        } else {
-            self.op1("Unsqueeze", &[x], vec![attr_ints("axes", axes.to_vec())])
-        }
-    }
-
-    pub fn split(&mut self, x: &str, axis: i64, sizes: &[i64]) -> Vec<String> {
-        if self.opset >= 13 {
-            let s = self.init_i64("split", &[sizes.len()], sizes.to_vec());
-            self.op("Split", &[x, &s], sizes.len(), vec![attr_int("axis", axis)])
-        } else {
-            self.op(
-                "Split",
-                &[x],
-                sizes.len(),
-                vec![attr_int("axis", axis), attr_ints("split", sizes.to_vec())],
-            )
-        }
-    }
-
-    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
-        if xs.len() == 1 {
-            return xs[0].to_string();
-        }
-        self.op1("Concat", xs, vec![attr_int("axis", axis)])
-    }
-
-    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
-        self.op1("Transpose", &[x], vec![attr_ints("perm", perm.to_vec())])
-    }
-
-    pub fn cast(&mut self, x: &str, to: DataType) -> String {
-        self.op1("Cast", &[x], vec![attr_int("to", to as i64)])
-    }
-
-    /// `x[index]` along `axis`, dropping that axis (Gather with a scalar index).
-    pub fn take(&mut self, x: &str, index: i64, axis: i64) -> String {
-        let i = self.init_i64("index", &[], vec![index]);
-        self.op1("Gather", &[x, &i], vec![attr_int("axis", axis)])
-    }
-
-    /// Float zeros of shape `[x.shape[axis], n]` (for absent initial states; the batch size
-    /// may be symbolic, so the shape is taken at run time).
-    pub fn zeros_like_rows(&mut self, x: &str, axis: i64, n: usize) -> String {
-        let shape = self.op1("Shape", &[x], vec![]);
-        let idx = self.init_i64("batch_axis", &[1], vec![axis]);
-        let batch = self.op1("Gather", &[&shape, &idx], vec![attr_int("axis", 0)]);
-        let hidden = self.init_i64("hidden", &[1], vec![n as i64]);
-        let dims = self.op1("Concat", &[&batch, &hidden], vec![attr_int("axis", 0)]);
-        let zero = Tensor::from_vec("value", &[1], vec![0f32]);
-        self.op1(
-            "ConstantOfShape",
-            &[&dims],
-            vec![attr_tensor("value", zero)],
-        )
-    }
-
-    /// `DynamicQuantizeLinear(x)` -> (uint8 values, scale, zero point).
-    pub fn dynamic_quantize(&mut self, x: &str) -> [String; 3] {
-        let o = self.op("DynamicQuantizeLinear", &[x], 3, vec![]);
-        [o[0].clone(), o[1].clone(), o[2].clone()]
-    }
-
-    /// `Cast(MatMulInteger(xq, w, xzp, wzp), float) * (xs * ws)`: a quantized product in float.
-    pub fn int_matmul(&mut self, xq: &[String; 3], w: &DirWeight) -> String {
-        let mm = self.op1(
-            "MatMulInteger",
-            &[&xq[0], &w.values, &xq[2], &w.zero_point],
-            vec![],
-        );
-        let f = self.cast(&mm, DataType::Float);
-        let s = self.op1("Mul", &[&xq[1], &w.scale], vec![]);
-        self.op1("Mul", &[&f, &s], vec![])
-    }
-
-    /// Renames the value `from` (a node output of this builder) to `to` everywhere.
-    pub fn rename(&mut self, from: &str, to: &str) {
-        for n in &mut self.nodes {
-            for v in n.proto.input.iter_mut().chain(n.proto.output.iter_mut()) {
-                if v == from {
-                    *v = to.to_string();
-                }
-            }
-        }
-    }
-}
-
-/// One direction's quantized weight as initializers: values `[K, N]` (transposed for
-/// `x @ w`), scale scalar or `[N]`, zero point scalar or `[N]`.
-pub struct DirWeight {
-    pub values: String,
-    pub scale: String,
-    pub zero_point: String,
-}
 
 /// A float constant input, as f32 (fp16 constants are widened).
 pub fn const_f32(ctx: &NodeCtx, node: &crate::ir::Node, idx: usize) -> Result<ArrayD<f32>, Skip> {
@@ -439,6 +237,40 @@ impl RnnKind {
     }
 }
 
+/// Custom activations (anything but the op's defaults, compared case-insensitively).
+pub fn custom_activations(node: &Node, kind: RnnKind) -> bool {
+    let defaults = kind.default_activations();
+    match node.attr::<Vec<String>>("activations") {
+        Ok(Some(a)) => a.chunks(defaults.len()).any(|c| {
+            c.len() != defaults.len()
+                || c.iter()
+                    .zip(defaults)
+                    .any(|(x, d)| !x.eq_ignore_ascii_case(d))
+        }),
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Why the standard-op Scan form cannot express this node, if it cannot: it implements the
+/// default activations, no clip, no `sequence_lens` and (LSTM) no `input_forget`; it does
+/// implement peepholes. The policy reports the same reasons.
+pub fn scan_form_limit(node: &Node, kind: RnnKind) -> Option<&'static str> {
+    if custom_activations(node, kind) {
+        return Some("custom activations are not expressed by the Scan form");
+    }
+    if node.attribute("clip").is_some() {
+        return Some("clip is not expressed by the Scan form");
+    }
+    if node.input(4).is_some() {
+        return Some("sequence_lens is not honoured by the Scan form");
+    }
+    if kind == RnnKind::Lstm && node.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
+        return Some("input_forget=1 is not expressed by the Scan form");
+    }
+    None
+}
+
 /// Attributes and shapes shared by LSTM, GRU and RNN.
 pub struct RecurrentAttrs {
     pub kind: RnnKind,
@@ -538,21 +370,6 @@ impl RecurrentAttrs {
         self.direction == "reverse" || d == 1
     }
 
-    /// Custom activations (anything but the op's defaults, compared case-insensitively).
-    pub fn custom_activations(&self, node: &Node) -> bool {
-        let defaults = self.kind.default_activations();
-        match node.attr::<Vec<String>>("activations") {
-            Ok(Some(a)) => a.chunks(defaults.len()).any(|c| {
-                c.len() != defaults.len()
-                    || c.iter()
-                        .zip(defaults)
-                        .any(|(x, d)| !x.eq_ignore_ascii_case(d))
-            }),
-            Ok(None) => false,
-            Err(_) => true,
-        }
-    }
-
     pub fn w3(&self) -> ArrayView3<'_, f32> {
         self.w.view().into_dimensionality().expect("rank 3")
     }
@@ -568,321 +385,204 @@ impl RecurrentAttrs {
     }
 }
 
-/// A float `[?, n]` value info (batch left unknown).
-pub fn float_info(name: &str, n: usize) -> ValueInfoProto {
-    let dims = vec![
-        tensor_shape_proto::Dimension::default(),
-        tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(n as i64)),
-            ..Default::default()
-        },
-    ];
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
-                shape: Some(TensorShapeProto { dim: dims }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Builds the body of one direction's Scan: gets the state inputs and the projected input of
-/// the step `[batch, G*H]`, returns the new states (h first).
-pub type BodyFn<'a> =
-    dyn FnMut(&mut Builder, usize, &[String], &str) -> Result<Vec<String>, Skip> + 'a;
-
-/// The standard-ops form: hoisted quantized input projection + one Scan per direction.
-///
-/// `hoisted_bias(d)` is the bias added to the projection of direction `d` (`[G*H]`: `Wb`
-/// plus whatever part of `Rb` the cell can move out of the recurrence).
-pub fn rewrite_scan_form(
-    node: &Node,
-    ctx: &mut NodeCtx,
-    a: &RecurrentAttrs,
-    hoisted_bias: &dyn Fn(usize) -> Vec<f32>,
-    body: &mut BodyFn,
-    note: String,
-) -> RewriteResult {
-    let g = a.kind.gates();
-    let h = a.hidden;
-    let wq = QuantRecurrent::new(a.w3(), ctx.per_channel, &ctx.weights);
-    let prefix = node.display_name().to_string();
-    let mut b = Builder::new(ctx.names, ctx.opset, &prefix);
-
-    // X as float32 [seq, batch, in].
-    let mut x = node.input(0).unwrap_or_default().to_string();
-    if a.fp16 {
-        x = b.cast(&x, DataType::Float);
-    }
-    if a.layout == 1 {
-        x = b.transpose(&x, &[1, 0, 2]);
-    }
-    let xq = b.dynamic_quantize(&x);
-
-    // Initial states as float32 [D, batch, H], or None.
-    let mut init_states: Vec<Option<String>> = Vec::new();
-    for k in 0..a.kind.states() {
-        init_states.push(node.input(5 + k).map(|s| {
-            let mut s = s.to_string();
-            if a.fp16 {
-                s = b.cast(&s, DataType::Float);
-            }
-            if a.layout == 1 {
-                s = b.transpose(&s, &[1, 0, 2]);
-            }
-            s
-        }));
-    }
-    let mut zeros: Option<String> = None;
-
-    let mut ys = Vec::new();
-    let mut finals: Vec<Vec<String>> = vec![Vec::new(); a.kind.states()];
-    for d in 0..a.dirs {
-        let wd = wq.dir_weight(&mut b, &format!("W{d}"), d);
-        let mut xp = b.int_matmul(&xq, &wd);
-        let bias = hoisted_bias(d);
-        if bias.iter().any(|&v| v != 0.0) {
-            let bn = b.init_f32(&format!("bias{d}"), &[g * h], bias);
-            xp = b.op1("Add", &[&xp, &bn], vec![]);
-        }
-        let mut scan_inputs = Vec::new();
-        for s in &init_states {
-            scan_inputs.push(match s {
-                Some(s) => b.take(s, d as i64, 0),
-                None => match &zeros {
-                    Some(z) => z.clone(),
-                    None => {
-                        let z = b.zeros_like_rows(&x, 1, h);
-                        zeros = Some(z.clone());
-                        z
-                    }
-                },
-            });
-        }
-        scan_inputs.push(xp);
-
-        // The body.
-        let body_graph = {
-            let mut sb = b.sub(&format!("{prefix}/scan{d}"));
-            let state_in: Vec<String> = (0..a.kind.states())
-                .map(|k| sb.fresh(&format!("state{k}_in")))
-                .collect();
-            let x_t = sb.fresh("x_t");
-            let state_out = body(&mut sb, d, &state_in, &x_t)?;
-            let y_t = sb.op1("Identity", &[&state_out[0]], vec![]);
-            let mut inputs: Vec<ValueInfoProto> =
-                state_in.iter().map(|s| float_info(s, h)).collect();
-            inputs.push(float_info(&x_t, g * h));
-            let mut outputs: Vec<ValueInfoProto> =
-                state_out.iter().map(|s| float_info(s, h)).collect();
-            outputs.push(float_info(&y_t, h));
-            let gname = sb.fresh("body");
-            let mut graph = Graph {
-                proto: GraphProto {
-                    name: Some(gname),
-                    input: inputs,
-                    output: outputs,
-                    ..Default::default()
-                },
-                nodes: std::mem::take(&mut sb.nodes),
-                initializers: Default::default(),
-            };
-            for t in std::mem::take(&mut sb.inits) {
-                graph.add_initializer(t);
-            }
-            graph
-        };
-
-        let outs: Vec<String> = (0..=a.kind.states())
-            .map(|k| b.fresh(&format!("scan{d}_out{k}")))
-            .collect();
-        let mut attrs = vec![
-            attr_int("num_scan_inputs", 1),
-            AttributeProto {
-                name: Some("body".into()),
-                r#type: Some(AttributeType::Graph as i32),
-                ..Default::default()
-            },
-        ];
-        if a.reverse(d) {
-            attrs.push(attr_ints("scan_input_directions", vec![1]));
-            attrs.push(attr_ints("scan_output_directions", vec![1]));
-        }
-        let ins: Vec<&str> = scan_inputs.iter().map(String::as_str).collect();
-        b.node_with_outputs("", "Scan", &ins, outs.clone(), attrs);
-        b.nodes
-            .last_mut()
-            .expect("just pushed")
-            .subgraphs
-            .push(Subgraph {
-                attr: "body".into(),
-                index: None,
-                graph: body_graph,
-            });
-        for (k, f) in finals.iter_mut().enumerate() {
-            f.push(outs[k].clone());
-        }
-        ys.push(outs[a.kind.states()].clone());
-    }
-
-    // Y [seq, D, batch, H] (layout 1: [batch, seq, D, H]).
-    let mut results: Vec<(usize, String)> = Vec::new();
-    if node.outputs().first().is_some_and(|o| !o.is_empty()) {
-        let parts: Vec<String> = ys.iter().map(|y| b.unsqueeze(y, &[1])).collect();
-        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-        let mut y = b.concat(&refs, 1);
-        if a.layout == 1 {
-            y = b.transpose(&y, &[2, 0, 1, 3]);
-        }
-        results.push((0, y));
-    }
-    // Y_h, Y_c [D, batch, H] (layout 1: [batch, D, H]).
-    for (k, f) in finals.iter().enumerate() {
-        if node.outputs().get(k + 1).is_some_and(|o| !o.is_empty()) {
-            let parts: Vec<String> = f.iter().map(|s| b.unsqueeze(s, &[0])).collect();
-            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-            let mut s = b.concat(&refs, 0);
-            if a.layout == 1 {
-                s = b.transpose(&s, &[1, 0, 2]);
-            }
-            results.push((k + 1, s));
-        }
-    }
-    for (i, v) in results {
-        let target = node.outputs()[i].clone();
-        let v = if a.fp16 {
-            b.cast(&v, DataType::Float16)
-        } else {
-            v
-        };
-        b.rename(&v, &target);
-    }
-    Ok(Replacement {
-        nodes: b.nodes,
-        initializers: b.inits,
-        opsets: vec![],
-        note,
-    })
-}
-
-/// Weight-only: `W` and `R` as int8/uint8 initializers, `DequantizeLinear` in front of the
-/// float op (which keeps every attribute, layout included).
-pub fn rewrite_weight_only(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteResult {
-    let prefix = node.display_name().to_string();
-    let mut b = Builder::new(ctx.names, ctx.opset, &prefix);
-    let mut new = node.clone();
-    new.proto.name = Some(b.names.fresh(&format!("{prefix}_weight_only")));
-    for (idx, what, w) in [(1usize, "W", a.w3()), (2, "R", a.r3())] {
-        let q = QuantRecurrent::new(w, ctx.per_channel, &ctx.weights);
-        let deq = dequantize(&mut b, &q, what);
-        let deq = if a.fp16 {
-            b.cast(&deq, DataType::Float16)
-        } else {
-            deq
-        };
-        new.proto.input[idx] = deq;
-    }
-    let note = format!(
-        "weight-only {} {} (DequantizeLinear + float {})",
-        if ctx.per_channel {
-            "per-channel"
-        } else {
-            "per-tensor"
-        },
-        type_name(&ctx.weights),
-        node.op_type()
-    );
-    b.nodes.push(new);
-    Ok(Replacement {
-        nodes: b.nodes,
-        initializers: b.inits,
-        opsets: vec![],
-        note,
-    })
-}
-
-/// Float `[D, rows, cols]` from a quantized weight. Per-axis DequantizeLinear needs opset 13;
-/// below that, and for the two-axis per-channel scales, the dequantization is spelled out
-/// with Cast/Sub/Mul over broadcast scale and zero point tensors.
-fn dequantize(b: &mut Builder, q: &QuantRecurrent, what: &str) -> String {
-    let (d, rows, cols) = (q.dirs, q.rows, q.cols);
-    if !q.per_channel && (b.opset >= 13 || d == 1) {
-        let values = b.init_with(&format!("{what}_quantized"), |n| q.values(n));
-        let (scale, zp, attrs) = if d == 1 {
-            let s = b.init_f32(&format!("{what}_scale"), &[], vec![q.q.scales[0]]);
-            let z = zp_init(b, q, what, &[]);
-            (s, z, vec![])
-        } else {
-            let s = b.init_with(&format!("{what}_scale"), |n| q.scale_tensor(n));
-            let z = b.init_with(&format!("{what}_zero_point"), |n| q.zero_point_tensor(n));
-            (s, z, vec![attr_int("axis", 0)])
-        };
-        return b.op1("DequantizeLinear", &[&values, &scale, &zp], attrs);
-    }
-    if q.per_channel && b.opset >= 13 {
-        // Per row: values viewed as [D*rows, cols], axis 0, then reshaped back.
-        let flat = b.init_with(&format!("{what}_quantized"), |n| {
-            let mut t = q.values(n);
-            t.proto.dims = vec![(d * rows) as i64, cols as i64];
-            t
-        });
-        let s = b.init_with(&format!("{what}_scale"), |n| {
-            let mut t = q.scale_tensor(n);
-            t.proto.dims = vec![(d * rows) as i64];
-            t
-        });
-        let z = b.init_with(&format!("{what}_zero_point"), |n| {
-            let mut t = q.zero_point_tensor(n);
-            t.proto.dims = vec![(d * rows) as i64];
-            t
-        });
-        let deq = b.op1(
-            "DequantizeLinear",
-            &[&flat, &s, &z],
-            vec![attr_int("axis", 0)],
-        );
-        let shape = b.init_i64("shape", &[3], vec![d as i64, rows as i64, cols as i64]);
-        return b.op1("Reshape", &[&deq, &shape], vec![]);
-    }
-    // Spelled out: (float(q) - zp) * scale, with scale/zp shaped [D, 1, 1] or [D, rows, 1].
-    let values = b.init_with(&format!("{what}_quantized"), |n| q.values(n));
-    let pshape = if q.per_channel {
-        vec![d, rows, 1]
-    } else {
-        vec![d, 1, 1]
-    };
-    let s = b.init_f32(&format!("{what}_scale"), &pshape, q.q.scales.clone());
-    let zf: Vec<f32> = q.q.zero_points.iter().map(|&z| z as f32).collect();
-    let f = b.cast(&values, DataType::Float);
-    let centered = if zf.iter().any(|&z| z != 0.0) {
-        let z = b.init_f32(&format!("{what}_zero_point"), &pshape, zf);
-        b.op1("Sub", &[&f, &z], vec![])
-    } else {
-        f
-    };
-    b.op1("Mul", &[&centered, &s], vec![])
-}
-
-fn zp_init(b: &mut Builder, q: &QuantRecurrent, what: &str, dims: &[usize]) -> String {
-    let z = q.q.zero_points[0];
-    if q.is_int8() {
-        b.init_with(&format!("{what}_zero_point"), |n| {
-            Tensor::from_vec(n, dims, vec![z as i8])
-        })
-    } else {
-        b.init_with(&format!("{what}_zero_point"), |n| {
-            Tensor::from_vec(n, dims, vec![z as u8])
-        })
-    }
-}
-
 pub fn type_name(o: &WeightQuantOptions) -> &'static str {
     match o.weight_type {
         WeightType::Int8 => "int8",
         WeightType::Uint8 => "uint8",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use ndarray::Array3;
+
+    use super::*;
+    use crate::ir::attrs::{attr_float, attr_string};
+    use crate::ir::{Graph, NameGen};
+    use crate::onnx::AttributeProto;
+    use crate::passes::quantize::lstm::rewrite_lstm;
+    use crate::passes::quantize::policy::{LstmMode, PolicyOptions, decide};
+    use crate::passes::quantize::recurrent_build::float_info;
+    use crate::passes::quantize::rewrite::RewriteResult;
+
+    fn ramp(d: usize, rows: usize, cols: usize) -> Array3<f32> {
+        Array3::from_shape_fn((d, rows, cols), |(k, i, j)| {
+            // Direction 1 is ten times larger, so per-direction scales must differ.
+            let base = ((i * cols + j) as f32 * 0.37).sin() * (1.0 + i as f32 * 0.1);
+            if k == 1 { base * 10.0 } else { base }
+        })
+    }
+
+    #[test]
+    fn per_tensor_scales_are_per_direction() {
+        let w = ramp(2, 8, 3);
+        let q = QuantRecurrent::new(w.view(), false, &WeightQuantOptions::default());
+        assert_eq!(q.q.scales.len(), 2);
+        assert!((q.scales(1)[0] / q.scales(0)[0] - 10.0).abs() < 1e-3);
+        assert_eq!(q.scale_tensor("s").dims(), &[2]);
+        assert_eq!(q.all_values_t("w").dims(), &[2, 3, 8]);
+        let deq = q.q.dequantize();
+        let err = (&deq - &w.into_dyn()).mapv(f32::abs);
+        assert!(err.iter().all(|&e| e <= q.scales(1)[0] / 2.0 + 1e-6));
+    }
+
+    #[test]
+    fn per_channel_scales_are_per_gate_row_and_slices_transpose() {
+        let w = ramp(2, 8, 3);
+        let q = QuantRecurrent::new(w.view(), true, &WeightQuantOptions::default());
+        assert_eq!(q.q.scales.len(), 16);
+        assert_eq!(q.scale_tensor("s").dims(), &[2, 8]);
+        // Row 5 of direction 1 has its own absmax.
+        let absmax = (0..3).map(|j| w[[1, 5, j]].abs()).fold(0f32, f32::max);
+        assert!((q.scales(1)[5] - absmax / 127.0).abs() < 1e-6);
+        // Direction 1, rows 2..5, transposed to [cols, rows].
+        let t = q.dir_values_t("v", 1, 2..5);
+        assert_eq!(t.dims(), &[3, 3]);
+        let v = t.to_array::<i8>().unwrap();
+        let QValues::I8(all) = &q.q.values else {
+            panic!("int8 expected")
+        };
+        for r in 0..3 {
+            for c in 0..3 {
+                assert_eq!(v[[c, r]], all[[1, 2 + r, c]]);
+            }
+        }
+    }
+
+    #[test]
+    fn builder_follows_the_opset() {
+        let mut names = NameGen::default();
+        let mut b = Builder::new(&mut names, 11, "n");
+        b.unsqueeze("x", &[0]);
+        b.split("x", 1, &[2, 2]);
+        assert_eq!(b.nodes[0].inputs().len(), 1);
+        assert!(b.nodes[1].attribute("split").is_some());
+        assert!(b.inits.is_empty());
+        let mut b = Builder::new(&mut names, 13, "n");
+        b.unsqueeze("x", &[0]);
+        b.split("x", 1, &[2, 2]);
+        assert_eq!(b.nodes[0].inputs().len(), 2);
+        assert_eq!(b.nodes[1].inputs().len(), 2);
+        assert_eq!(b.inits.len(), 2);
+        // Names never repeat.
+        let mut all: Vec<&String> = b.nodes.iter().flat_map(|n| n.outputs()).collect();
+        all.extend(b.nodes.iter().map(|n| n.proto.name.as_ref().unwrap()));
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
+
+    fn lstm_graph(extra: Vec<AttributeProto>, w: Array3<f32>, r: Array3<f32>) -> Graph {
+        let mut g = Graph::default();
+        g.proto.input.push(float_info("X", 4));
+        g.add_initializer(Tensor::from_array("W", &w.view().into_dyn()));
+        g.add_initializer(Tensor::from_array("R", &r.view().into_dyn()));
+        let mut n = Node::new(
+            "lstm",
+            "LSTM",
+            "",
+            vec!["X".into(), "W".into(), "R".into()],
+            vec!["Y".into()],
+        );
+        n.proto.attribute = extra;
+        g.nodes.push(n);
+        g
+    }
+
+    fn run_lstm(
+        g: &Graph,
+        mode: LstmMode,
+        per_channel: bool,
+        opts: WeightQuantOptions,
+    ) -> RewriteResult {
+        let types = crate::ir::shape::infer_types(g, &HashMap::new());
+        let mut names = NameGen::new(g);
+        let constants = |n: &str| g.initializers.get(n);
+        let mut ctx = NodeCtx {
+            constants: &constants,
+            types: &types,
+            names: &mut names,
+            weights: opts,
+            per_channel,
+            lstm_mode: mode,
+            opset: 17,
+        };
+        rewrite_lstm(&g.nodes[0], &mut ctx)
+    }
+
+    #[test]
+    fn ort_per_channel_zero_points_fit_the_kernel() {
+        let w = ramp(1, 8, 4);
+        let mut r = ramp(1, 8, 2);
+        let uint8_asym = WeightQuantOptions {
+            weight_type: WeightType::Uint8,
+            symmetric: false,
+            reduce_range: false,
+        };
+        let g = lstm_graph(vec![], w.clone(), r.clone());
+        let rep = run_lstm(&g, LstmMode::Ort, true, uint8_asym).unwrap();
+        let zp = rep
+            .initializers
+            .iter()
+            .find(|t| t.name().ends_with("W_zero_point"))
+            .unwrap();
+        assert_eq!(zp.dims(), &[1, 8]);
+        assert!(zp.to_array::<u8>().unwrap().iter().all(|&z| z == 128));
+        assert!(!rep.note.contains("per-direction"), "{}", rep.note);
+        // An all-zero row would get zero point 0 among 128s: the kernel rejects that, so the
+        // rewrite falls back to per-direction scales.
+        r.index_axis_mut(Axis(1), 3).fill(0.0);
+        let g = lstm_graph(vec![], w, r);
+        let rep = run_lstm(&g, LstmMode::Ort, true, uint8_asym).unwrap();
+        assert!(rep.note.contains("per-direction"), "{}", rep.note);
+        let zp = rep
+            .initializers
+            .iter()
+            .find(|t| t.name().ends_with("R_zero_point"))
+            .unwrap();
+        assert_eq!(zp.dims(), &[1]);
+        assert_eq!(rep.opsets, vec![("com.microsoft".to_string(), 1)]);
+    }
+
+    #[test]
+    fn scan_form_reasons_match_the_policy() {
+        let clip = lstm_graph(
+            vec![attr_float("clip", 1.0)],
+            ramp(1, 128, 64),
+            ramp(1, 128, 32),
+        );
+        let err =
+            run_lstm(&clip, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap_err();
+        assert!(err.0.contains("clip"), "{err:?}");
+        let opts = PolicyOptions {
+            lstm_mode: LstmMode::Onnx,
+            min_weight_elements: 0,
+            ..Default::default()
+        };
+        let d = decide(&clip, &opts);
+        assert!(!d[0].quantize && d[0].reason.contains("clip"), "{d:?}");
+        // DynamicQuantizeLSTM takes clip and custom activations.
+        let opts = PolicyOptions {
+            min_weight_elements: 0,
+            ..Default::default()
+        };
+        let acts = lstm_graph(
+            vec![
+                crate::ir::attrs::attr_strings("activations", &["HardSigmoid", "Tanh", "Tanh"]),
+                attr_string("direction", "forward"),
+            ],
+            ramp(1, 128, 64),
+            ramp(1, 128, 32),
+        );
+        assert!(decide(&acts, &opts)[0].quantize);
+        assert!(run_lstm(&acts, LstmMode::Ort, false, WeightQuantOptions::default()).is_ok());
+        assert_eq!(
+            scan_form_limit(&acts.nodes[0], RnnKind::Lstm),
+            Some("custom activations are not expressed by the Scan form")
+        );
+        assert!(scan_form_limit(&acts.nodes[0], RnnKind::Gru).is_some());
     }
 }

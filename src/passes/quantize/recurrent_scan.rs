@@ -1,0 +1,202 @@
+//! The standard-ops form of a quantized LSTM/GRU/RNN, runnable by any ONNX runtime (no
+//! Loop, no contrib ops).
+//!
+//! The input projection of every time step is one quantized matmul hoisted out of the
+//! recurrence (`DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`, plus the hoistable
+//! biases). Each direction's recurrence is a `Scan` (opset >= 9 semantics: states h (and c),
+//! one scan input, the projected `X` `[seq, batch, G*H]`, and one scan output, h per step;
+//! reverse directions scan with `scan_input_directions`/`scan_output_directions` = 1) whose
+//! body the op's rewriter builds: the quantized `R` product (h quantized every step) and the
+//! gates. Absent initial states are zeros shaped at run time (the batch may be symbolic).
+//! `Y` `[seq, D, batch, H]`, `Y_h`/`Y_c` `[D, batch, H]` are assembled with Unsqueeze and
+//! Concat; `layout = 1` and fp16 get Transposes and Casts at the boundaries.
+
+use crate::ir::attrs::{attr_int, attr_ints};
+use crate::ir::graph::Subgraph;
+use crate::ir::{Graph, Node};
+use crate::onnx::attribute_proto::AttributeType;
+use crate::onnx::tensor_proto::DataType;
+use crate::onnx::{AttributeProto, GraphProto, ValueInfoProto};
+
+use super::recurrent_build::{Builder, float_info};
+use super::recurrent_common::{QuantRecurrent, RecurrentAttrs};
+use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
+
+/// Builds the body of one direction's Scan: gets the state inputs and the projected input of
+/// the step `[batch, G*H]`, returns the new states (h first).
+pub type BodyFn<'a> =
+    dyn FnMut(&mut Builder, usize, &[String], &str) -> Result<Vec<String>, Skip> + 'a;
+
+/// The standard-ops form: hoisted quantized input projection + one Scan per direction.
+///
+/// `hoisted_bias(d)` is the bias added to the projection of direction `d` (`[G*H]`: `Wb`
+/// plus whatever part of `Rb` the cell can move out of the recurrence).
+pub fn rewrite_scan_form(
+    node: &Node,
+    ctx: &mut NodeCtx,
+    a: &RecurrentAttrs,
+    hoisted_bias: &dyn Fn(usize) -> Vec<f32>,
+    body: &mut BodyFn,
+    note: String,
+) -> RewriteResult {
+    let g = a.kind.gates();
+    let h = a.hidden;
+    let wq = QuantRecurrent::new(a.w3(), ctx.per_channel, &ctx.weights);
+    let prefix = node.display_name().to_string();
+    let mut b = Builder::new(ctx.names, ctx.opset, &prefix);
+
+    // X as float32 [seq, batch, in].
+    let mut x = node.input(0).unwrap_or_default().to_string();
+    if a.fp16 {
+        x = b.cast(&x, DataType::Float);
+    }
+    if a.layout == 1 {
+        x = b.transpose(&x, &[1, 0, 2]);
+    }
+    let xq = b.dynamic_quantize(&x);
+
+    // Initial states as float32 [D, batch, H], or None.
+    let mut init_states: Vec<Option<String>> = Vec::new();
+    for k in 0..a.kind.states() {
+        init_states.push(node.input(5 + k).map(|s| {
+            let mut s = s.to_string();
+            if a.fp16 {
+                s = b.cast(&s, DataType::Float);
+            }
+            if a.layout == 1 {
+                s = b.transpose(&s, &[1, 0, 2]);
+            }
+            s
+        }));
+    }
+    let mut zeros: Option<String> = None;
+
+    let mut ys = Vec::new();
+    let mut finals: Vec<Vec<String>> = vec![Vec::new(); a.kind.states()];
+    for d in 0..a.dirs {
+        let wd = wq.dir_weight(&mut b, &format!("W{d}"), d);
+        let mut xp = b.int_matmul(&xq, &wd);
+        let bias = hoisted_bias(d);
+        if bias.iter().any(|&v| v != 0.0) {
+            let bn = b.init_f32(&format!("bias{d}"), &[g * h], bias);
+            xp = b.op1("Add", &[&xp, &bn], vec![]);
+        }
+        let mut scan_inputs = Vec::new();
+        for s in &init_states {
+            scan_inputs.push(match s {
+                Some(s) => b.take(s, d as i64, 0),
+                None => match &zeros {
+                    Some(z) => z.clone(),
+                    None => {
+                        let z = b.zeros_like_rows(&x, 1, h);
+                        zeros = Some(z.clone());
+                        z
+                    }
+                },
+            });
+        }
+        scan_inputs.push(xp);
+
+        // The body.
+        let body_graph = {
+            let mut sb = b.sub(&format!("{prefix}/scan{d}"));
+            let state_in: Vec<String> = (0..a.kind.states())
+                .map(|k| sb.fresh(&format!("state{k}_in")))
+                .collect();
+            let x_t = sb.fresh("x_t");
+            let state_out = body(&mut sb, d, &state_in, &x_t)?;
+            let y_t = sb.op1("Identity", &[&state_out[0]], vec![]);
+            let mut inputs: Vec<ValueInfoProto> =
+                state_in.iter().map(|s| float_info(s, h)).collect();
+            inputs.push(float_info(&x_t, g * h));
+            let mut outputs: Vec<ValueInfoProto> =
+                state_out.iter().map(|s| float_info(s, h)).collect();
+            outputs.push(float_info(&y_t, h));
+            let gname = sb.fresh("body");
+            let mut graph = Graph {
+                proto: GraphProto {
+                    name: Some(gname),
+                    input: inputs,
+                    output: outputs,
+                    ..Default::default()
+                },
+                nodes: std::mem::take(&mut sb.nodes),
+                initializers: Default::default(),
+            };
+            for t in std::mem::take(&mut sb.inits) {
+                graph.add_initializer(t);
+            }
+            graph
+        };
+
+        let outs: Vec<String> = (0..=a.kind.states())
+            .map(|k| b.fresh(&format!("scan{d}_out{k}")))
+            .collect();
+        let mut attrs = vec![
+            attr_int("num_scan_inputs", 1),
+            AttributeProto {
+                name: Some("body".into()),
+                r#type: Some(AttributeType::Graph as i32),
+                ..Default::default()
+            },
+        ];
+        if a.reverse(d) {
+            attrs.push(attr_ints("scan_input_directions", vec![1]));
+            attrs.push(attr_ints("scan_output_directions", vec![1]));
+        }
+        let ins: Vec<&str> = scan_inputs.iter().map(String::as_str).collect();
+        b.node_with_outputs("", "Scan", &ins, outs.clone(), attrs);
+        b.nodes
+            .last_mut()
+            .expect("just pushed")
+            .subgraphs
+            .push(Subgraph {
+                attr: "body".into(),
+                index: None,
+                graph: body_graph,
+            });
+        for (k, f) in finals.iter_mut().enumerate() {
+            f.push(outs[k].clone());
+        }
+        ys.push(outs[a.kind.states()].clone());
+    }
+
+    // Y [seq, D, batch, H] (layout 1: [batch, seq, D, H]).
+    let mut results: Vec<(usize, String)> = Vec::new();
+    if node.outputs().first().is_some_and(|o| !o.is_empty()) {
+        let parts: Vec<String> = ys.iter().map(|y| b.unsqueeze(y, &[1])).collect();
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let mut y = b.concat(&refs, 1);
+        if a.layout == 1 {
+            y = b.transpose(&y, &[2, 0, 1, 3]);
+        }
+        results.push((0, y));
+    }
+    // Y_h, Y_c [D, batch, H] (layout 1: [batch, D, H]).
+    for (k, f) in finals.iter().enumerate() {
+        if node.outputs().get(k + 1).is_some_and(|o| !o.is_empty()) {
+            let parts: Vec<String> = f.iter().map(|s| b.unsqueeze(s, &[0])).collect();
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let mut s = b.concat(&refs, 0);
+            if a.layout == 1 {
+                s = b.transpose(&s, &[1, 0, 2]);
+            }
+            results.push((k + 1, s));
+        }
+    }
+    for (i, v) in results {
+        let target = node.outputs()[i].clone();
+        let v = if a.fp16 {
+            b.cast(&v, DataType::Float16)
+        } else {
+            v
+        };
+        b.rename(&v, &target);
+    }
+    Ok(Replacement {
+        nodes: b.nodes,
+        initializers: b.inits,
+        opsets: vec![],
+        note,
+    })
+}
