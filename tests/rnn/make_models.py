@@ -112,6 +112,8 @@ CASES = [
     dict(name="lstm_fwd_l1_nobias", op="LSTM", S=6, B=2, I=10, H=24, layout=1, bias=False, sym_batch=True),
     dict(name="lstm_peephole", op="LSTM", S=5, B=2, I=8, H=16, direction="bidirectional", init=True, peephole=True),
     dict(name="lstm_opset13", op="LSTM", S=5, B=2, I=8, H=16, direction="bidirectional", opset=13, sym_batch=True),
+    dict(name="lstm_opset11", op="LSTM", S=5, B=2, I=8, H=16, direction="bidirectional", opset=11, init=True),
+    dict(name="gru_opset11", op="GRU", S=5, B=2, I=8, H=16, direction="reverse", opset=11, lbr=0),
     dict(name="lstm_fp16", op="LSTM", S=5, B=2, I=8, H=16, init=True, fp16=True),
     # What the Scan form cannot express; DynamicQuantizeLSTM shares the float kernel's code.
     dict(name="lstm_seq_lens", op="LSTM", S=6, B=3, I=8, H=16, direction="bidirectional", seq_lens=True,

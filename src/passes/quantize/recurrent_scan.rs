@@ -4,10 +4,13 @@
 //! The input projection of every time step is one quantized matmul hoisted out of the
 //! recurrence (`DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`, plus the hoistable
 //! biases). Each direction's recurrence is a `Scan` (opset >= 9 semantics: states h (and c),
-//! one scan input, the projected `X` `[seq, batch, G*H]`, and one scan output, h per step;
-//! reverse directions scan with `scan_input_directions`/`scan_output_directions` = 1) whose
-//! body the op's rewriter builds: the quantized `R` product (h quantized every step) and the
-//! gates. Absent initial states are zeros shaped at run time (the batch may be symbolic).
+//! one scan input, the projected `X` `[seq, batch, G*H]`, and one scan output, h per step)
+//! whose body the op's rewriter builds: the quantized `R` product (h quantized every step)
+//! and the gates. A reverse direction reads the time axis reversed by a Gather over
+//! `Range(seq-1, -1, -1)` and reverses its output back, because tract ignores Scan's
+//! direction attributes; below opset 11 (no Range) it uses `scan_input_directions` /
+//! `scan_output_directions` = 1. Absent initial states are zeros shaped at run time (the
+//! batch may be symbolic).
 //! `Y` `[seq, D, batch, H]`, `Y_h`/`Y_c` `[D, batch, H]` are assembled with Unsqueeze and
 //! Concat; `layout = 1` and fp16 get Transposes and Casts at the boundaries.
 
@@ -70,6 +73,7 @@ pub fn rewrite_scan_form(
         }));
     }
     let mut zeros: Option<String> = None;
+    let mut rev_index: Option<String> = None;
 
     let mut ys = Vec::new();
     let mut finals: Vec<Vec<String>> = vec![Vec::new(); a.kind.states()];
@@ -94,6 +98,21 @@ pub fn rewrite_scan_form(
                     }
                 },
             });
+        }
+        // A reverse direction reads the sequence back to front. tract ignores Scan's
+        // direction attributes, so from opset 11 the time axis is reversed explicitly
+        // (Gather with Range(seq-1, -1, -1)); older opsets use the attributes.
+        let explicit_rev = a.reverse(d) && b.opset >= 11;
+        if explicit_rev {
+            let idx = match &rev_index {
+                Some(i) => i.clone(),
+                None => {
+                    let i = reversed_time(&mut b, &x);
+                    rev_index = Some(i.clone());
+                    i
+                }
+            };
+            xp = b.op1("Gather", &[&xp, &idx], vec![attr_int("axis", 0)]);
         }
         scan_inputs.push(xp);
 
@@ -140,7 +159,7 @@ pub fn rewrite_scan_form(
                 ..Default::default()
             },
         ];
-        if a.reverse(d) {
+        if a.reverse(d) && !explicit_rev {
             attrs.push(attr_ints("scan_input_directions", vec![1]));
             attrs.push(attr_ints("scan_output_directions", vec![1]));
         }
@@ -158,7 +177,11 @@ pub fn rewrite_scan_form(
         for (k, f) in finals.iter_mut().enumerate() {
             f.push(outs[k].clone());
         }
-        ys.push(outs[a.kind.states()].clone());
+        let y = outs[a.kind.states()].clone();
+        ys.push(match (&rev_index, explicit_rev) {
+            (Some(idx), true) => b.op1("Gather", &[&y, idx], vec![attr_int("axis", 0)]),
+            _ => y,
+        });
     }
 
     // Y [seq, D, batch, H] (layout 1: [batch, seq, D, H]).
@@ -199,4 +222,14 @@ pub fn rewrite_scan_form(
         opsets: vec![],
         note,
     })
+}
+
+/// Indices `[seq-1, ..., 0]` of the time axis (axis 0) of `x`, computed at run time.
+fn reversed_time(b: &mut Builder, x: &str) -> String {
+    let shape = b.op1("Shape", &[x], vec![]);
+    let seq = b.take(&shape, 0, 0);
+    let one = b.init_i64("one", &[], vec![1]);
+    let start = b.op1("Sub", &[&seq, &one], vec![]);
+    let stop = b.init_i64("minus_one", &[], vec![-1]);
+    b.op1("Range", &[&start, &stop, &stop], vec![])
 }
