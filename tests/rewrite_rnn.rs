@@ -327,3 +327,34 @@ fn fixture_recurrent_models_stay_close_to_torch() {
     assert_eq!(n, jobs.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Not a check: rewrites every recurrent node of `$RNN_BENCH_MODEL` in each mode (per-tensor)
+/// and writes `<model>.<mode>.onnx` beside it, for timing with onnxruntime.
+/// `RNN_BENCH_MODEL=path cargo test --test rewrite_rnn -- --ignored write_bench_models`
+#[test]
+#[ignore]
+fn write_bench_models() {
+    let path = PathBuf::from(std::env::var("RNN_BENCH_MODEL").expect("set RNN_BENCH_MODEL"));
+    for mode in [LstmMode::Ort, LstmMode::Onnx, LstmMode::WeightOnly] {
+        let mut model = load(&path).unwrap();
+        let targets: Vec<String> = model
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op_type(), "LSTM" | "GRU" | "RNN"))
+            .map(|n| n.name().to_string())
+            .collect();
+        for t in &targets {
+            let idx = model
+                .graph
+                .nodes
+                .iter()
+                .position(|n| n.name() == t)
+                .unwrap();
+            rewrite_at(&mut model, idx, mode, false, WeightQuantOptions::default()).unwrap();
+        }
+        let out = path.with_extension(format!("{}.onnx", mode_name(mode)));
+        save(&model, &out, &SaveOptions::default()).unwrap();
+        eprintln!("wrote {}", out.display());
+    }
+}
