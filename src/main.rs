@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod cli_run;
+
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
 };
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Show a model's interface, ops, weights and what the rewrite would quantize.
     Inspect(InspectArgs),
+    /// Run a model with the built-in runtime and summarize its outputs.
+    Run(cli_run::RunArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Run(a) => cli_run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
