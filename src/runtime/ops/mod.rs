@@ -7,11 +7,13 @@
 
 pub mod activation;
 pub mod control_flow;
+pub mod conv;
 pub mod data;
 pub mod elementwise;
 pub mod linalg;
 pub mod normalization;
 pub mod reduce;
+pub mod rnn;
 pub mod util;
 
 use std::collections::HashMap;
@@ -118,6 +120,8 @@ pub fn register_all(r: &mut Registry) {
     linalg::register(r);
     normalization::register(r);
     control_flow::register(r);
+    rnn::register(r);
+    conv::register(r);
 }
 
 /// The registry sessions use: every family, built once.
