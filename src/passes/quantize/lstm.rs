@@ -24,6 +24,7 @@
 use ndarray::Array1;
 
 use crate::ir::Node;
+use crate::ir::attrs::attr_int;
 use crate::onnx::tensor_proto::DataType;
 
 use super::policy::LstmMode;
@@ -156,13 +157,17 @@ fn rewrite_ort(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRes
             }
         })
         .collect();
-    let attrs = node
+    let mut attrs: Vec<_> = node
         .proto
         .attribute
         .iter()
         .filter(|at| at.name() != "layout")
         .cloned()
         .collect();
+    // Optional in ONNX, required by the kernel.
+    if node.attribute("hidden_size").is_none() {
+        attrs.push(attr_int("hidden_size", a.hidden as i64));
+    }
     b.node_with_outputs(
         "com.microsoft",
         "DynamicQuantizeLSTM",

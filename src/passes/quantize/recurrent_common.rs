@@ -532,6 +532,12 @@ mod tests {
         assert_eq!(zp.dims(), &[1, 8]);
         assert!(zp.to_array::<u8>().unwrap().iter().all(|&z| z == 128));
         assert!(!rep.note.contains("per-direction"), "{}", rep.note);
+        // hidden_size is optional in ONNX but required by the kernel.
+        let lstm = rep
+            .nodes
+            .iter()
+            .find(|n| n.op_type() == "DynamicQuantizeLSTM");
+        assert_eq!(lstm.unwrap().attr::<i64>("hidden_size").unwrap(), Some(2));
         // An all-zero row would get zero point 0 among 128s: the kernel rejects that, so the
         // rewrite falls back to per-direction scales.
         r.index_axis_mut(Axis(1), 3).fill(0.0);
