@@ -37,15 +37,18 @@ def reference(mdir, case, feeds):
         if v.dtype == np.float16:
             v = v.astype(np.float32)
         rfeeds[n] = np.ascontiguousarray(v)
-    outs = session(f"{mdir}/{case['name']}.ref.onnx").run(None, rfeeds)
+    sess = session(f"{mdir}/{case['name']}.ref.onnx")
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(None, rfeeds)
     if layout:
-        outs = [np.transpose(outs[0], (2, 0, 1, 3))] + [np.swapaxes(o, 0, 1) for o in outs[1:]]
-    return outs
+        outs = [np.transpose(o, (2, 0, 1, 3)) if o.ndim == 4 else np.swapaxes(o, 0, 1) for o in outs]
+    return dict(zip(names, outs))
 
 
 def run_model(path, feeds):
+    names = [o.name for o in onnx.load(path, load_external_data=False).graph.output]
     try:
-        return session(path).run(None, feeds), "onnxruntime"
+        return session(path).run(None, feeds), "onnxruntime", names
     except Exception as e:  # noqa: BLE001
         if "layout" not in str(e) and "float16" not in str(e).lower() and "NOT_IMPLEMENTED" not in str(e):
             raise
@@ -55,7 +58,7 @@ def run_model(path, feeds):
         for o in model.opset_import:
             if o.domain in ("", "ai.onnx"):
                 o.version = max(o.version, 19)
-        return ReferenceEvaluator(model).run(None, feeds), "onnx-reference"
+        return ReferenceEvaluator(model).run(None, feeds), "onnx-reference", names
 
 
 def metric(g, w, name=None):
@@ -95,8 +98,11 @@ def main():
             case = cases[job["case"]]
             onnx.checker.check_model(job["file"], full_check=True)
             feeds = dict(np.load(f"{mdir}/{case['name']}.npz"))
-            got, runtime = run_model(job["file"], feeds)
+            got, runtime, names = run_model(job["file"], feeds)
             want = reference(mdir, case, feeds)
+            if sorted(names) != sorted(want):
+                raise ValueError(f"outputs {names} != reference {list(want)}")
+            want = [want[n] for n in names]
             res["runtime"] = runtime
             res["dtypes"] = [str(g.dtype) for g in got]
             res["metrics"] = [metric(g, w, i) for i, (g, w) in enumerate(zip(got, want))]

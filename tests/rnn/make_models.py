@@ -34,7 +34,7 @@ def make_case(rng, spec):
     feeds = {"X": rng.normal(0, 1, (seq, batch, inp)).astype(np.float32)}
     if spec.get("init"):
         feeds["initial_h"] = rng.normal(0, 0.5, (d, batch, hid)).astype(np.float32)
-        if op == "LSTM":
+        if op == "LSTM" and spec.get("init") != "h":
             feeds["initial_c"] = rng.normal(0, 0.5, (d, batch, hid)).astype(np.float32)
     if spec.get("seq_lens"):
         feeds["sequence_lens"] = rng.integers(1, seq + 1, (batch,)).astype(np.int32)
@@ -59,6 +59,10 @@ def make_case(rng, spec):
         while names and names[-1] == "":
             names.pop()
         outs = ["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"]
+        # Only some outputs: the others are omitted ("") or left off the end.
+        outs = [o if o in spec.get("outputs", outs) else "" for o in outs]
+        while outs[-1] == "":
+            outs.pop()
         attrs = dict(hidden_size=hid, direction=direction)
         if layout:
             attrs["layout"] = 1
@@ -78,10 +82,13 @@ def make_case(rng, spec):
                 inputs.append(helper.make_tensor_value_info(s, ft, shp))
         if "sequence_lens" in feeds:
             inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [bdim]))
-        outputs = [
-            helper.make_tensor_value_info("Y", ft, [bdim, seq, d, hid] if layout else [seq, d, bdim, hid])
-        ]
-        for o in outs[1:]:
+        sdim = "seq" if spec.get("sym_batch") else seq
+        inputs[0] = helper.make_tensor_value_info("X", ft, sh(sdim, bdim, [inp]))
+        outputs = []
+        if outs[0]:
+            ys = [bdim, sdim, d, hid] if layout else [sdim, d, bdim, hid]
+            outputs.append(helper.make_tensor_value_info("Y", ft, ys))
+        for o in [o for o in outs[1:] if o]:
             outputs.append(helper.make_tensor_value_info(o, ft, [bdim, d, hid] if layout else [d, bdim, hid]))
         graph = helper.make_graph([node], spec["name"], inputs, outputs, inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.get("opset", 17))])
@@ -122,7 +129,10 @@ CASES = [
          attrs=dict(activations=["HardSigmoid", "Tanh", "Softsign"], clip=0.8), expect={"onnx": "skip"}),
     dict(name="lstm_input_forget", op="LSTM", S=5, B=2, I=8, H=16, attrs=dict(input_forget=1),
          expect={"onnx": "skip"}),
+    dict(name="lstm_h0_only_yh", op="LSTM", S=5, B=2, I=8, H=16, direction="reverse", init="h",
+         outputs=["Y_h"], sym_batch=True),
     dict(name="gru_fwd_lbr0", op="GRU", S=5, B=2, I=8, H=16),
+    dict(name="gru_yh_only", op="GRU", S=6, B=2, I=8, H=16, direction="bidirectional", lbr=1, outputs=["Y_h"]),
     dict(name="gru_rev_lbr1_init", op="GRU", S=6, B=3, I=12, H=20, direction="reverse", init=True, lbr=1),
     dict(name="gru_bidi_lbr1_init", op="GRU", S=7, B=2, I=24, H=32, direction="bidirectional", init=True, lbr=1),
     dict(name="gru_bidi_l1_lbr0", op="GRU", S=5, B=3, I=8, H=16, direction="bidirectional", init=True, layout=1,
