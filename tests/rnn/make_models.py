@@ -127,8 +127,9 @@ CASES = [
          expect={"onnx": "skip"}),
     dict(name="lstm_acts_clip", op="LSTM", S=5, B=2, I=8, H=16,
          attrs=dict(activations=["HardSigmoid", "Tanh", "Softsign"], clip=0.8), expect={"onnx": "skip"}),
-    dict(name="lstm_input_forget", op="LSTM", S=5, B=2, I=8, H=16, attrs=dict(input_forget=1),
-         expect={"onnx": "skip"}),
+    dict(name="lstm_input_forget", op="LSTM", S=5, B=2, I=8, H=16, attrs=dict(input_forget=1)),
+    dict(name="lstm_clip", op="LSTM", S=6, B=2, I=8, H=16, direction="bidirectional", init=True,
+         peephole=True, attrs=dict(clip=0.4)),
     dict(name="lstm_h0_only_yh", op="LSTM", S=5, B=2, I=8, H=16, direction="reverse", init="h",
          outputs=["Y_h"], sym_batch=True),
     dict(name="gru_fwd_lbr0", op="GRU", S=5, B=2, I=8, H=16),
@@ -140,8 +141,15 @@ CASES = [
     dict(name="rnn_fwd", op="RNN", S=5, B=2, I=8, H=16),
     dict(name="rnn_bidi_init", op="RNN", S=7, B=3, I=16, H=24, direction="bidirectional", init=True),
     dict(name="rnn_rev_l1", op="RNN", S=6, B=2, I=8, H=16, direction="reverse", layout=1, bias=False),
-    dict(name="gru_clip", op="GRU", S=5, B=2, I=8, H=16, attrs=dict(clip=0.5),
+    dict(name="gru_clip_lbr0", op="GRU", S=5, B=2, I=8, H=16, init=True, attrs=dict(clip=0.5)),
+    dict(name="gru_clip_lbr1", op="GRU", S=5, B=2, I=8, H=16, direction="reverse", lbr=1,
+         attrs=dict(clip=0.3)),
+    dict(name="rnn_clip", op="RNN", S=5, B=2, I=8, H=16, init=True, attrs=dict(clip=0.3)),
+    # DynamicQuantizeLinear needs opset 11: only weight-only (and DynamicQuantizeLSTM) below.
+    dict(name="rnn_opset10", op="RNN", S=5, B=2, I=8, H=16, direction="bidirectional", opset=10,
          expect={"ort": "skip", "onnx": "skip"}),
+    dict(name="lstm_opset9", op="LSTM", S=5, B=2, I=8, H=16, opset=9, init=True,
+         expect={"onnx": "skip"}),
 ]
 
 

@@ -17,7 +17,8 @@
 //!
 //! ONNX RNN: `W` `[D, H, in]`, `R` `[D, H, H]`, `B` `[D, 2H]`; `H = tanh(x·Wᵀ + h·Rᵀ + Wb + Rb)`.
 //!
-//! The Scan form supports the default activations only, no clip and no `sequence_lens`.
+//! The Scan form supports the default activations only and no `sequence_lens`; clip bounds
+//! every activation's input.
 
 use crate::ir::Node;
 
@@ -50,6 +51,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
     }
     let h = a.hidden;
     let rq = QuantRecurrent::new(a.r3(), ctx.per_channel, &ctx.weights);
+    let clip = a.clip(node)?;
     let note = format!(
         "standard-op Scan form, {} {}{}",
         if ctx.per_channel {
@@ -75,7 +77,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                 let hq = sb.dynamic_quantize(&states[0]);
                 let rh = sb.int_matmul(&hq, &rd);
                 let pre = sb.op1("Add", &[x_t, &rh], vec![]);
-                Ok(vec![sb.op1("Tanh", &[&pre], vec![])])
+                Ok(vec![sb.activation("Tanh", &pre, clip)])
             };
             rewrite_scan_form(node, ctx, a, &bias, &mut body, note)
         }
@@ -113,9 +115,9 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                     (hg[0].clone(), hg[1].clone(), None)
                 };
                 let zs = sb.op1("Add", &[&xg[0], &hz], vec![]);
-                let z = sb.op1("Sigmoid", &[&zs], vec![]);
+                let z = sb.activation("Sigmoid", &zs, clip);
                 let rs = sb.op1("Add", &[&xg[1], &hr], vec![]);
-                let r = sb.op1("Sigmoid", &[&rs], vec![]);
+                let r = sb.activation("Sigmoid", &rs, clip);
                 let inner = match hh {
                     Some(mut hh) => {
                         let rbh: Vec<f32> = a.bias(d, 1)[2 * h..].to_vec();
@@ -133,7 +135,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                     }
                 };
                 let ns = sb.op1("Add", &[&xg[2], &inner], vec![]);
-                let n = sb.op1("Tanh", &[&ns], vec![]);
+                let n = sb.activation("Tanh", &ns, clip);
                 // (1 - z)⊙n + z⊙h = n + z⊙(h - n)
                 let diff = sb.op1("Sub", &[h_prev, &n], vec![]);
                 let zd = sb.op1("Mul", &[&z, &diff], vec![]);

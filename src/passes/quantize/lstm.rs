@@ -17,8 +17,8 @@
 //!   clip, `input_forget`, `sequence_lens` and peepholes, so they pass through. It has no
 //!   `layout`: batch-major tensors are transposed around it. It computes in float32 only: an
 //!   fp16 LSTM gets Casts at its boundaries.
-//! - `onnx`: standard ops only (see `recurrent_common::rewrite_scan_form`); default
-//!   activations, no clip, no `input_forget`, no `sequence_lens`; peepholes are supported.
+//! - `onnx`: standard ops only (see recurrent_scan.rs); default activations and no
+//!   `sequence_lens`; peepholes, clip and `input_forget` (f = 1 - i) are supported.
 //! - `weight-only`: int8 `W`/`R` dequantized in front of the float LSTM.
 
 use ndarray::Array1;
@@ -224,6 +224,11 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
         }
     };
     let rq = QuantRecurrent::new(a.r3(), ctx.per_channel, &ctx.weights);
+    let clip = a.clip(node)?;
+    let input_forget = node
+        .attr_or("input_forget", 0i64)
+        .map_err(|e| Skip(e.to_string()))?
+        != 0;
     let bias = |d: usize| -> Vec<f32> {
         let (wb, rb) = (a.bias(d, 0), a.bias(d, 1));
         wb.iter().zip(&rb).map(|(x, y)| x + y).collect()
@@ -251,9 +256,15 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                 let cf = sb.op1("Mul", &[c_prev, &pf], vec![]);
                 gf = sb.op1("Add", &[&gf, &cf], vec![]);
             }
-            let i = sb.op1("Sigmoid", &[&gi], vec![]);
-            let f = sb.op1("Sigmoid", &[&gf], vec![]);
-            let cand = sb.op1("Tanh", &[&gc], vec![]);
+            let i = sb.activation("Sigmoid", &gi, clip);
+            // input_forget couples the gates: f = 1 - i.
+            let f = if input_forget {
+                let one = sb.init_f32("one", &[], vec![1.0]);
+                sb.op1("Sub", &[&one, &i], vec![])
+            } else {
+                sb.activation("Sigmoid", &gf, clip)
+            };
+            let cand = sb.activation("Tanh", &gc, clip);
             let keep = sb.op1("Mul", &[&f, c_prev], vec![]);
             let add = sb.op1("Mul", &[&i, &cand], vec![]);
             let c = sb.op1("Add", &[&keep, &add], vec![]);
@@ -262,7 +273,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                 let co = sb.op1("Mul", &[&c, &po], vec![]);
                 go = sb.op1("Add", &[&go, &co], vec![]);
             }
-            let o = sb.op1("Sigmoid", &[&go], vec![]);
+            let o = sb.activation("Sigmoid", &go, clip);
             let tc = sb.op1("Tanh", &[&c], vec![]);
             let hn = sb.op1("Mul", &[&o, &tc], vec![]);
             Ok(vec![hn, c])

@@ -142,6 +142,28 @@ impl<'n> Builder<'n> {
         self.op1("Cast", &[x], vec![attr_int("to", to as i64)])
     }
 
+    /// `op(x)` for a gate activation, with the input first clipped to `[-clip, clip]` when the
+    /// recurrent op has a `clip` attribute (ONNX: "applied to the input of activations").
+    pub fn activation(&mut self, op: &str, x: &str, clip: Option<f32>) -> String {
+        let x = match clip {
+            None => x.to_string(),
+            Some(c) if self.opset >= 11 => {
+                let lo = self.init_f32("clip_min", &[], vec![-c]);
+                let hi = self.init_f32("clip_max", &[], vec![c]);
+                self.op1("Clip", &[x, &lo, &hi], vec![])
+            }
+            Some(c) => self.op1(
+                "Clip",
+                &[x],
+                vec![
+                    crate::ir::attrs::attr_float("min", -c),
+                    crate::ir::attrs::attr_float("max", c),
+                ],
+            ),
+        };
+        self.op1(op, &[&x], vec![])
+    }
+
     /// `x[index]` along `axis`, dropping that axis (Gather with a scalar index).
     pub fn take(&mut self, x: &str, index: i64, axis: i64) -> String {
         let i = self.init_i64("index", &[], vec![index]);

@@ -253,20 +253,14 @@ pub fn custom_activations(node: &Node, kind: RnnKind) -> bool {
 }
 
 /// Why the standard-op Scan form cannot express this node, if it cannot: it implements the
-/// default activations, no clip, no `sequence_lens` and (LSTM) no `input_forget`; it does
-/// implement peepholes. The policy reports the same reasons.
+/// default activations only and no `sequence_lens`; it does implement clip, peepholes and
+/// `input_forget`. The policy reports the same reasons.
 pub fn scan_form_limit(node: &Node, kind: RnnKind) -> Option<&'static str> {
     if custom_activations(node, kind) {
         return Some("custom activations are not expressed by the Scan form");
     }
-    if node.attribute("clip").is_some() {
-        return Some("clip is not expressed by the Scan form");
-    }
     if node.input(4).is_some() {
         return Some("sequence_lens is not honoured by the Scan form");
-    }
-    if kind == RnnKind::Lstm && node.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
-        return Some("input_forget=1 is not expressed by the Scan form");
     }
     None
 }
@@ -363,6 +357,14 @@ impl RecurrentAttrs {
             r,
             b,
         })
+    }
+
+    /// The `clip` threshold, if any.
+    pub fn clip(&self, node: &Node) -> Result<Option<f32>, Skip> {
+        match node.attr::<f32>("clip").map_err(|e| Skip(e.to_string()))? {
+            Some(c) if c.is_nan() || c <= 0.0 => Err(Skip(format!("clip {c} is not positive"))),
+            c => Ok(c),
+        }
     }
 
     /// Whether direction `d` runs backwards in time.
@@ -555,23 +557,12 @@ mod tests {
 
     #[test]
     fn scan_form_reasons_match_the_policy() {
-        let clip = lstm_graph(
-            vec![attr_float("clip", 1.0)],
-            ramp(1, 128, 64),
-            ramp(1, 128, 32),
-        );
-        let err =
-            run_lstm(&clip, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap_err();
-        assert!(err.0.contains("clip"), "{err:?}");
-        let opts = PolicyOptions {
+        let onnx = PolicyOptions {
             lstm_mode: LstmMode::Onnx,
             min_weight_elements: 0,
             ..Default::default()
         };
-        let d = decide(&clip, &opts);
-        assert!(!d[0].quantize && d[0].reason.contains("clip"), "{d:?}");
-        // DynamicQuantizeLSTM takes clip and custom activations.
-        let opts = PolicyOptions {
+        let ort = PolicyOptions {
             min_weight_elements: 0,
             ..Default::default()
         };
@@ -583,12 +574,42 @@ mod tests {
             ramp(1, 128, 64),
             ramp(1, 128, 32),
         );
-        assert!(decide(&acts, &opts)[0].quantize);
+        let err =
+            run_lstm(&acts, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap_err();
+        assert!(err.0.contains("custom activations"), "{err:?}");
+        let d = decide(&acts, &onnx);
+        assert!(
+            !d[0].quantize && d[0].reason.contains("custom activations"),
+            "{d:?}"
+        );
+        // DynamicQuantizeLSTM takes custom activations.
+        assert!(decide(&acts, &ort)[0].quantize);
         assert!(run_lstm(&acts, LstmMode::Ort, false, WeightQuantOptions::default()).is_ok());
         assert_eq!(
             scan_form_limit(&acts.nodes[0], RnnKind::Lstm),
             Some("custom activations are not expressed by the Scan form")
         );
         assert!(scan_form_limit(&acts.nodes[0], RnnKind::Gru).is_some());
+        // The Scan form expresses clip.
+        let clip = lstm_graph(
+            vec![attr_float("clip", 1.0)],
+            ramp(1, 128, 64),
+            ramp(1, 128, 32),
+        );
+        assert!(decide(&clip, &onnx)[0].quantize);
+        let rep = run_lstm(&clip, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap();
+        let body = &rep
+            .nodes
+            .iter()
+            .find(|n| n.op_type() == "Scan")
+            .unwrap()
+            .subgraphs[0];
+        let clips = body
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.op_type() == "Clip")
+            .count();
+        assert_eq!(clips, 4);
     }
 }

@@ -8,13 +8,12 @@
 //! whose body the op's rewriter builds: the quantized `R` product (h quantized every step)
 //! and the gates. A reverse direction reads the time axis reversed by a Gather over
 //! `Range(seq-1, -1, -1)` and reverses its output back, because tract ignores Scan's
-//! direction attributes; below opset 11 (no Range) it uses `scan_input_directions` /
-//! `scan_output_directions` = 1. Absent initial states are zeros shaped at run time (the
+//! direction attributes. Absent initial states are zeros shaped at run time (the
 //! batch may be symbolic).
 //! `Y` `[seq, D, batch, H]`, `Y_h`/`Y_c` `[D, batch, H]` are assembled with Unsqueeze and
 //! Concat; `layout = 1` and fp16 get Transposes and Casts at the boundaries.
 
-use crate::ir::attrs::{attr_int, attr_ints};
+use crate::ir::attrs::attr_int;
 use crate::ir::graph::Subgraph;
 use crate::ir::{Graph, Node};
 use crate::onnx::attribute_proto::AttributeType;
@@ -42,6 +41,12 @@ pub fn rewrite_scan_form(
     body: &mut BodyFn,
     note: String,
 ) -> RewriteResult {
+    if ctx.opset < 11 {
+        return Err(Skip(format!(
+            "the Scan form needs opset 11 (DynamicQuantizeLinear); the model imports opset {}",
+            ctx.opset
+        )));
+    }
     let g = a.kind.gates();
     let h = a.hidden;
     let wq = QuantRecurrent::new(a.w3(), ctx.per_channel, &ctx.weights);
@@ -100,9 +105,9 @@ pub fn rewrite_scan_form(
             });
         }
         // A reverse direction reads the sequence back to front. tract ignores Scan's
-        // direction attributes, so from opset 11 the time axis is reversed explicitly
-        // (Gather with Range(seq-1, -1, -1)); older opsets use the attributes.
-        let explicit_rev = a.reverse(d) && b.opset >= 11;
+        // direction attributes, so the time axis is reversed explicitly (Gather with
+        // Range(seq-1, -1, -1)).
+        let explicit_rev = a.reverse(d);
         if explicit_rev {
             let idx = match &rev_index {
                 Some(i) => i.clone(),
@@ -151,7 +156,7 @@ pub fn rewrite_scan_form(
         let outs: Vec<String> = (0..=a.kind.states())
             .map(|k| b.fresh(&format!("scan{d}_out{k}")))
             .collect();
-        let mut attrs = vec![
+        let attrs = vec![
             attr_int("num_scan_inputs", 1),
             AttributeProto {
                 name: Some("body".into()),
@@ -159,10 +164,6 @@ pub fn rewrite_scan_form(
                 ..Default::default()
             },
         ];
-        if a.reverse(d) && !explicit_rev {
-            attrs.push(attr_ints("scan_input_directions", vec![1]));
-            attrs.push(attr_ints("scan_output_directions", vec![1]));
-        }
         let ins: Vec<&str> = scan_inputs.iter().map(String::as_str).collect();
         b.node_with_outputs("", "Scan", &ins, outs.clone(), attrs);
         b.nodes

@@ -46,12 +46,12 @@ pub fn rewrite_weight_only(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -
     })
 }
 
-/// Float `[D, rows, cols]` from a quantized weight. Per-axis DequantizeLinear needs opset 13;
-/// below that, and for the two-axis per-channel scales, the dequantization is spelled out
-/// with Cast/Sub/Mul over broadcast scale and zero point tensors.
+/// Float `[D, rows, cols]` from a quantized weight. DequantizeLinear needs opset 10, per-axis
+/// opset 13; below that the dequantization is spelled out with Cast/Sub/Mul over broadcast
+/// scale and zero point tensors.
 fn dequantize(b: &mut Builder, q: &QuantRecurrent, what: &str) -> String {
     let (d, rows, cols) = (q.dirs, q.rows, q.cols);
-    if !q.per_channel && (b.opset >= 13 || d == 1) {
+    if !q.per_channel && (b.opset >= 13 || (d == 1 && b.opset >= 10)) {
         let values = b.init_with(&format!("{what}_quantized"), |n| q.values(n));
         let (scale, zp, attrs) = if d == 1 {
             let s = b.init_f32(&format!("{what}_scale"), &[], vec![q.q.scales[0]]);
