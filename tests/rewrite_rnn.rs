@@ -224,7 +224,10 @@ fn recurrent_rewrites_match_float_in_onnxruntime() {
                 m["cosine"].as_f64().unwrap(),
             );
             worst = (worst.0.max(max_abs), worst.1.min(cos));
-            if !(max_abs <= 0.05 && cos >= 0.999) {
+            // Outputs are ~1 in magnitude (a Relu RNN's a little more): the bound scales
+            // with them above 1.
+            let bound = 0.05 * m["ref_absmax"].as_f64().unwrap().max(1.0);
+            if !(max_abs <= bound && cos >= 0.999) {
                 failures.push(format!(
                     "{tag} output {i}: max abs {max_abs:.4}, cosine {cos:.6} (ref |max| {:.3}, {})",
                     m["ref_absmax"], r["runtime"]

@@ -17,15 +17,15 @@
 //!
 //! ONNX RNN: `W` `[D, H, in]`, `R` `[D, H, H]`, `B` `[D, 2H]`; `H = tanh(x·Wᵀ + h·Rᵀ + Wb + Rb)`.
 //!
-//! The Scan form supports the default activations only and no `sequence_lens`; clip bounds
-//! every activation's input.
+//! The Scan form supports the activations and clip (bounding every activation's input), not
+//! `sequence_lens`.
 
 use crate::ir::Node;
 
 use super::policy::LstmMode;
 use super::recurrent_build::Builder;
 use super::recurrent_common::{
-    QuantRecurrent, RecurrentAttrs, RnnKind, scan_form_limit, type_name,
+    QuantRecurrent, RecurrentAttrs, RnnKind, activations, scan_form_limit, type_name,
 };
 use super::recurrent_scan::rewrite_scan_form;
 use super::recurrent_weight_only::rewrite_weight_only;
@@ -52,6 +52,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
     let h = a.hidden;
     let rq = QuantRecurrent::new(a.r3(), ctx.per_channel, &ctx.weights);
     let clip = a.clip(node)?;
+    let acts = activations(node, a.kind).map_err(Skip)?;
     let note = format!(
         "standard-op Scan form, {} {}{}",
         if ctx.per_channel {
@@ -77,7 +78,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                 let hq = sb.dynamic_quantize(&states[0]);
                 let rh = sb.int_matmul(&hq, &rd);
                 let pre = sb.op1("Add", &[x_t, &rh], vec![]);
-                Ok(vec![sb.activation("Tanh", &pre, clip)])
+                Ok(vec![sb.activation(&acts[d], &pre, clip)])
             };
             rewrite_scan_form(node, ctx, a, &bias, &mut body, note)
         }
@@ -115,9 +116,9 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                     (hg[0].clone(), hg[1].clone(), None)
                 };
                 let zs = sb.op1("Add", &[&xg[0], &hz], vec![]);
-                let z = sb.activation("Sigmoid", &zs, clip);
+                let z = sb.activation(&acts[2 * d], &zs, clip);
                 let rs = sb.op1("Add", &[&xg[1], &hr], vec![]);
-                let r = sb.activation("Sigmoid", &rs, clip);
+                let r = sb.activation(&acts[2 * d], &rs, clip);
                 let inner = match hh {
                     Some(mut hh) => {
                         let rbh: Vec<f32> = a.bias(d, 1)[2 * h..].to_vec();
@@ -135,7 +136,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                     }
                 };
                 let ns = sb.op1("Add", &[&xg[2], &inner], vec![]);
-                let n = sb.activation("Tanh", &ns, clip);
+                let n = sb.activation(&acts[2 * d + 1], &ns, clip);
                 // (1 - z)⊙n + z⊙h = n + z⊙(h - n)
                 let diff = sb.op1("Sub", &[h_prev, &n], vec![]);
                 let zd = sb.op1("Mul", &[&z, &diff], vec![]);

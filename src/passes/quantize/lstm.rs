@@ -17,8 +17,8 @@
 //!   clip, `input_forget`, `sequence_lens` and peepholes, so they pass through. It has no
 //!   `layout`: batch-major tensors are transposed around it. It computes in float32 only: an
 //!   fp16 LSTM gets Casts at its boundaries.
-//! - `onnx`: standard ops only (see recurrent_scan.rs); default activations and no
-//!   `sequence_lens`; peepholes, clip and `input_forget` (f = 1 - i) are supported.
+//! - `onnx`: standard ops only (see recurrent_scan.rs); activations, peepholes, clip and
+//!   `input_forget` (f = 1 - i) are supported, `sequence_lens` is not.
 //! - `weight-only`: int8 `W`/`R` dequantized in front of the float LSTM.
 
 use ndarray::Array1;
@@ -30,7 +30,7 @@ use crate::onnx::tensor_proto::DataType;
 use super::policy::LstmMode;
 use super::recurrent_build::Builder;
 use super::recurrent_common::{
-    QuantRecurrent, RecurrentAttrs, RnnKind, const_f32, scan_form_limit, type_name,
+    QuantRecurrent, RecurrentAttrs, RnnKind, activations, const_f32, scan_form_limit, type_name,
 };
 use super::recurrent_scan::rewrite_scan_form;
 use super::recurrent_weight_only::rewrite_weight_only;
@@ -225,6 +225,7 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
     };
     let rq = QuantRecurrent::new(a.r3(), ctx.per_channel, &ctx.weights);
     let clip = a.clip(node)?;
+    let acts = activations(node, RnnKind::Lstm).map_err(Skip)?;
     let input_forget = node
         .attr_or("input_forget", 0i64)
         .map_err(|e| Skip(e.to_string()))?
@@ -256,15 +257,16 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                 let cf = sb.op1("Mul", &[c_prev, &pf], vec![]);
                 gf = sb.op1("Add", &[&gf, &cf], vec![]);
             }
-            let i = sb.activation("Sigmoid", &gi, clip);
+            let (fa, ga, ha) = (&acts[3 * d], &acts[3 * d + 1], &acts[3 * d + 2]);
+            let i = sb.activation(fa, &gi, clip);
             // input_forget couples the gates: f = 1 - i.
             let f = if input_forget {
                 let one = sb.init_f32("one", &[], vec![1.0]);
                 sb.op1("Sub", &[&one, &i], vec![])
             } else {
-                sb.activation("Sigmoid", &gf, clip)
+                sb.activation(fa, &gf, clip)
             };
-            let cand = sb.activation("Tanh", &gc, clip);
+            let cand = sb.activation(ga, &gc, clip);
             let keep = sb.op1("Mul", &[&f, c_prev], vec![]);
             let add = sb.op1("Mul", &[&i, &cand], vec![]);
             let c = sb.op1("Add", &[&keep, &add], vec![]);
@@ -273,8 +275,9 @@ fn rewrite_onnx(node: &Node, ctx: &mut NodeCtx, a: &RecurrentAttrs) -> RewriteRe
                 let co = sb.op1("Mul", &[&c, &po], vec![]);
                 go = sb.op1("Add", &[&go, &co], vec![]);
             }
-            let o = sb.activation("Sigmoid", &go, clip);
-            let tc = sb.op1("Tanh", &[&c], vec![]);
+            let o = sb.activation(fa, &go, clip);
+            // h is applied to the cell state without clip, as onnxruntime does.
+            let tc = sb.activation(ha, &c, None);
             let hn = sb.op1("Mul", &[&o, &tc], vec![]);
             Ok(vec![hn, c])
         };

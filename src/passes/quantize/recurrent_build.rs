@@ -3,7 +3,7 @@
 //! became inputs at opset 13), and the quantized-product idiom
 //! `DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`.
 
-use crate::ir::attrs::{attr_int, attr_ints, attr_tensor};
+use crate::ir::attrs::{attr_float, attr_int, attr_ints, attr_tensor};
 use crate::ir::{NameGen, Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 use crate::onnx::{
@@ -142,26 +142,49 @@ impl<'n> Builder<'n> {
         self.op1("Cast", &[x], vec![attr_int("to", to as i64)])
     }
 
-    /// `op(x)` for a gate activation, with the input first clipped to `[-clip, clip]` when the
+    /// `f(x)` for a gate activation, with the input first clipped to `[-clip, clip]` when the
     /// recurrent op has a `clip` attribute (ONNX: "applied to the input of activations").
-    pub fn activation(&mut self, op: &str, x: &str, clip: Option<f32>) -> String {
+    pub fn activation(&mut self, f: &Activation, x: &str, clip: Option<f32>) -> String {
         let x = match clip {
             None => x.to_string(),
-            Some(c) if self.opset >= 11 => {
+            Some(c) => {
                 let lo = self.init_f32("clip_min", &[], vec![-c]);
                 let hi = self.init_f32("clip_max", &[], vec![c]);
                 self.op1("Clip", &[x, &lo, &hi], vec![])
             }
-            Some(c) => self.op1(
-                "Clip",
-                &[x],
-                vec![
-                    crate::ir::attrs::attr_float("min", -c),
-                    crate::ir::attrs::attr_float("max", c),
-                ],
-            ),
         };
-        self.op1(op, &[&x], vec![])
+        let (alpha, beta) = (f.alpha, f.beta);
+        match f.name.as_str() {
+            "sigmoid" => self.op1("Sigmoid", &[&x], vec![]),
+            "tanh" => self.op1("Tanh", &[&x], vec![]),
+            "relu" => self.op1("Relu", &[&x], vec![]),
+            "softsign" => self.op1("Softsign", &[&x], vec![]),
+            "softplus" => self.op1("Softplus", &[&x], vec![]),
+            "leakyrelu" => self.op1("LeakyRelu", &[&x], vec![attr_float("alpha", alpha)]),
+            "thresholdedrelu" => {
+                self.op1("ThresholdedRelu", &[&x], vec![attr_float("alpha", alpha)])
+            }
+            "elu" => self.op1("Elu", &[&x], vec![attr_float("alpha", alpha)]),
+            "hardsigmoid" => self.op1(
+                "HardSigmoid",
+                &[&x],
+                vec![attr_float("alpha", alpha), attr_float("beta", beta)],
+            ),
+            "affine" => {
+                let a = self.init_f32("alpha", &[], vec![alpha]);
+                let b = self.init_f32("beta", &[], vec![beta]);
+                let ax = self.op1("Mul", &[&x, &a], vec![]);
+                self.op1("Add", &[&ax, &b], vec![])
+            }
+            // scaledtanh (the only other name Activation::parse accepts)
+            _ => {
+                let a = self.init_f32("alpha", &[], vec![alpha]);
+                let b = self.init_f32("beta", &[], vec![beta]);
+                let bx = self.op1("Mul", &[&x, &b], vec![]);
+                let t = self.op1("Tanh", &[&bx], vec![]);
+                self.op1("Mul", &[&t, &a], vec![])
+            }
+        }
     }
 
     /// `x[index]` along `axis`, dropping that axis (Gather with a scalar index).
@@ -243,5 +266,53 @@ pub fn float_info(name: &str, n: usize) -> ValueInfoProto {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A recurrent op's activation function (`activations` attribute), with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activation {
+    /// Lower-case name: sigmoid, tanh, relu, softsign, softplus, leakyrelu, thresholdedrelu,
+    /// elu, hardsigmoid, affine or scaledtanh.
+    pub name: String,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl Activation {
+    /// Parses `names` with `activation_alpha` / `activation_beta`. As in onnxruntime, each
+    /// function that takes an alpha (beta) consumes the next one from the list, in order, or
+    /// gets its default: LeakyRelu 0.01, HardSigmoid 0.2/0.5, Elu 1.0, ThresholdedRelu 1.0
+    /// (the ONNX operator's; onnxruntime uses 0), others 0.
+    pub fn parse(names: &[String], alphas: &[f32], betas: &[f32]) -> Result<Vec<Self>, String> {
+        let (mut ai, mut bi) = (alphas.iter(), betas.iter());
+        names
+            .iter()
+            .map(|n| {
+                let name = n.to_ascii_lowercase();
+                let (uses_a, uses_b, da, db) = match name.as_str() {
+                    "sigmoid" | "tanh" | "relu" | "softsign" | "softplus" => {
+                        (false, false, 0.0, 0.0)
+                    }
+                    "leakyrelu" => (true, false, 0.01, 0.0),
+                    "thresholdedrelu" => (true, false, 1.0, 0.0),
+                    "elu" => (true, false, 1.0, 0.0),
+                    "hardsigmoid" => (true, true, 0.2, 0.5),
+                    "affine" | "scaledtanh" => (true, true, 0.0, 0.0),
+                    _ => return Err(format!("unknown activation '{n}'")),
+                };
+                let alpha = if uses_a {
+                    ai.next().copied().unwrap_or(da)
+                } else {
+                    da
+                };
+                let beta = if uses_b {
+                    bi.next().copied().unwrap_or(db)
+                } else {
+                    db
+                };
+                Ok(Activation { name, alpha, beta })
+            })
+            .collect()
     }
 }

@@ -20,7 +20,7 @@ use ndarray::{ArrayD, ArrayView3, Axis, Ix3, IxDyn, s};
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
-use super::recurrent_build::{Builder, DirWeight};
+use super::recurrent_build::{Activation, Builder, DirWeight};
 use super::rewrite::{NodeCtx, Skip};
 use super::weights::{QValues, QuantizedWeight, WeightQuantOptions, WeightType, quantize_weight};
 
@@ -237,30 +237,54 @@ impl RnnKind {
     }
 }
 
-/// Custom activations (anything but the op's defaults, compared case-insensitively).
-pub fn custom_activations(node: &Node, kind: RnnKind) -> bool {
-    let defaults = kind.default_activations();
-    match node.attr::<Vec<String>>("activations") {
-        Ok(Some(a)) => a.chunks(defaults.len()).any(|c| {
-            c.len() != defaults.len()
-                || c.iter()
-                    .zip(defaults)
-                    .any(|(x, d)| !x.eq_ignore_ascii_case(d))
-        }),
-        Ok(None) => false,
-        Err(_) => true,
+/// The activation functions of every direction (`kind.default_activations().len()` per
+/// direction, forward first), from the node's attributes or the defaults.
+pub fn activations(node: &Node, kind: RnnKind) -> Result<Vec<Activation>, String> {
+    let per_dir = kind.default_activations().len();
+    let dirs = match node.attr::<String>("direction") {
+        Ok(Some(d)) if d == "bidirectional" => 2,
+        Ok(_) => 1,
+        Err(e) => return Err(e.to_string()),
+    };
+    let names: Vec<String> = match node.attr::<Vec<String>>("activations") {
+        Ok(Some(a)) if !a.is_empty() => a,
+        Ok(_) => kind
+            .default_activations()
+            .iter()
+            .cycle()
+            .take(per_dir * dirs)
+            .map(|s| s.to_string())
+            .collect(),
+        Err(e) => return Err(e.to_string()),
+    };
+    if names.len() != per_dir * dirs {
+        return Err(format!(
+            "{} activations listed, expected {}",
+            names.len(),
+            per_dir * dirs
+        ));
     }
+    let floats = |a: &str| {
+        node.attr::<Vec<f32>>(a)
+            .map(|v| v.unwrap_or_default())
+            .map_err(|e| e.to_string())
+    };
+    Activation::parse(
+        &names,
+        &floats("activation_alpha")?,
+        &floats("activation_beta")?,
+    )
 }
 
-/// Why the standard-op Scan form cannot express this node, if it cannot: it implements the
-/// default activations only and no `sequence_lens`; it does implement clip, peepholes and
-/// `input_forget`. The policy reports the same reasons.
-pub fn scan_form_limit(node: &Node, kind: RnnKind) -> Option<&'static str> {
-    if custom_activations(node, kind) {
-        return Some("custom activations are not expressed by the Scan form");
+/// Why the standard-op Scan form cannot express this node, if it cannot: it implements every
+/// ONNX activation, clip, peepholes and `input_forget`, but not `sequence_lens`. The policy
+/// reports the same reasons.
+pub fn scan_form_limit(node: &Node, kind: RnnKind) -> Option<String> {
+    if let Err(e) = activations(node, kind) {
+        return Some(format!("activations: {e}"));
     }
     if node.input(4).is_some() {
-        return Some("sequence_lens is not honoured by the Scan form");
+        return Some("sequence_lens is not honoured by the Scan form".into());
     }
     None
 }
@@ -562,41 +586,29 @@ mod tests {
             min_weight_elements: 0,
             ..Default::default()
         };
-        let ort = PolicyOptions {
-            min_weight_elements: 0,
-            ..Default::default()
+        let acts = |names: &[&str]| {
+            lstm_graph(
+                vec![
+                    crate::ir::attrs::attr_strings("activations", names),
+                    attr_string("direction", "forward"),
+                ],
+                ramp(1, 128, 64),
+                ramp(1, 128, 32),
+            )
         };
-        let acts = lstm_graph(
-            vec![
-                crate::ir::attrs::attr_strings("activations", &["HardSigmoid", "Tanh", "Tanh"]),
-                attr_string("direction", "forward"),
-            ],
-            ramp(1, 128, 64),
-            ramp(1, 128, 32),
-        );
-        let err =
-            run_lstm(&acts, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap_err();
-        assert!(err.0.contains("custom activations"), "{err:?}");
-        let d = decide(&acts, &onnx);
-        assert!(
-            !d[0].quantize && d[0].reason.contains("custom activations"),
-            "{d:?}"
-        );
-        // DynamicQuantizeLSTM takes custom activations.
-        assert!(decide(&acts, &ort)[0].quantize);
-        assert!(run_lstm(&acts, LstmMode::Ort, false, WeightQuantOptions::default()).is_ok());
-        assert_eq!(
-            scan_form_limit(&acts.nodes[0], RnnKind::Lstm),
-            Some("custom activations are not expressed by the Scan form")
-        );
-        assert!(scan_form_limit(&acts.nodes[0], RnnKind::Gru).is_some());
-        // The Scan form expresses clip.
-        let clip = lstm_graph(
-            vec![attr_float("clip", 1.0)],
-            ramp(1, 128, 64),
-            ramp(1, 128, 32),
-        );
-        assert!(decide(&clip, &onnx)[0].quantize);
+        let bad = acts(&["Swish", "Tanh", "Tanh"]);
+        let err = run_lstm(&bad, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap_err();
+        assert!(err.0.contains("unknown activation 'Swish'"), "{err:?}");
+        let d = decide(&bad, &onnx);
+        assert!(!d[0].quantize && d[0].reason.contains("'Swish'"), "{d:?}");
+        let short = acts(&["Sigmoid", "Tanh"]);
+        assert!(scan_form_limit(&short.nodes[0], RnnKind::Lstm).is_some());
+        assert!(scan_form_limit(&short.nodes[0], RnnKind::Gru).is_none());
+        // Known activations and clip are expressed.
+        let good = acts(&["HardSigmoid", "Tanh", "Softsign"]);
+        assert!(decide(&good, &onnx)[0].quantize);
+        let mut clip = good.clone();
+        clip.nodes[0].proto.attribute.push(attr_float("clip", 1.0));
         let rep = run_lstm(&clip, LstmMode::Onnx, false, WeightQuantOptions::default()).unwrap();
         let body = &rep
             .nodes
@@ -604,12 +616,40 @@ mod tests {
             .find(|n| n.op_type() == "Scan")
             .unwrap()
             .subgraphs[0];
-        let clips = body
-            .graph
-            .nodes
+        let count = |op: &str| {
+            body.graph
+                .nodes
+                .iter()
+                .filter(|n| n.op_type() == op)
+                .count()
+        };
+        assert_eq!(
+            (count("Clip"), count("HardSigmoid"), count("Softsign")),
+            (4, 3, 1)
+        );
+    }
+
+    #[test]
+    fn activation_parameters_are_consumed_in_order() {
+        let names: Vec<String> = ["LeakyRelu", "Tanh", "HardSigmoid", "ScaledTanh", "Elu"]
             .iter()
-            .filter(|n| n.op_type() == "Clip")
-            .count();
-        assert_eq!(clips, 4);
+            .map(|s| s.to_string())
+            .collect();
+        let a = Activation::parse(&names, &[0.1, 0.3, 0.7], &[0.4]).unwrap();
+        let got: Vec<(&str, f32, f32)> = a
+            .iter()
+            .map(|a| (a.name.as_str(), a.alpha, a.beta))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("leakyrelu", 0.1, 0.0),
+                ("tanh", 0.0, 0.0),
+                ("hardsigmoid", 0.3, 0.4),
+                ("scaledtanh", 0.7, 0.0),
+                ("elu", 1.0, 0.0),
+            ]
+        );
+        assert!(Activation::parse(&["Gelu".to_string()], &[], &[]).is_err());
     }
 }
