@@ -17,7 +17,7 @@
 //!
 //! ONNX RNN: `W` `[D, H, in]`, `R` `[D, H, H]`, `B` `[D, 2H]`; `H = tanh(x·Wᵀ + h·Rᵀ + Wb + Rb)`.
 //!
-//! The Scan form supports the activations and clip (bounding every activation's input), not
+//! The Scan form supports the activations, clip (bounding every activation's input) and
 //! `sequence_lens`.
 
 use crate::ir::Node;

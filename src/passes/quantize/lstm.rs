@@ -17,8 +17,8 @@
 //!   clip, `input_forget`, `sequence_lens` and peepholes, so they pass through. It has no
 //!   `layout`: batch-major tensors are transposed around it. It computes in float32 only: an
 //!   fp16 LSTM gets Casts at its boundaries.
-//! - `onnx`: standard ops only (see recurrent_scan.rs); activations, peepholes, clip and
-//!   `input_forget` (f = 1 - i) are supported, `sequence_lens` is not.
+//! - `onnx`: standard ops only (see recurrent_scan.rs); activations, peepholes, clip,
+//!   `input_forget` (f = 1 - i) and `sequence_lens` are supported.
 //! - `weight-only`: int8 `W`/`R` dequantized in front of the float LSTM.
 
 use ndarray::Array1;

@@ -277,14 +277,11 @@ pub fn activations(node: &Node, kind: RnnKind) -> Result<Vec<Activation>, String
 }
 
 /// Why the standard-op Scan form cannot express this node, if it cannot: it implements every
-/// ONNX activation, clip, peepholes and `input_forget`, but not `sequence_lens`. The policy
-/// reports the same reasons.
+/// ONNX activation, clip, peepholes, `input_forget` and `sequence_lens`, so only malformed
+/// activation lists remain. The policy reports the same reasons.
 pub fn scan_form_limit(node: &Node, kind: RnnKind) -> Option<String> {
     if let Err(e) = activations(node, kind) {
         return Some(format!("activations: {e}"));
-    }
-    if node.input(4).is_some() {
-        return Some("sequence_lens is not honoured by the Scan form".into());
     }
     None
 }

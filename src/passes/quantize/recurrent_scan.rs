@@ -8,7 +8,9 @@
 //! whose body the op's rewriter builds: the quantized `R` product (h quantized every step)
 //! and the gates. A reverse direction reads the time axis reversed by a Gather over
 //! `Range(seq-1, -1, -1)` and reverses its output back, because tract ignores Scan's
-//! direction attributes. Absent initial states are zeros shaped at run time (the
+//! direction attributes. `sequence_lens` becomes a step mask, a second scan input: states
+//! stop changing and `Y` is zero past each entry's length; reverse directions then reverse
+//! each entry within its length (ReverseSequence). Absent initial states are zeros shaped at run time (the
 //! batch may be symbolic).
 //! `Y` `[seq, D, batch, H]`, `Y_h`/`Y_c` `[D, batch, H]` are assembled with Unsqueeze and
 //! Concat; `layout = 1` and fp16 get Transposes and Casts at the boundaries.
@@ -80,6 +82,22 @@ pub fn rewrite_scan_form(
     let mut zeros: Option<String> = None;
     let mut rev_index: Option<String> = None;
 
+    // sequence_lens: a step mask [seq, batch, 1] (1 while t < len) as a second scan input;
+    // the body keeps the states where it is 0 and writes zeros to Y there, as ONNX asks.
+    let lens = node.input(4).map(|l| b.cast(l, DataType::Int64));
+    let mask = lens.as_ref().map(|lens| {
+        let seq = b.op1("Shape", &[&x], vec![]);
+        let seq = b.take(&seq, 0, 0);
+        let zero = b.init_i64("zero", &[], vec![0]);
+        let one = b.init_i64("one", &[], vec![1]);
+        let steps = b.op1("Range", &[&zero, &seq, &one], vec![]);
+        let steps = b.unsqueeze(&steps, &[1]);
+        let lens = b.unsqueeze(lens, &[0]);
+        let valid = b.op1("Less", &[&steps, &lens], vec![]);
+        let valid = b.cast(&valid, DataType::Float);
+        b.unsqueeze(&valid, &[2])
+    });
+
     let mut ys = Vec::new();
     let mut finals: Vec<Vec<String>> = vec![Vec::new(); a.kind.states()];
     for d in 0..a.dirs {
@@ -107,8 +125,15 @@ pub fn rewrite_scan_form(
         // A reverse direction reads the sequence back to front. tract ignores Scan's
         // direction attributes, so the time axis is reversed explicitly (Gather with
         // Range(seq-1, -1, -1)).
+        // With sequence_lens each batch entry is reversed within its own length.
         let explicit_rev = a.reverse(d);
-        if explicit_rev {
+        if let (true, Some(lens)) = (explicit_rev, &lens) {
+            xp = b.op1(
+                "ReverseSequence",
+                &[&xp, lens],
+                vec![attr_int("batch_axis", 1), attr_int("time_axis", 0)],
+            );
+        } else if explicit_rev {
             let idx = match &rev_index {
                 Some(i) => i.clone(),
                 None => {
@@ -120,6 +145,9 @@ pub fn rewrite_scan_form(
             xp = b.op1("Gather", &[&xp, &idx], vec![attr_int("axis", 0)]);
         }
         scan_inputs.push(xp);
+        if let Some(m) = &mask {
+            scan_inputs.push(m.clone());
+        }
 
         // The body.
         let body_graph = {
@@ -128,11 +156,26 @@ pub fn rewrite_scan_form(
                 .map(|k| sb.fresh(&format!("state{k}_in")))
                 .collect();
             let x_t = sb.fresh("x_t");
-            let state_out = body(&mut sb, d, &state_in, &x_t)?;
-            let y_t = sb.op1("Identity", &[&state_out[0]], vec![]);
+            let mut state_out = body(&mut sb, d, &state_in, &x_t)?;
+            let m_t = mask.as_ref().map(|_| sb.fresh("mask_t"));
+            let y_t = match &m_t {
+                None => sb.op1("Identity", &[&state_out[0]], vec![]),
+                Some(m) => {
+                    // new = prev + m * (new - prev); y = m * new
+                    for (new, prev) in state_out.iter_mut().zip(&state_in) {
+                        let delta = sb.op1("Sub", &[new, prev], vec![]);
+                        let kept = sb.op1("Mul", &[m, &delta], vec![]);
+                        *new = sb.op1("Add", &[prev, &kept], vec![]);
+                    }
+                    sb.op1("Mul", &[m, &state_out[0]], vec![])
+                }
+            };
             let mut inputs: Vec<ValueInfoProto> =
                 state_in.iter().map(|s| float_info(s, h)).collect();
             inputs.push(float_info(&x_t, g * h));
+            if let Some(m) = &m_t {
+                inputs.push(float_info(m, 1));
+            }
             let mut outputs: Vec<ValueInfoProto> =
                 state_out.iter().map(|s| float_info(s, h)).collect();
             outputs.push(float_info(&y_t, h));
@@ -157,7 +200,7 @@ pub fn rewrite_scan_form(
             .map(|k| b.fresh(&format!("scan{d}_out{k}")))
             .collect();
         let attrs = vec![
-            attr_int("num_scan_inputs", 1),
+            attr_int("num_scan_inputs", if mask.is_some() { 2 } else { 1 }),
             AttributeProto {
                 name: Some("body".into()),
                 r#type: Some(AttributeType::Graph as i32),
@@ -179,8 +222,13 @@ pub fn rewrite_scan_form(
             f.push(outs[k].clone());
         }
         let y = outs[a.kind.states()].clone();
-        ys.push(match (&rev_index, explicit_rev) {
-            (Some(idx), true) => b.op1("Gather", &[&y, idx], vec![attr_int("axis", 0)]),
+        ys.push(match (&lens, &rev_index, explicit_rev) {
+            (Some(lens), _, true) => b.op1(
+                "ReverseSequence",
+                &[&y, lens],
+                vec![attr_int("batch_axis", 1), attr_int("time_axis", 0)],
+            ),
+            (None, Some(idx), true) => b.op1("Gather", &[&y, idx], vec![attr_int("axis", 0)]),
             _ => y,
         });
     }
