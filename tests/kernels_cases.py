@@ -2,6 +2,7 @@
 
 Usage: kernels_cases.py backend OUT_DIR   (the ONNX backend node cases for these ops)
        kernels_cases.py ort OUT_DIR       (own cases, expected outputs from onnxruntime)
+       kernels_cases.py bench OUT_DIR     (onnxruntime single-thread wall and CPU ms)
 
 Each case becomes OUT_DIR/<name>/ with model.onnx, input_<i>.pb and output_<i>.pb (TensorProto,
 in graph input/output order), and a line "<name> <rtol> <atol>" in OUT_DIR/cases.txt.
@@ -258,7 +259,62 @@ def ort_cases(out):
     pool("globalavgpool3d", "GlobalAveragePool", rand(1, 3, 4, 3, 2), {})
 
 
+
+# ------------------------------------------------------------------------------------------
+# Timing reference: onnxruntime, one thread, on the shapes of tests/kernels_bench.rs
+
+BENCH = [
+    # name, op, input shapes..., attrs
+    ("lstm_seq35_b1_256", "LSTM", (35, 1, 256), 256, 1),
+    ("lstm_seq35_b10_256", "LSTM", (35, 10, 256), 256, 1),
+    ("lstm_bidir_seq100_b1_128", "LSTM", (100, 1, 128), 128, 2),
+    ("gru_seq35_b10_256", "GRU", (35, 10, 256), 256, 1),
+    ("conv_64x56x56_3x3", "Conv", (1, 64, 56, 56), (64, 64, 3, 3), 1),
+    ("conv_dw_128x56x56_3x3", "Conv", (1, 128, 56, 56), (128, 1, 3, 3), 128),
+    ("conv_1x1_256to64_28x28", "Conv", (1, 256, 28, 28), (64, 256, 1, 1), 1),
+    ("maxpool_64x112x112_3x3s2", "MaxPool", (1, 64, 112, 112), None, None),
+]
+
+
+def bench(out):
+    import time
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    for name, op, xs, p, q in BENCH:
+        x = rand(*xs)
+        if op in ("LSTM", "GRU"):
+            g = 4 if op == "LSTM" else 3
+            ins = [("X", x), ("W", rand(q, g * p, xs[2], scale=0.1)),
+                   ("R", rand(q, g * p, p, scale=0.1)), ("B", rand(q, 2 * g * p))]
+            attrs = dict(hidden_size=p, direction="bidirectional" if q == 2 else "forward")
+            n_out = 2
+        elif op == "Conv":
+            ins = [("X", x), ("W", rand(*p, scale=0.1)), ("B", rand(p[0]))]
+            attrs = dict(group=q, pads=[p[2] // 2] * 4)
+            n_out = 1
+        else:
+            ins = [("X", x)]
+            attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+            n_out = 1
+        model, feed = single_node(op, ins, n_out, attrs, const=("W", "R", "B"))
+        s = ort.InferenceSession(model.SerializeToString(), opts,
+                                 providers=["CPUExecutionProvider"])
+        s.run(None, feed)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            s.run(None, feed)
+            times.append(time.perf_counter() - t)
+        c = time.process_time()
+        for _ in range(20):
+            s.run(None, feed)
+        cpu = (time.process_time() - c) / 20
+        print(f"{name} {sorted(times)[len(times) // 2] * 1e3:.3f} {cpu * 1e3:.3f}")
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
-    {"backend": backend, "ort": ort_cases}[mode](out)
+    {"backend": backend, "ort": ort_cases, "bench": bench}[mode](out)

@@ -179,6 +179,11 @@ impl WindowAttrs {
         let off = 3 - r;
         for a in 0..r {
             let (inp, k, s, d) = (input[a], kernel[a], strides[a], dilations[a]);
+            if inp == 0 || k == 0 {
+                return Err(id.error(format!(
+                    "empty spatial axis {a} (input {input:?}, kernel {kernel:?})"
+                )));
+            }
             let eff = (k - 1) * d + 1;
             let (pb, pe, out) = match self.auto_pad {
                 AutoPad::NotSet => {
@@ -396,6 +401,10 @@ impl Op for ConvOp {
         let mut yshape = vec![n, m];
         yshape.extend_from_slice(geo.out_shape());
         let mut y = ArrayD::<f32>::zeros(IxDyn(&yshape));
+        if y.is_empty() {
+            // No images or no output channels: nothing to compute (and no chunking by zero).
+            return Ok(vec![like(y, xv)]);
+        }
         conv_f32(
             &geo,
             &ConvShape { n, cg, m, g },
@@ -432,9 +441,18 @@ fn conv_f32(
     if x.len() != s.n * s.cg * s.g * isz || y.len() != s.n * s.m * p || w.ncols() != rows {
         return Err("internal shape mismatch".into());
     }
+    // Split one big product over the pool's threads by output columns.
+    let split = s.n * s.g == 1 && mg * p * rows >= 1 << 20 && rayon::current_num_threads() > 1;
     let task = |(idx, out): (usize, &mut [f32])| {
         let (img, grp) = (idx / s.g, idx % s.g);
         let xin = &x[(img * s.g + grp) * s.cg * isz..][..s.cg * isz];
+        if mg == 1 && s.cg == 1 {
+            let wrow = w.row(grp);
+            if let Some(wrow) = wrow.as_slice() {
+                depthwise(geo, xin, wrow, bias.map(|b| b[grp]), out);
+                return;
+            }
+        }
         let wg = w.slice(ndarray::s![grp * mg..(grp + 1) * mg, ..]);
         let mut yg = ArrayViewMut2::from_shape((mg, p), out).expect("chunk is mg*p");
         if let Some(b) = bias {
@@ -443,13 +461,25 @@ fn conv_f32(
             }
         }
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
-        if geo.is_pointwise() {
-            let col = ArrayView2::from_shape((s.cg, p), xin).expect("pointwise input is cg*p");
-            general_mat_mul(1.0, &wg, &col, beta, &mut yg);
+        let owned_col;
+        let col = if geo.is_pointwise() {
+            ArrayView2::from_shape((s.cg, p), xin).expect("pointwise input is cg*p")
         } else {
             let mut col = vec![0f32; rows * p];
             im2col(geo, xin, s.cg, &mut col);
-            let col = ArrayView2::from_shape((rows, p), &col).expect("col is rows*p");
+            owned_col = col;
+            ArrayView2::from_shape((rows, p), &owned_col).expect("col is rows*p")
+        };
+        if split {
+            let chunk = p.div_ceil(rayon::current_num_threads() * 2).max(64);
+            let parts: Vec<_> = yg
+                .axis_chunks_iter_mut(ndarray::Axis(1), chunk)
+                .zip(col.axis_chunks_iter(ndarray::Axis(1), chunk))
+                .collect();
+            parts.into_par_iter().for_each(|(mut yc, cc)| {
+                general_mat_mul(1.0, &wg, &cc, beta, &mut yc);
+            });
+        } else {
             general_mat_mul(1.0, &wg, &col, beta, &mut yg);
         }
     };
@@ -468,12 +498,27 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
     let [od, oh, ow] = geo.output;
     let [kd, kh, kw] = geo.kernel;
     let p = od * oh * ow;
+    let sx = geo.stride[2];
+    // Per kernel column: the output x range whose tap lands inside the image, and the input
+    // x of its first element; outside it the column is padding (zero).
+    let xr: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|e| {
+            let inside = |o: usize| geo.inside(2, geo.coord(2, o, e));
+            match (
+                (0..ow).find(|&o| inside(o)),
+                (0..ow).rev().find(|&o| inside(o)),
+            ) {
+                (Some(lo), Some(last)) => (lo, last + 1, geo.coord(2, lo, e) as usize),
+                _ => (0, 0, 0),
+            }
+        })
+        .collect();
     let mut row = 0;
     for c in 0..channels {
         let plane = &x[c * id_ * ih_ * iw_..][..id_ * ih_ * iw_];
         for a in 0..kd {
             for b in 0..kh {
-                for e in 0..kw {
+                for &(lo, hi, first) in &xr {
                     let dst = &mut col[row * p..][..p];
                     row += 1;
                     for z in 0..od {
@@ -491,13 +536,14 @@ fn im2col(geo: &Geometry, x: &[f32], channels: usize, col: &mut [f32]) {
                                 continue;
                             }
                             let src = &plane[(iz as usize * ih_ + iy as usize) * iw_..][..iw_];
-                            for (xx, v) in dy.iter_mut().enumerate() {
-                                let ix = geo.coord(2, xx, e);
-                                *v = if geo.inside(2, ix) {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
+                            dy[..lo].fill(0.0);
+                            dy[hi..].fill(0.0);
+                            if sx == 1 {
+                                dy[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                            } else {
+                                for (j, v) in dy[lo..hi].iter_mut().enumerate() {
+                                    *v = src[first + j * sx];
+                                }
                             }
                         }
                     }
@@ -518,8 +564,14 @@ struct PoolOp {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PoolKind {
-    Max { column_major: bool },
-    Average { count_include_pad: bool },
+    /// `indices`: the node names the optional `Indices` output.
+    Max {
+        column_major: bool,
+        indices: bool,
+    },
+    Average {
+        count_include_pad: bool,
+    },
     GlobalAverage,
 }
 
@@ -533,6 +585,7 @@ fn build_max_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         window,
         kind: PoolKind::Max {
             column_major: node.attr_or::<i64>("storage_order", 0)? == 1,
+            indices: node.outputs().get(1).is_some_and(|n| !n.is_empty()),
         },
     }))
 }
@@ -597,7 +650,11 @@ impl Op for PoolOp {
         let planes = shape[0] * shape[1];
         let oshape = Self::out_shape(&shape, &geo);
         match self.kind {
-            PoolKind::Max { column_major } => {
+            PoolKind::Max {
+                column_major,
+                indices,
+            } => {
+                let column_major = indices.then_some(column_major);
                 let (y, idx) = match xv {
                     Value::F32(a) => max_pool_typed(a, &geo, planes, column_major, Value::F32),
                     Value::F64(a) => max_pool_typed(a, &geo, planes, column_major, Value::F64),
@@ -621,7 +678,11 @@ impl Op for PoolOp {
                         v => v,
                     })
                 };
-                Ok(vec![reshape(y)?, reshape(Value::I64(idx))?])
+                let mut outs = vec![reshape(y)?];
+                if let Some(idx) = idx {
+                    outs.push(reshape(Value::I64(idx))?);
+                }
+                Ok(outs)
             }
             PoolKind::Average { count_include_pad } => {
                 let x = float_input(xv, "X", &self.id)?;
@@ -652,118 +713,278 @@ fn reshaped<T>(a: ArrayD<T>, shape: &[usize], id: &Ident) -> Result<ArrayD<T>> {
         .map_err(|e| id.error(e.to_string()))
 }
 
-/// Calls `f(input offset, in image)` for each tap of the window at output `(z, y, x)`.
+/// Per output index on one axis: the input coordinate of tap 0 (negative inside the begin
+/// padding) and the range of taps that land inside the image, so that window loops need no
+/// per-tap bounds checks.
+struct AxisTaps {
+    start: Vec<isize>,
+    lo: Vec<usize>,
+    hi: Vec<usize>,
+    /// Taps inside the explicitly padded image (AveragePool's `count_include_pad` divisor).
+    padded: Vec<usize>,
+}
+
+impl AxisTaps {
+    fn new(geo: &Geometry, a: usize) -> Self {
+        let (k, d) = (geo.kernel[a], geo.dilation[a] as isize);
+        let n = geo.output[a];
+        let mut t = AxisTaps {
+            start: Vec::with_capacity(n),
+            lo: Vec::with_capacity(n),
+            hi: Vec::with_capacity(n),
+            padded: Vec::with_capacity(n),
+        };
+        for o in 0..n {
+            let st = geo.coord(a, o, 0);
+            let taps = (0..k).map(|j| st + j as isize * d);
+            let lo = taps.clone().take_while(|&i| !geo.inside(a, i)).count();
+            let inside = taps.clone().filter(|&i| geo.inside(a, i)).count();
+            t.start.push(st);
+            t.lo.push(lo);
+            t.hi.push(lo + inside);
+            t.padded
+                .push(taps.filter(|&i| geo.inside_padded(a, i)).count());
+        }
+        t
+    }
+}
+
+/// Calls `f(output index, input offset)` for each in-image tap of each output window.
 #[inline]
-fn for_taps(geo: &Geometry, (z, y, x): (usize, usize, usize), mut f: impl FnMut(usize, bool)) {
+fn for_windows(geo: &Geometry, mut f: impl FnMut(usize, usize)) {
+    let taps = [0, 1, 2].map(|a| AxisTaps::new(geo, a));
     let [_, ih, iw] = geo.input;
-    for a in 0..geo.kernel[0] {
-        let iz = geo.coord(0, z, a);
-        for b in 0..geo.kernel[1] {
-            let iy = geo.coord(1, y, b);
-            for e in 0..geo.kernel[2] {
-                let ix = geo.coord(2, x, e);
-                let inside = geo.inside(0, iz) && geo.inside(1, iy) && geo.inside(2, ix);
-                let off = if inside {
-                    (iz as usize * ih + iy as usize) * iw + ix as usize
-                } else {
-                    0
-                };
-                f(off, inside);
+    let d = geo.dilation;
+    let [tz, ty, tx] = &taps;
+    let mut out = 0;
+    for z in 0..geo.output[0] {
+        for y in 0..geo.output[1] {
+            for x in 0..geo.output[2] {
+                for kz in tz.lo[z]..tz.hi[z] {
+                    let iz = (tz.start[z] + (kz * d[0]) as isize) as usize;
+                    for ky in ty.lo[y]..ty.hi[y] {
+                        let iy = (ty.start[y] + (ky * d[1]) as isize) as usize;
+                        let row = (iz * ih + iy) * iw;
+                        for kx in tx.lo[x]..tx.hi[x] {
+                            f(out, row + (tx.start[x] + (kx * d[2]) as isize) as usize);
+                        }
+                    }
+                }
+                out += 1;
             }
         }
     }
 }
 
-fn outputs(geo: &Geometry) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-    let [od, oh, ow] = geo.output;
-    (0..od).flat_map(move |z| (0..oh).flat_map(move |y| (0..ow).map(move |x| (z, y, x))))
-}
-
-/// Max pooling over `planes` contiguous planes; returns values and flat argmax indices.
+/// Max pooling over `planes` contiguous planes; returns values and, when `column_major` is
+/// given, the flat argmax indices (row-major, or column-major over the spatial axes).
 fn max_pool_typed<T: Copy + PartialOrd + Send + Sync>(
     a: &ArrayD<T>,
     geo: &Geometry,
     planes: usize,
-    column_major: bool,
+    column_major: Option<bool>,
     wrap: fn(ArrayD<T>) -> Value,
-) -> (Value, ArrayD<i64>) {
+) -> (Value, Option<ArrayD<i64>>) {
     let x = a.as_standard_layout();
     let x = x.as_slice().unwrap_or(&[]);
+    let Some(column_major) = column_major else {
+        let vals = max_pool_values(x, geo, planes);
+        let n = vals.len();
+        return (
+            wrap(ArrayD::from_shape_vec(IxDyn(&[n]), vals).expect("1-D")),
+            None,
+        );
+    };
     let (isz, osz) = (geo.in_size(), geo.out_size());
     let [id_, ih, iw] = geo.input;
     let mut vals = Vec::with_capacity(planes * osz);
     let mut idx = Vec::with_capacity(planes * osz);
+    let taps = [0, 1, 2].map(|a| AxisTaps::new(geo, a));
+    let [tz, ty, tx] = &taps;
+    let [_, _, ow] = geo.output;
+    let dil = geo.dilation;
+    // Per output row: best value, its offset, and whether any tap was seen yet.
+    let mut best: Vec<(T, usize)> = Vec::with_capacity(ow);
+    let mut seen = vec![false; ow];
     for p in 0..planes {
         let plane = &x[p * isz..][..isz];
-        for o in outputs(geo) {
-            let mut best: Option<(T, usize)> = None;
-            for_taps(geo, o, |off, inside| {
-                if inside && best.is_none_or(|(b, _)| plane[off] > b) {
-                    best = Some((plane[off], off));
+        for z in 0..geo.output[0] {
+            for y in 0..geo.output[1] {
+                best.clear();
+                best.resize(ow, (plane[0], 0));
+                seen.fill(false);
+                for kz in tz.lo[z]..tz.hi[z] {
+                    let iz = (tz.start[z] + (kz * dil[0]) as isize) as usize;
+                    for ky in ty.lo[y]..ty.hi[y] {
+                        let iy = (ty.start[y] + (ky * dil[1]) as isize) as usize;
+                        let row = &plane[(iz * ih + iy) * iw..][..iw];
+                        for (xo, (b, s)) in best.iter_mut().zip(seen.iter_mut()).enumerate() {
+                            for kx in tx.lo[xo]..tx.hi[xo] {
+                                let ix = (tx.start[xo] + (kx * dil[2]) as isize) as usize;
+                                let v = row[ix];
+                                if !*s || v > b.0 {
+                                    *b = (v, (iz * ih + iy) * iw + ix);
+                                    *s = true;
+                                }
+                            }
+                        }
+                    }
                 }
-            });
-            // A window always holds an in-image tap (the geometry drops windows that start
-            // in the padding), so `best` is set; fall back to the plane's first element.
-            let (v, off) = best.unwrap_or((plane[0], 0));
-            let flat = if column_major {
-                let (z, rest) = (off / (ih * iw), off % (ih * iw));
-                let (y, xx) = (rest / iw, rest % iw);
-                z + y * id_ + xx * id_ * ih
-            } else {
-                off
-            };
-            vals.push(v);
-            idx.push((p * isz + flat) as i64);
+                // A window without in-image taps (only possible in degenerate dilated
+                // cases) keeps the plane's first element.
+                for &(v, off) in &best {
+                    let flat = if column_major {
+                        let (z, rest) = (off / (ih * iw), off % (ih * iw));
+                        let (y, xx) = (rest / iw, rest % iw);
+                        z + y * id_ + xx * id_ * ih
+                    } else {
+                        off
+                    };
+                    vals.push(v);
+                    idx.push((p * isz + flat) as i64);
+                }
+            }
         }
     }
     let n = vals.len();
     (
         wrap(ArrayD::from_shape_vec(IxDyn(&[n]), vals).expect("1-D")),
-        ArrayD::from_shape_vec(IxDyn(&[n]), idx).expect("1-D"),
+        Some(ArrayD::from_shape_vec(IxDyn(&[n]), idx).expect("1-D")),
     )
+}
+
+/// Max pooling values only, separably: per output row, the element-wise max over the
+/// window's input rows (vectorizes), then the max over each window's columns of that.
+fn max_pool_values<T: Copy + PartialOrd>(x: &[T], geo: &Geometry, planes: usize) -> Vec<T> {
+    let (isz, osz) = (geo.in_size(), geo.out_size());
+    let [_, ih, iw] = geo.input;
+    let taps = [0, 1, 2].map(|a| AxisTaps::new(geo, a));
+    let [tz, ty, tx] = &taps;
+    let dil = geo.dilation;
+    let mut vals = Vec::with_capacity(planes * osz);
+    let mut colmax: Vec<T> = Vec::with_capacity(iw);
+    for p in 0..planes {
+        let plane = &x[p * isz..][..isz];
+        for z in 0..geo.output[0] {
+            for y in 0..geo.output[1] {
+                colmax.clear();
+                for kz in tz.lo[z]..tz.hi[z] {
+                    let iz = (tz.start[z] + (kz * dil[0]) as isize) as usize;
+                    for ky in ty.lo[y]..ty.hi[y] {
+                        let iy = (ty.start[y] + (ky * dil[1]) as isize) as usize;
+                        let row = &plane[(iz * ih + iy) * iw..][..iw];
+                        if colmax.is_empty() {
+                            colmax.extend_from_slice(row);
+                        } else {
+                            for (m, &v) in colmax.iter_mut().zip(row) {
+                                *m = if v > *m { v } else { *m };
+                            }
+                        }
+                    }
+                }
+                for xo in 0..geo.output[2] {
+                    let mut best: Option<T> = None;
+                    if !colmax.is_empty() {
+                        for kx in tx.lo[xo]..tx.hi[xo] {
+                            let v = colmax[(tx.start[xo] + (kx * dil[2]) as isize) as usize];
+                            if best.is_none_or(|b| v > b) {
+                                best = Some(v);
+                            }
+                        }
+                    }
+                    // A window without in-image taps (degenerate dilated cases) yields the
+                    // plane's first element, as in the indexed path.
+                    vals.push(best.unwrap_or(plane[0]));
+                }
+            }
+        }
+    }
+    vals
 }
 
 fn avg_pool(x: &[f32], geo: &Geometry, planes: usize, count_include_pad: bool) -> ArrayD<f32> {
     let (isz, osz) = (geo.in_size(), geo.out_size());
-    // Divisors depend only on the output position.
-    let divisors: Vec<f32> = outputs(geo)
-        .map(|(z, y, xx)| {
-            let mut n = 0usize;
-            for a in 0..geo.kernel[0] {
-                let iz = geo.coord(0, z, a);
-                for b in 0..geo.kernel[1] {
-                    let iy = geo.coord(1, y, b);
-                    for e in 0..geo.kernel[2] {
-                        let ix = geo.coord(2, xx, e);
-                        let ok = if count_include_pad {
-                            geo.inside_padded(0, iz)
-                                && geo.inside_padded(1, iy)
-                                && geo.inside_padded(2, ix)
-                        } else {
-                            geo.inside(0, iz) && geo.inside(1, iy) && geo.inside(2, ix)
-                        };
-                        n += ok as usize;
-                    }
-                }
+    // The divisor is separable: a product over axes of the counted taps.
+    let taps = [0, 1, 2].map(|a| AxisTaps::new(geo, a));
+    let count = |t: &AxisTaps, o: usize| {
+        if count_include_pad {
+            t.padded[o]
+        } else {
+            t.hi[o] - t.lo[o]
+        }
+    };
+    let mut divisors = Vec::with_capacity(osz);
+    for z in 0..geo.output[0] {
+        for y in 0..geo.output[1] {
+            for xx in 0..geo.output[2] {
+                let n = count(&taps[0], z) * count(&taps[1], y) * count(&taps[2], xx);
+                divisors.push(n.max(1) as f32);
             }
-            n.max(1) as f32
-        })
-        .collect();
-    let mut y = Vec::with_capacity(planes * osz);
-    for p in 0..planes {
+        }
+    }
+    let mut y = vec![0f32; planes * osz];
+    for (p, out) in y.chunks_mut(osz.max(1)).enumerate() {
         let plane = &x[p * isz..][..isz];
-        for (o, div) in outputs(geo).zip(&divisors) {
-            let mut s = 0f32;
-            for_taps(geo, o, |off, inside| {
-                if inside {
-                    s += plane[off];
-                }
-            });
-            y.push(s / div);
+        for_windows(geo, |o, off| out[o] += plane[off]);
+        for (v, d) in out.iter_mut().zip(&divisors) {
+            *v /= d;
         }
     }
     let n = y.len();
     ArrayD::from_shape_vec(IxDyn(&[n]), y).expect("1-D")
+}
+
+/// Depthwise convolution (one input and one output channel per group) computed directly:
+/// per kernel tap, an axpy over the output row range where the tap lands in the image.
+fn depthwise(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<f32>, out: &mut [f32]) {
+    let [_, ih, iw] = geo.input;
+    let [od, oh, ow] = geo.output;
+    let [kd, kh, kw] = geo.kernel;
+    let sx = geo.stride[2];
+    out.fill(bias.unwrap_or(0.0));
+    // Output x range per kernel column where the tap is inside the image.
+    let xr: Vec<(usize, usize)> = (0..kw)
+        .map(|e| {
+            let first = (0..ow).find(|&o| geo.inside(2, geo.coord(2, o, e)));
+            let last = (0..ow).rev().find(|&o| geo.inside(2, geo.coord(2, o, e)));
+            match (first, last) {
+                (Some(f), Some(l)) => (f, l + 1),
+                _ => (0, 0),
+            }
+        })
+        .collect();
+    for z in 0..od {
+        for y in 0..oh {
+            let orow = &mut out[(z * oh + y) * ow..][..ow];
+            for a in 0..kd {
+                let iz = geo.coord(0, z, a);
+                if !geo.inside(0, iz) {
+                    continue;
+                }
+                for b in 0..kh {
+                    let iy = geo.coord(1, y, b);
+                    if !geo.inside(1, iy) {
+                        continue;
+                    }
+                    let irow = &x[(iz as usize * ih + iy as usize) * iw..][..iw];
+                    for (e, &(lo, hi)) in xr.iter().enumerate() {
+                        let wv = w[(a * kh + b) * kw + e];
+                        let base = geo.coord(2, lo, e) as usize;
+                        if sx == 1 {
+                            let src = &irow[base..base + (hi - lo)];
+                            for (o, &v) in orow[lo..hi].iter_mut().zip(src) {
+                                *o += wv * v;
+                            }
+                        } else {
+                            for (j, o) in orow[lo..hi].iter_mut().enumerate() {
+                                *o += wv * irow[base + j * sx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -931,6 +1152,24 @@ mod tests {
                 vec![1, 2, 1],
                 vec![1, 1, 2],
             ),
+            // Large enough for the column-split path (one image, one group).
+            (
+                vec![1, 8, 16, 16],
+                vec![64, 8, 3, 3],
+                1,
+                vec![1; 4],
+                vec![1, 1],
+                vec![1, 1],
+            ),
+            // Depthwise, strided and dilated.
+            (
+                vec![1, 3, 9, 8],
+                vec![3, 1, 3, 2],
+                3,
+                vec![2, 1, 0, 1],
+                vec![2, 3],
+                vec![2, 2],
+            ),
             // Large enough for the parallel path.
             (
                 vec![2, 8, 16, 16],
@@ -1069,5 +1308,19 @@ mod tests {
         assert!(run(&gap, &[Some(&s)]).is_err());
         let y = run(&gap, &[Some(&x)]).unwrap();
         assert_eq!(y[0].shape(), &[1, 4, 1, 1]);
+        // Empty batches and zero output channels are fine, empty spatial axes are errors.
+        let x0 = Value::F32(arr(&[0, 4, 5, 5], 5));
+        let w = Value::F32(arr(&[2, 4, 3, 3], 6));
+        let y = run(&conv_node(vec![]), &[Some(&x0), Some(&w)]).unwrap();
+        assert_eq!(y[0].shape(), &[0, 2, 3, 3]);
+        let w0 = Value::F32(arr(&[0, 4, 3, 3], 7));
+        let y = run(&conv_node(vec![]), &[Some(&x), Some(&w0)]).unwrap();
+        assert_eq!(y[0].shape(), &[1, 0, 3, 3]);
+        let xe = Value::F32(arr(&[1, 4, 0, 5], 8));
+        assert!(run(&conv_node(vec![]), &[Some(&xe), Some(&w)]).is_err());
+        let mp = Node::new("p", "MaxPool", "", vec!["X".into()], vec!["Y".into()])
+            .with_attr(attr_ints("kernel_shape", vec![2, 2]));
+        assert!(run(&mp, &[Some(&xe)]).is_err());
+        assert_eq!(run(&mp, &[Some(&x0)]).unwrap()[0].shape(), &[0, 4, 4, 4]);
     }
 }

@@ -28,7 +28,8 @@
 //! are computed in f32 and converted back.
 
 use ndarray::{
-    Array1, Array2, Array3, ArrayD, ArrayView2, Axis, IxDyn, linalg::general_mat_mul, s,
+    Array1, Array2, Array3, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn,
+    linalg::general_mat_mul, s,
 };
 use rayon::prelude::*;
 
@@ -148,10 +149,12 @@ impl Activation {
     }
 
     /// Applies the function in place to a slice (one match per slice, not per element).
+    /// Sigmoid and tanh, which dominate the recurrent ops, use vectorizable approximations
+    /// (tanh: absolute error below 1e-6; sigmoid: relative error about 1e-6).
     pub fn apply(self, xs: &mut [f32]) {
         match self {
-            Activation::Sigmoid => xs.iter_mut().for_each(|v| *v = sigmoid(*v)),
-            Activation::Tanh => xs.iter_mut().for_each(|v| *v = v.tanh()),
+            Activation::Sigmoid => vector_dispatch(xs, false),
+            Activation::Tanh => vector_dispatch(xs, true),
             Activation::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
             a => xs.iter_mut().for_each(|v| *v = a.eval(*v)),
         }
@@ -167,6 +170,71 @@ fn sigmoid(x: f32) -> f32 {
         let e = x.exp();
         e / (1.0 + e)
     }
+}
+
+/// tanh as the odd/even rational minimax approximation used by Eigen and MLAS: no branches
+/// and no library calls, so loops over slices vectorize. Saturates to ±1 beyond |x| ≈ 7.9.
+#[inline(always)]
+fn fast_tanh(x: f32) -> f32 {
+    const A: [f32; 7] = [
+        4.893_524_6e-3,
+        6.372_619_3e-4,
+        1.485_722_4e-5,
+        5.122_297e-8,
+        -8.604_672e-11,
+        2.000_188e-13,
+        -2.760_768_5e-16,
+    ];
+    const B: [f32; 4] = [4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6];
+    let x = x.clamp(-7.905_311, 7.905_311);
+    let x2 = x * x;
+    let mut p = A[6];
+    for &a in A[..6].iter().rev() {
+        p = p * x2 + a;
+    }
+    let q = ((B[3] * x2 + B[2]) * x2 + B[1]) * x2 + B[0];
+    x * p / q
+}
+
+/// e^x by Cody-Waite range reduction and the Cephes `expf` polynomial (relative error about
+/// 1e-7), branch-free so that loops vectorize. Inputs are clamped to the normal range.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5e-1;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn tanh_or_sigmoid(xs: &mut [f32], tanh: bool) {
+    if tanh {
+        xs.iter_mut().for_each(|v| *v = fast_tanh(*v));
+    } else {
+        // Via exp rather than tanh(x/2): keeps the relative accuracy of tiny outputs.
+        xs.iter_mut().for_each(|v| *v = 1.0 / (1.0 + fast_exp(-*v)));
+    }
+}
+
+fn vector_dispatch(xs: &mut [f32], tanh: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { tanh_or_sigmoid_avx2(xs, tanh) };
+        return;
+    }
+    tanh_or_sigmoid(xs, tanh);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn tanh_or_sigmoid_avx2(xs: &mut [f32], tanh: bool) {
+    tanh_or_sigmoid(xs, tanh);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -652,6 +720,159 @@ impl Op for RecurrentOp {
 // ---------------------------------------------------------------------------------------------
 // Time loop
 
+/// Batch sizes up to this use the row-streaming kernel for `Ht-1·Rᵀ`; larger ones the packed GEMM.
+const FEW_ROWS: usize = 16;
+
+/// `out = a · b` for the per-step recurrence, `a [batch, H]`, `b [H, cols]` (rows contiguous).
+/// A packed GEMM re-packs all of `b` on every call, which dominates at small batch; with few
+/// rows, streaming `b` once and accumulating into the output rows is several times faster.
+fn recurrent_product(a: &Array2<f32>, b: &ArrayView2<f32>, out: &mut Array2<f32>) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let rows_contiguous = b.ncols() == 0 || b.row(0).as_slice().is_some();
+    match (a.as_slice(), out.as_slice_mut()) {
+        (Some(a), Some(o)) if m <= FEW_ROWS && rows_contiguous => {
+            few_rows_dispatch(a, m, k, b, n, o)
+        }
+        _ => {
+            let mut view: ArrayViewMut2<f32> = out.view_mut();
+            general_mat_mul(1.0, a, b, 0.0, &mut view);
+        }
+    }
+}
+
+fn few_rows_dispatch(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { few_rows_avx2(a, m, k, b, n, o) };
+        return;
+    }
+    few_rows::<false>(a, m, k, b, n, o);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn few_rows_avx2(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o: &mut [f32]) {
+    few_rows::<true>(a, m, k, b, n, o);
+}
+
+/// `o [m, n] = a [m, k] * b [k, n]` for few rows of `a`. Below 4 rows, streams the rows of
+/// `b` once into column blocks of the outputs (which stay in L1); from 4 rows on, computes
+/// 4 x 32 output tiles in registers. `FMA` selects fused multiply-add (only where the CPU has
+/// it: elsewhere `mul_add` is a library call).
+#[inline(always)]
+fn few_rows<const FMA: bool>(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &ArrayView2<f32>,
+    n: usize,
+    o: &mut [f32],
+) {
+    let rows: Vec<&[f32]> = b
+        .rows()
+        .into_iter()
+        .take(k)
+        .filter_map(|r| r.to_slice())
+        .collect();
+    if rows.len() != k || rows.iter().any(|r| r.len() != n) {
+        // Callers check that rows are contiguous; keep a correct path all the same.
+        let a = ArrayView2::from_shape((m, k), a).expect("a is m*k");
+        let mut out = ArrayViewMut2::from_shape((m, n), o).expect("o is m*n");
+        general_mat_mul(1.0, &a, b, 0.0, &mut out);
+        return;
+    }
+    if m >= 4 {
+        tiled::<FMA>(a, m, k, &rows, n, o);
+        return;
+    }
+    const BLOCK: usize = 256;
+    o.fill(0.0);
+    let mut c0 = 0;
+    while c0 < n {
+        let c1 = (c0 + BLOCK).min(n);
+        for (kk, brow) in rows.iter().enumerate() {
+            let brow = &brow[c0..c1];
+            for i in 0..m {
+                let s = a[i * k + kk];
+                if s == 0.0 {
+                    continue;
+                }
+                let orow = &mut o[i * n + c0..i * n + c1];
+                if FMA {
+                    for (o, &bv) in orow.iter_mut().zip(brow) {
+                        *o = s.mul_add(bv, *o);
+                    }
+                } else {
+                    for (o, &bv) in orow.iter_mut().zip(brow) {
+                        *o += s * bv;
+                    }
+                }
+            }
+        }
+        c0 = c1;
+    }
+}
+
+const TILE_W: usize = 32;
+
+#[inline(always)]
+fn tiled<const FMA: bool>(a: &[f32], m: usize, k: usize, rows: &[&[f32]], n: usize, o: &mut [f32]) {
+    let nw = n / TILE_W * TILE_W;
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(4);
+        for c0 in (0..nw).step_by(TILE_W) {
+            match r {
+                4 => tile::<FMA, 4>(a, k, rows, n, o, i, c0),
+                3 => tile::<FMA, 3>(a, k, rows, n, o, i, c0),
+                2 => tile::<FMA, 2>(a, k, rows, n, o, i, c0),
+                _ => tile::<FMA, 1>(a, k, rows, n, o, i, c0),
+            }
+        }
+        i += r;
+    }
+    // Columns past the last full tile.
+    for i in 0..m {
+        for c in nw..n {
+            o[i * n + c] = rows
+                .iter()
+                .enumerate()
+                .map(|(kk, brow)| a[i * k + kk] * brow[c])
+                .sum();
+        }
+    }
+}
+
+/// One `R x TILE_W` output tile, accumulated in registers over all of `k`.
+#[inline(always)]
+fn tile<const FMA: bool, const R: usize>(
+    a: &[f32],
+    k: usize,
+    rows: &[&[f32]],
+    n: usize,
+    o: &mut [f32],
+    i: usize,
+    c0: usize,
+) {
+    let mut acc = [[0f32; TILE_W]; R];
+    for (kk, brow) in rows.iter().enumerate() {
+        let Ok(bb) = <&[f32; TILE_W]>::try_from(&brow[c0..c0 + TILE_W]) else {
+            return;
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let s = a[(i + r) * k + kk];
+            for (v, &bv) in acc.iter_mut().zip(bb) {
+                *v = if FMA { s.mul_add(bv, *v) } else { *v + s * bv };
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        o[(i + r) * n + c0..][..TILE_W].copy_from_slice(acc);
+    }
+}
+
 /// Everything one direction's time loop reads.
 struct Steps<'a> {
     /// X as `[seq·batch, in]` (step-major).
@@ -706,7 +927,7 @@ impl Steps<'_> {
         let mut gates = vec![0f32; 4 * h];
         let (f, g, hf) = (self.acts[0], self.acts[1], self.acts[2]);
         for step in 0..self.seq {
-            general_mat_mul(1.0, &hs, &self.w.rt, 0.0, &mut hr);
+            recurrent_product(&hs, &self.w.rt.view(), &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -784,7 +1005,7 @@ impl Steps<'_> {
         let mut rh_r = Array2::<f32>::zeros((self.batch, h));
         let mut cand = vec![0f32; h];
         for step in 0..self.seq {
-            general_mat_mul(1.0, &hs, &rt_zr, 0.0, &mut hr);
+            recurrent_product(&hs, &rt_zr, &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -809,7 +1030,7 @@ impl Steps<'_> {
                 }
             }
             if !linear_before_reset {
-                general_mat_mul(1.0, &rh, &rt_h, 0.0, &mut rh_r);
+                recurrent_product(&rh, &rt_h, &mut rh_r);
             }
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
@@ -857,7 +1078,7 @@ impl Steps<'_> {
         let mut hr = Array2::<f32>::zeros((self.batch, h));
         let f = self.acts[0];
         for step in 0..self.seq {
-            general_mat_mul(1.0, &hs, &self.w.rt, 0.0, &mut hr);
+            recurrent_product(&hs, &self.w.rt.view(), &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -942,6 +1163,25 @@ mod tests {
     }
 
     #[test]
+    fn recurrent_product_matches_gemm() {
+        for m in [1, 2, 3, 4, 5, 7, 10, 16, 17] {
+            for (k, n, full) in [(5, 20, 30), (37, 70, 70), (64, 96, 160)] {
+                let a = Array2::from_shape_vec((m, k), values(m * k, m as u64)).unwrap();
+                let b = Array2::from_shape_vec((k, full), values(k * full, 99)).unwrap();
+                // A column slice, like GRU's z/r block of R.
+                let bv = b.slice(s![.., ..n]);
+                let mut got = Array2::<f32>::from_elem((m, n), f32::NAN);
+                recurrent_product(&a, &bv, &mut got);
+                let mut want = Array2::<f32>::zeros((m, n));
+                general_mat_mul(1.0, &a, &bv, 0.0, &mut want);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-4, "m {m} k {k} n {n}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn activation_parameters_are_consumed_in_order() {
         let mut a = [0.1f32, 0.3].into_iter();
         let mut b = [0.6f32].into_iter();
@@ -984,6 +1224,27 @@ mod tests {
             assert!((st.eval(x) - 2.0 * (0.5 * x).tanh()).abs() < 1e-6);
             assert!(Activation::Sigmoid.eval(x).is_finite());
         }
+        // The slice forms (rational approximations) against f64 references.
+        let xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.005).collect();
+        let (mut t, mut g) = (xs.clone(), xs.clone());
+        Activation::Tanh.apply(&mut t);
+        Activation::Sigmoid.apply(&mut g);
+        for ((x, t), g) in xs.iter().zip(&t).zip(&g) {
+            let x = *x as f64;
+            assert!((*t as f64 - x.tanh()).abs() < 1e-6, "tanh({x}) = {t}");
+            let sg = 1.0 / (1.0 + (-x).exp());
+            assert!(
+                (*g as f64 - sg).abs() < 1e-6 * sg.max(1e-3),
+                "sigmoid({x}) = {g}"
+            );
+        }
+        let mut big = [-1e30f32, -50.0, 50.0, 1e30];
+        Activation::Tanh.apply(&mut big);
+        assert_eq!(big, [-1.0, -1.0, 1.0, 1.0]);
+        let mut big = [-1e30f32, -100.0, 100.0, 1e30];
+        Activation::Sigmoid.apply(&mut big);
+        assert!(big[0] >= 0.0 && big[0] < 1e-37 && big[1] < 1e-37);
+        assert!(big[2] == 1.0 && big[3] == 1.0);
         assert_eq!(Activation::ThresholdedRelu { alpha: 1.0 }.eval(1.0), 0.0);
         assert_eq!(Activation::ThresholdedRelu { alpha: 1.0 }.eval(1.5), 1.5);
     }
@@ -1095,6 +1356,14 @@ mod tests {
         let bad_x = arr(&[3, 1, 5], 35);
         assert!(op.run(&[Some(&bad_x), Some(&w), Some(&r)]).is_err());
         assert!(op.run(&[Some(&x)]).is_err());
+
+        // Empty sequences and batches run and give empty or zero outputs.
+        for (seq, batch) in [(0, 1), (3, 0)] {
+            let xe = arr(&[seq, batch, 2], 36);
+            let out = op.run(&[Some(&xe), Some(&w), Some(&r)]).unwrap();
+            assert_eq!(out[0].shape(), &[seq, 1, batch, h]);
+            assert!(out[1].as_f32().unwrap().iter().all(|&v| v == 0.0));
+        }
 
         let n =
             node("LSTM", 3).with_attr(attr_strings("activations", &["Sigmoid", "Nope", "Tanh"]));
