@@ -122,27 +122,11 @@ pub fn rewrite_scan_form(
                 },
             });
         }
-        // A reverse direction reads the sequence back to front. tract ignores Scan's
-        // direction attributes, so the time axis is reversed explicitly (Gather with
-        // Range(seq-1, -1, -1)).
-        // With sequence_lens each batch entry is reversed within its own length.
-        let explicit_rev = a.reverse(d);
-        if let (true, Some(lens)) = (explicit_rev, &lens) {
-            xp = b.op1(
-                "ReverseSequence",
-                &[&xp, lens],
-                vec![attr_int("batch_axis", 1), attr_int("time_axis", 0)],
-            );
-        } else if explicit_rev {
-            let idx = match &rev_index {
-                Some(i) => i.clone(),
-                None => {
-                    let i = reversed_time(&mut b, &x);
-                    rev_index = Some(i.clone());
-                    i
-                }
-            };
-            xp = b.op1("Gather", &[&xp, &idx], vec![attr_int("axis", 0)]);
+        // A reverse direction reads the sequence back to front, reversed explicitly since
+        // tract ignores Scan's direction attributes.
+        let rev = a.reverse(d);
+        if rev {
+            xp = reverse_time(&mut b, &xp, &x, lens.as_deref(), &mut rev_index);
         }
         scan_inputs.push(xp);
         if let Some(m) = &mask {
@@ -222,14 +206,10 @@ pub fn rewrite_scan_form(
             f.push(outs[k].clone());
         }
         let y = outs[a.kind.states()].clone();
-        ys.push(match (&lens, &rev_index, explicit_rev) {
-            (Some(lens), _, true) => b.op1(
-                "ReverseSequence",
-                &[&y, lens],
-                vec![attr_int("batch_axis", 1), attr_int("time_axis", 0)],
-            ),
-            (None, Some(idx), true) => b.op1("Gather", &[&y, idx], vec![attr_int("axis", 0)]),
-            _ => y,
+        ys.push(if rev {
+            reverse_time(&mut b, &y, &x, lens.as_deref(), &mut rev_index)
+        } else {
+            y
         });
     }
 
@@ -273,12 +253,32 @@ pub fn rewrite_scan_form(
     })
 }
 
-/// Indices `[seq-1, ..., 0]` of the time axis (axis 0) of `x`, computed at run time.
-fn reversed_time(b: &mut Builder, x: &str) -> String {
-    let shape = b.op1("Shape", &[x], vec![]);
-    let seq = b.take(&shape, 0, 0);
-    let one = b.init_i64("one", &[], vec![1]);
-    let start = b.op1("Sub", &[&seq, &one], vec![]);
-    let stop = b.init_i64("minus_one", &[], vec![-1]);
-    b.op1("Range", &[&start, &stop, &stop], vec![])
+/// `v` with its time axis (0) reversed: each batch entry within its own length when there
+/// are sequence lengths (ReverseSequence), else whole (Gather over `Range(seq-1, -1, -1)` of
+/// `x`'s time axis, built once and kept in `index`).
+fn reverse_time(
+    b: &mut Builder,
+    v: &str,
+    x: &str,
+    lens: Option<&str>,
+    index: &mut Option<String>,
+) -> String {
+    if let Some(lens) = lens {
+        let attrs = vec![attr_int("batch_axis", 1), attr_int("time_axis", 0)];
+        return b.op1("ReverseSequence", &[v, lens], attrs);
+    }
+    let idx = match index {
+        Some(i) => i.clone(),
+        None => {
+            let shape = b.op1("Shape", &[x], vec![]);
+            let seq = b.take(&shape, 0, 0);
+            let one = b.init_i64("one", &[], vec![1]);
+            let start = b.op1("Sub", &[&seq, &one], vec![]);
+            let stop = b.init_i64("minus_one", &[], vec![-1]);
+            let i = b.op1("Range", &[&start, &stop, &stop], vec![]);
+            *index = Some(i.clone());
+            i
+        }
+    };
+    b.op1("Gather", &[v, &idx], vec![attr_int("axis", 0)])
 }
