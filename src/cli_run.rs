@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also time each op type (one extra run) and report the totals, slowest first.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -79,40 +82,6 @@ fn parse_pair(s: &str, what: &str) -> Result<(String, String)> {
     s.split_once('=')
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .with_context(|| format!("{what} '{s}' must be NAME=VALUE"))
-}
-
-/// Reads a .npy file whatever its element type (tries each the runtime stores).
-fn read_npy(path: &Path) -> Result<Value> {
-    use ndarray_npy::read_npy as r;
-    if let Ok(a) = r::<_, ArrayD<f32>>(path) {
-        return Ok(Value::F32(a));
-    }
-    if let Ok(a) = r::<_, ArrayD<i64>>(path) {
-        return Ok(Value::I64(a));
-    }
-    if let Ok(a) = r::<_, ArrayD<f64>>(path) {
-        return Ok(Value::F64(a));
-    }
-    if let Ok(a) = r::<_, ArrayD<i32>>(path) {
-        return Ok(Value::I32(a));
-    }
-    if let Ok(a) = r::<_, ArrayD<i8>>(path) {
-        return Ok(Value::I8(a));
-    }
-    if let Ok(a) = r::<_, ArrayD<u8>>(path) {
-        return Ok(Value::U8(a));
-    }
-    if let Ok(a) = r::<_, ArrayD<bool>>(path) {
-        return Ok(Value::Bool(a));
-    }
-    // f16 is not an ndarray-npy element type: read its bits as u16.
-    if let Ok(a) = r::<_, ArrayD<u16>>(path) {
-        return Ok(Value::F16(a.mapv(f16::from_bits)));
-    }
-    bail!(
-        "{}: not a readable .npy of float32, float64, float16, int64, int32, int8, uint8 or bool",
-        path.display()
-    )
 }
 
 fn random_value(dt: DataType, shape: &[usize], rng: &mut Rng, int_range: i64) -> Result<Value> {
@@ -159,7 +128,7 @@ fn random_value(dt: DataType, shape: &[usize], rng: &mut Rng, int_range: i64) ->
 
 /// Per-output summary: shape, dtype, min, max, mean (NaNs skipped by min/max, counted).
 fn summary(name: &str, v: &Value) -> serde_json::Value {
-    let vals: Vec<f64> = onnx_dynq::dispatch_value!(v, a => a.iter().map(|x| to_f64(x)).collect());
+    let vals: Vec<f64> = onnx_dynq::dispatch_value!(v, a => a.iter().map(to_f64).collect());
     let finite = vals.iter().copied().filter(|x| !x.is_nan());
     let min = finite.clone().fold(f64::INFINITY, f64::min);
     let max = finite.fold(f64::NEG_INFINITY, f64::max);
@@ -208,26 +177,6 @@ fn to_f64<T: ToF64>(x: &T) -> f64 {
     x.f()
 }
 
-fn write_npz(path: &Path, outs: &[(String, Value)]) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
-    let mut w = ndarray_npy::NpzWriter::new(file);
-    for (name, v) in outs {
-        match v {
-            Value::F32(a) => w.add_array(name.as_str(), a)?,
-            Value::F64(a) => w.add_array(name.as_str(), a)?,
-            Value::I64(a) => w.add_array(name.as_str(), a)?,
-            Value::I32(a) => w.add_array(name.as_str(), a)?,
-            Value::I8(a) => w.add_array(name.as_str(), a)?,
-            Value::U8(a) => w.add_array(name.as_str(), a)?,
-            Value::Bool(a) => w.add_array(name.as_str(), a)?,
-            // ndarray-npy has no f16 element type: saved widened to f32.
-            Value::F16(a) => w.add_array(name.as_str(), &a.mapv(f16::to_f32))?,
-        }
-    }
-    w.finish()?;
-    Ok(())
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -260,7 +209,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut given: HashMap<String, Value> = HashMap::new();
     for i in &args.inputs {
         let (name, file) = parse_pair(i, "--input")?;
-        given.insert(name, read_npy(Path::new(&file))?);
+        given.insert(name, onnx_dynq::npy::read_npy(Path::new(&file))?);
     }
     let mut rng = Rng(args.seed);
     let mut feed = HashMap::new();
@@ -307,6 +256,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("'{extra}' is not an input of the model");
     }
     let mut latency = None;
+    let feed_copy = args.profile.then(|| feed.clone());
     let outs = if let Some(n) = args.repeat {
         let outs = session.run(feed.clone())?;
         let mut times = Vec::with_capacity(n);
@@ -322,14 +272,37 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else {
         session.run(feed)?
     };
+    let profile = if args.profile {
+        let (_, times) = session.run_profiled(feed_copy.unwrap_or_default())?;
+        let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+        for t in times {
+            match by_op.iter_mut().find(|(o, _, _)| *o == t.op_type) {
+                Some(e) => {
+                    e.1 += t.ms;
+                    e.2 += 1;
+                }
+                None => by_op.push((t.op_type, t.ms, 1)),
+            }
+        }
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Some(by_op)
+    } else {
+        None
+    };
     if let Some(p) = &args.output {
-        write_npz(p, &outs)?;
+        onnx_dynq::npy::write_npz(p, &outs)?;
     }
     let sums: Vec<serde_json::Value> = outs.iter().map(|(n, v)| summary(n, v)).collect();
     if args.json {
         let mut obj = serde_json::json!({ "outputs": sums });
         if let Some((p50, p90, _)) = latency {
             obj["latency_ms"] = serde_json::json!({ "p50": p50, "p90": p90 });
+        }
+        if let Some(p) = &profile {
+            obj["profile_ms"] = p
+                .iter()
+                .map(|(op, ms, n)| serde_json::json!({ "op": op, "ms": ms, "nodes": n }))
+                .collect();
         }
         println!("{}", serde_json::to_string_pretty(&obj)?);
     } else {
@@ -355,6 +328,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         if let Some((p50, p90, n)) = latency {
             println!("latency over {n} runs: p50 {p50:.3} ms, p90 {p90:.3} ms");
+        }
+        if let Some(p) = &profile {
+            println!("time by op type (one run):");
+            for (op, ms, n) in p {
+                println!("  {op:<24} {ms:9.3} ms  ({n} nodes)");
+            }
         }
         if let Some(p) = &args.output {
             println!("outputs saved to {}", p.display());

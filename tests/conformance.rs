@@ -23,6 +23,16 @@ use onnx_dynq::runtime::ops::default_registry;
 use onnx_dynq::runtime::{Options, Session, Value};
 use prost::Message;
 
+/// Prints past libtest's output capture, so the summary shows on success too.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -113,7 +123,7 @@ fn close(got: &Value, want: &Value, rtol: f64, atol: f64) -> Result<(), String> 
     };
     let bad = match (got, want) {
         (Value::F32(a), Value::F32(b)) => cmp(a, b, |x, y| fclose(x as f64, y as f64)),
-        (Value::F64(a), Value::F64(b)) => cmp(a, b, |x, y| fclose(x, y)),
+        (Value::F64(a), Value::F64(b)) => cmp(a, b, fclose),
         (Value::F16(a), Value::F16(b)) => cmp(a, b, |x, y| fclose(x.to_f64(), y.to_f64())),
         (Value::I64(a), Value::I64(b)) => cmp(a, b, |x, y| x == y),
         (Value::I32(a), Value::I32(b)) => cmp(a, b, |x, y| x == y),
@@ -158,7 +168,7 @@ fn run_case(dir: &Path) -> Outcome {
         Err(e) => {
             // The loader's limits (IR or opset versions newer than this build reads) are not
             // the runtime's; show them without failing.
-            println!("SKIP {}: load: {e}", dir.display());
+            say!("SKIP {}: load: {e}", dir.display());
             return Outcome::Skip("model not loadable");
         }
     };
@@ -222,6 +232,8 @@ fn run_case(dir: &Path) -> Outcome {
 fn onnx_backend_node_cases() {
     let dir = cases_dir();
     let gaps = known_gaps();
+    // ONNX_DYNQ_CONFORMANCE_VERBOSE=1 also lists the passing cases.
+    let verbose = std::env::var_os("ONNX_DYNQ_CONFORMANCE_VERBOSE").is_some();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("conformance dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -242,6 +254,9 @@ fn onnx_backend_node_cases() {
             .unwrap_or_else(|_| Outcome::Fail("panicked".into()));
         match outcome {
             Outcome::Pass => {
+                if verbose {
+                    say!("PASS {name}");
+                }
                 passed += 1;
                 if gaps.contains_key(&name) {
                     stale.push(name);
@@ -251,17 +266,17 @@ fn onnx_backend_node_cases() {
             Outcome::Fail(msg) => match gaps.get(&name) {
                 Some(_) => known += 1,
                 None => {
-                    println!("FAIL {name}: {msg}");
+                    say!("FAIL {name}: {msg}");
                     failed += 1;
                 }
             },
         }
     }
     for s in &stale {
-        println!("note: {s} passes but is listed in tests/conformance_known_gaps.txt");
+        say!("note: {s} passes but is listed in tests/conformance_known_gaps.txt");
     }
-    println!("skipped: {skipped:?}; known gaps (listed, failing): {known}");
-    println!("{passed} passed, {failed} failed");
+    say!("skipped: {skipped:?}; known gaps (listed, failing): {known}");
+    say!("{passed} passed, {failed} failed");
     assert_eq!(
         failed, 0,
         "{failed} conformance cases failed (see FAIL lines above)"

@@ -7,5 +7,5 @@ pub mod ops;
 pub mod session;
 pub mod value;
 
-pub use session::{InputInfo, Options, Session};
+pub use session::{InputInfo, NodeTime, Options, Session};
 pub use value::Value;

@@ -42,6 +42,17 @@ pub struct InputInfo {
     pub ty: Option<ValueType>,
 }
 
+/// Values with their names, in graph order.
+pub type NamedValues = Vec<(String, Value)>;
+
+/// Wall time of one step in a profiled run.
+#[derive(Clone, Debug)]
+pub struct NodeTime {
+    pub node: String,
+    pub op_type: String,
+    pub ms: f64,
+}
+
 struct Step {
     op: Box<dyn Op>,
     node: String,
@@ -148,6 +159,25 @@ impl Session {
     /// Runs the graph on named inputs; returns the outputs in graph order with their names.
     /// Every graph input must be given, with its declared element type, rank and fixed dims.
     pub fn run(&self, inputs: HashMap<String, Value>) -> Result<Vec<(String, Value)>> {
+        self.run_inner(inputs, None)
+    }
+
+    /// Like [`Session::run`], also timing every step (top-level nodes; a control-flow node's
+    /// time includes its subgraph runs).
+    pub fn run_profiled(
+        &self,
+        inputs: HashMap<String, Value>,
+    ) -> Result<(NamedValues, Vec<NodeTime>)> {
+        let mut times = Vec::with_capacity(self.steps.len());
+        let outs = self.run_inner(inputs, Some(&mut times))?;
+        Ok((outs, times))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: HashMap<String, Value>,
+        prof: Option<&mut Vec<NodeTime>>,
+    ) -> Result<Vec<(String, Value)>> {
         let mut inputs = inputs;
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for (info, _) in &self.inputs {
@@ -168,8 +198,8 @@ impl Session {
             )));
         }
         let outs = match &self.pool {
-            Some(p) => p.install(|| self.exec(ordered, &[]))?,
-            None => self.exec(ordered, &[])?,
+            Some(p) => p.install(|| self.exec(ordered, &[], prof))?,
+            None => self.exec(ordered, &[], prof)?,
         };
         Ok(self
             .outputs
@@ -192,10 +222,15 @@ impl Session {
                 outer.len()
             )));
         }
-        self.exec(inputs, outer)
+        self.exec(inputs, outer, None)
     }
 
-    fn exec<'a>(&'a self, inputs: Vec<Value>, outer: &[&'a Value]) -> Result<Vec<Value>> {
+    fn exec<'a>(
+        &'a self,
+        inputs: Vec<Value>,
+        outer: &[&'a Value],
+        mut prof: Option<&mut Vec<NodeTime>>,
+    ) -> Result<Vec<Value>> {
         let mut slots: Vec<Slot<'a>> = (0..self.num_slots).map(|_| Slot::Empty).collect();
         for (i, c) in self.consts.iter().enumerate() {
             if let Some(c) = c {
@@ -209,6 +244,7 @@ impl Session {
             slots[*s] = Slot::Own(v);
         }
         for step in &self.steps {
+            let start = prof.is_some().then(std::time::Instant::now);
             let results = {
                 let ins: Vec<Option<&Value>> = step
                     .inputs
@@ -224,18 +260,24 @@ impl Session {
                     slots[*s] = Slot::Own(v);
                 }
             }
-            if let Some(missing) = step
+            if step
                 .outputs
                 .iter()
                 .flatten()
-                .find(|&&s| matches!(slots[s], Slot::Empty))
+                .any(|&s| matches!(slots[s], Slot::Empty))
             {
-                let _ = missing;
                 return Err(in_node(
                     &step.node,
                     &step.op_type,
                     Error::Other("produced fewer outputs than the node names".into()),
                 ));
+            }
+            if let (Some(p), Some(t)) = (prof.as_deref_mut(), start) {
+                p.push(NodeTime {
+                    node: step.node.clone(),
+                    op_type: step.op_type.clone(),
+                    ms: t.elapsed().as_secs_f64() * 1e3,
+                });
             }
             for &s in &step.frees {
                 slots[s] = Slot::Empty;
@@ -295,17 +337,18 @@ fn check_input(info: &InputInfo, v: &Value) -> Result<()> {
             ));
         }
         for (i, (d, &n)) in shape.iter().zip(v.shape()).enumerate() {
-            if let Dim::Known(k) = d {
-                if *k >= 0 && *k as usize != n {
-                    return Err(Error::tensor(
-                        name,
-                        format!(
-                            "input has shape {:?}, the model declares {} (dim {i} must be {k})",
-                            v.shape(),
-                            ty.shape_string()
-                        ),
-                    ));
-                }
+            if let Dim::Known(k) = d
+                && *k >= 0
+                && *k as usize != n
+            {
+                return Err(Error::tensor(
+                    name,
+                    format!(
+                        "input has shape {:?}, the model declares {} (dim {i} must be {k})",
+                        v.shape(),
+                        ty.shape_string()
+                    ),
+                ));
             }
         }
     }
@@ -398,10 +441,10 @@ impl<'r> Planner<'r> {
             }
         }
         for (s, lu) in last_use.iter().enumerate() {
-            if let Some(i) = lu {
-                if !keep.contains(&s) {
-                    steps[*i].frees.push(s);
-                }
+            if let Some(i) = lu
+                && !keep.contains(&s)
+            {
+                steps[*i].frees.push(s);
             }
         }
         Ok(Session {

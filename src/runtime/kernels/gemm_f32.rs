@@ -34,15 +34,13 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
 /// or garbage there does not leak into the result).
 ///
 /// Shapes must agree (`a` m×k, `b` k×n, `c` m×n); callers check them and this asserts.
-pub fn gemm<T: GemmElem>(
+pub fn gemm<T: GemmElem + PartialEq>(
     alpha: T,
     a: &ArrayView2<T>,
     b: &ArrayView2<T>,
     beta: T,
     c: &mut ArrayViewMut2<T>,
-) where
-    T: PartialEq,
-{
+) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert!(k == k2 && c.dim() == (m, n), "gemm shape mismatch");

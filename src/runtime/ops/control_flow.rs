@@ -289,6 +289,16 @@ impl Op for ScanOp {
             .or(state.first())
             .map(|v| v.shape().first().copied().unwrap_or(0))
             .unwrap_or(0);
+        if let Some(v) = state
+            .iter()
+            .chain(&seqs)
+            .find(|v| v.shape().first() != Some(&batch))
+        {
+            return Err(err(format!(
+                "every Scan-8 input needs batch axis {batch} first, got shape {:?}",
+                v.shape()
+            )));
+        }
         if let Some(lens) = opt(ins, 0) {
             let full = seqs
                 .first()

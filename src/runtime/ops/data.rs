@@ -4,7 +4,7 @@
 //!   sparse values are unsupported. `ConstantOfShape` (9, 20): int64 shape input, one-element
 //!   `value` tensor (default float 0).
 //! - `Identity`; `Dropout` (7-22) in inference: output = input, optional mask all true.
-//!   `training_mode = true` (opset 12+) is rejected (it is random).
+//!   `training_mode = true` (opset 12+) with a nonzero ratio is rejected (it is random).
 //! - `Cast` (`to`; `saturate` only matters for float8, which is not supported), `CastLike` (15).
 //! - `Shape` (`start`/`end` since 15, clamped), `Size`.
 //! - `Reshape` (5+: shape input; 0 copies the input dim unless `allowzero` (14); one -1 is
@@ -16,7 +16,7 @@
 //! - `Slice`: attributes `starts`/`ends`/`axes` before 10, inputs (with `steps`) from 10;
 //!   out-of-range bounds clamp as in the spec (negative steps included).
 //! - `Gather` (negative indices wrap), `GatherElements`, `Expand` (bidirectional broadcast),
-//!   `Tile`, `Where` (three-way broadcast), `Range` (f32, f64, i64, i32).
+//!   `Tile`, `Where` (three-way broadcast), `Range` (f32, f64, f16, i64, i32).
 //! - `Pad`: attributes `pads`/`value` before 11 (`paddings` in opset 1), inputs `pads`,
 //!   `constant_value`, `axes` (18); modes constant, reflect, edge, wrap (19); negative pads
 //!   crop.
@@ -81,12 +81,20 @@ fn identity(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 fn dropout(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     let want_mask = node.outputs().len() > 1 && !node.outputs()[1].is_empty();
     Ok(op(move |ins| {
-        if let Some(t) = opt(ins, 2) {
-            if super::util::scalar_f64(t)? != 0.0 {
-                return Err(Error::Unsupported(
-                    "Dropout with training_mode = true (random masks)".into(),
-                ));
-            }
+        let training = opt(ins, 2)
+            .map(super::util::scalar_f64)
+            .transpose()?
+            .unwrap_or(0.0)
+            != 0.0;
+        let ratio = opt(ins, 1)
+            .map(super::util::scalar_f64)
+            .transpose()?
+            .unwrap_or(0.5);
+        if training && ratio != 0.0 {
+            // With ratio 0 training mode drops nothing; otherwise the mask is random.
+            return Err(Error::Unsupported(
+                "Dropout with training_mode = true and ratio > 0 (random masks)".into(),
+            ));
         }
         let x = req(ins, 0)?;
         let mut out = vec![x.clone()];
@@ -162,7 +170,7 @@ pub fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Ve
             .filter(|&(j, _)| j != i)
             .map(|(_, &d)| d)
             .product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(err(format!("cannot reshape {input:?} to {spec:?}")));
         }
         out[i] = total / known;
@@ -494,7 +502,8 @@ fn gather_t<T: Copy + Default>(
     let dim = shape[axis];
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
-    let src = standard(data.view());
+    // Borrowed when already row-major (an embedding table must not be copied per run).
+    let src = data.as_standard_layout();
     let src = src
         .as_slice()
         .ok_or_else(|| err("internal: non-contiguous data"))?;
@@ -680,9 +689,12 @@ fn range(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             (Value::I32(a), Value::I32(b), Value::I32(c)) => {
                 Value::I32(range_t(first(a), first(b), first(c))?)
             }
+            (Value::F16(a), Value::F16(b), Value::F16(c)) => {
+                Value::F16(range_t(first(a), first(b), first(c))?)
+            }
             _ => {
                 return Err(err(format!(
-                    "Range of {} (start, limit and delta must share f32, f64, i64 or i32)",
+                    "Range of {} (start, limit and delta must share f32, f64, f16, i64 or i32)",
                     dname(s)
                 )));
             }
@@ -796,7 +808,7 @@ fn pad(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             )));
         }
         let cval = match cval {
-            Some(v) if v.len() > 0 => cast(&v, x.dtype())?,
+            Some(v) if !v.is_empty() => cast(&v, x.dtype())?,
             _ => cast(&Value::scalar_f32(0.0), x.dtype())?,
         };
         let fill = super::util::scalar_f64(&cval)?;

@@ -149,9 +149,20 @@ pub fn matmul(a: &Value, b: &Value) -> Result<Value> {
     })
 }
 
-fn matmul_op(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
-    Ok(Box::new(FnOp(|ins: &[Option<&Value>]| {
-        Ok(vec![matmul(req(ins, 0)?, req(ins, 1)?)?])
+fn matmul_op(_: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
+    // A constant f16 B (fp16 weights) is widened once here, not on every run.
+    let b16: Option<ArrayD<f32>> = match ctx.const_inputs.get(1).copied().flatten() {
+        Some(Value::F16(b)) => Some(b.mapv(f16::to_f32)),
+        _ => None,
+    };
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        let (a, b) = (req(ins, 0)?, req(ins, 1)?);
+        if let (Value::F16(x), Some(bw)) = (a, &b16) {
+            return Ok(vec![Value::F16(
+                float_mm(&x.mapv(f16::to_f32), bw)?.mapv(f16::from_f32),
+            )]);
+        }
+        Ok(vec![matmul(a, b)?])
     })))
 }
 

@@ -69,8 +69,10 @@ fn fold<T: Elem>(row: &[T], kind: Kind) -> T {
             let max = kind == Kind::Max;
             let mut acc: Option<T> = None;
             for &x in row {
-                if x != x {
-                    return x; // NaN
+                #[allow(clippy::eq_op)]
+                let is_nan = x != x;
+                if is_nan {
+                    return x;
                 }
                 acc = Some(match acc {
                     None => x,

@@ -272,6 +272,37 @@ pub fn zip_map<A: Copy, B: Copy, O>(
     b: &ArrayD<B>,
     f: impl Fn(A, B) -> O,
 ) -> Result<ArrayD<O>> {
+    // Fast paths on row-major data, the common cases of exported graphs: equal shapes, a
+    // scalar operand, and a bias-like operand that repeats over the leading axes.
+    if let (Some(sa), Some(sb)) = (a.as_slice(), b.as_slice()) {
+        if a.shape() == b.shape() {
+            let v = sa.iter().zip(sb).map(|(&x, &y)| f(x, y)).collect();
+            return from_vec(a.shape(), v);
+        }
+        let shape = broadcast_shape(a.shape(), b.shape())?;
+        if sb.len() == 1 && shape == a.shape() {
+            let y = sb[0];
+            return from_vec(&shape, sa.iter().map(|&x| f(x, y)).collect());
+        }
+        if sa.len() == 1 && shape == b.shape() {
+            let x = sa[0];
+            return from_vec(&shape, sb.iter().map(|&y| f(x, y)).collect());
+        }
+        if shape == a.shape() && is_suffix(b.shape(), a.shape()) && !sb.is_empty() {
+            let mut v = Vec::with_capacity(sa.len());
+            for chunk in sa.chunks_exact(sb.len()) {
+                v.extend(chunk.iter().zip(sb).map(|(&x, &y)| f(x, y)));
+            }
+            return from_vec(&shape, v);
+        }
+        if shape == b.shape() && is_suffix(a.shape(), b.shape()) && !sa.is_empty() {
+            let mut v = Vec::with_capacity(sb.len());
+            for chunk in sb.chunks_exact(sa.len()) {
+                v.extend(sa.iter().zip(chunk).map(|(&x, &y)| f(x, y)));
+            }
+            return from_vec(&shape, v);
+        }
+    }
     if a.shape() == b.shape() {
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
@@ -279,6 +310,16 @@ pub fn zip_map<A: Copy, B: Copy, O>(
     let av = bview(a, &shape)?;
     let bv = bview(b, &shape)?;
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
+}
+
+/// Whether `small`, without its leading 1s, is a trailing part of `full` (so it repeats
+/// whole over `full`'s leading axes in row-major order).
+fn is_suffix(small: &[usize], full: &[usize]) -> bool {
+    let s: &[usize] = match small.iter().position(|&d| d != 1) {
+        Some(i) => &small[i..],
+        None => &[],
+    };
+    s.len() <= full.len() && full[full.len() - s.len()..] == *s
 }
 
 /// An axis in `-rank..rank` as an index.
@@ -410,6 +451,40 @@ mod tests {
             c,
             array![[11.0f32, 21.0, 31.0], [12.0, 22.0, 32.0]].into_dyn()
         );
+    }
+
+    #[test]
+    fn broadcast_fast_paths_match_the_general_path() {
+        let a = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |i| (i[0] * 12 + i[1] * 4 + i[2]) as i64);
+        for bshape in [
+            vec![4],
+            vec![1, 3, 4],
+            vec![3, 1],
+            vec![1],
+            vec![2, 3, 4],
+            vec![1, 1, 1],
+        ] {
+            let b = ArrayD::from_shape_fn(IxDyn(&bshape), |i| {
+                (0..bshape.len()).fold(7i64, |acc, k| acc * 10 + i[k] as i64)
+            });
+            let shape = broadcast_shape(a.shape(), b.shape()).unwrap();
+            let want = Zip::from(&bview(&a, &shape).unwrap())
+                .and(&bview(&b, &shape).unwrap())
+                .map_collect(|&x, &y| x * 1000 - y);
+            assert_eq!(
+                zip_map(&a, &b, |x, y| x * 1000 - y).unwrap(),
+                want,
+                "{bshape:?}"
+            );
+            let want_rev = Zip::from(&bview(&b, &shape).unwrap())
+                .and(&bview(&a, &shape).unwrap())
+                .map_collect(|&x, &y| x * 1000 - y);
+            assert_eq!(
+                zip_map(&b, &a, |x, y| x * 1000 - y).unwrap(),
+                want_rev,
+                "{bshape:?} reversed"
+            );
+        }
     }
 
     #[test]
