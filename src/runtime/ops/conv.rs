@@ -12,12 +12,16 @@
 //!
 //! Conv: `Y[n, m] = B[m] + Σ X[n, c, o·s - b + k·d] · W[m, c, k]` over the `C/group` channels of
 //! `m`'s group; computed as im2col + one GEMM per (image, group), 1-D to 3-D (all normalized to
-//! 3-D internally, missing leading axes of extent 1). MaxPool ignores padded positions and
-//! optionally returns the flat argmax `Indices` (row-major over the input, or column-major
-//! over the spatial axes with `storage_order = 1`). AveragePool divides by the number of
-//! in-image positions, or with `count_include_pad = 1` by the positions inside the padded
-//! image (the `ceil_mode` overhang never counts). Types: f32; f16 and f64 computed in f32
-//! (MaxPool also runs natively on f64, int8 and uint8).
+//! 3-D internally, missing leading axes of extent 1); (image, group) pairs run in parallel, a
+//! single large product is split by output columns, 1x1 stride-1 kernels skip im2col, and
+//! depthwise convolutions (one channel per group) are computed directly.
+//!
+//! MaxPool ignores padded positions and, when the node names it, returns the flat argmax
+//! `Indices` (row-major over the input, or column-major over the spatial axes with
+//! `storage_order = 1`); without it, a faster separable values-only path runs. AveragePool
+//! divides by the number of in-image positions, or with `count_include_pad = 1` by the
+//! positions inside the padded image (the `ceil_mode` overhang never counts). Types: f32; f16
+//! and f64 computed in f32 (MaxPool also runs natively on f16, f64, int8 and uint8).
 
 use half::f16;
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, ArrayViewMut2, IxDyn, linalg::general_mat_mul};
