@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+#[path = "cli/rewrite.rs"]
+mod rewrite_cmd;
+
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
 };
@@ -26,6 +29,8 @@ struct Cli {
 enum Command {
     /// Show a model's interface, ops, weights and what the rewrite would quantize.
     Inspect(InspectArgs),
+    /// Quantize a model's weights to int8 (activations quantized at run time).
+    Rewrite(rewrite_cmd::RewriteArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Rewrite(a) => rewrite_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
