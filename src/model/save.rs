@@ -71,6 +71,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         external_file: None,
         external_bytes: 0,
     };
+    let mut pending_data = None;
     if external {
         let file_name = path
             .file_name()
@@ -93,19 +94,38 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         data.as_file()
             .sync_all()
             .map_err(|e| Error::io(&data_path, e))?;
-        data.persist(&data_path)
-            .map_err(|e| Error::io(&data_path, e.error))?;
+        pending_data = Some((data, data_path.clone()));
         saved.external_file = Some(data_path);
         saved.external_bytes = written;
     }
     let bytes = proto.encode_to_vec();
     saved.model_bytes = bytes.len() as u64;
-    write_atomic(path, &bytes)?;
+    // Both files are complete in temporaries before either is renamed into place; if the
+    // model's rename fails, the data file just renamed is removed again.
+    let model_tmp = write_temp(path, &bytes)?;
+    if let Some((data, data_path)) = pending_data {
+        data.persist(&data_path)
+            .map_err(|e| Error::io(&data_path, e.error))?;
+    }
+    if let Err(e) = model_tmp.persist(path) {
+        if let Some(d) = &saved.external_file {
+            let _ = std::fs::remove_file(d);
+        }
+        return Err(Error::io(path, e.error));
+    }
     Ok(saved)
 }
 
 /// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_temp(path, bytes)?
+        .persist(path)
+        .map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// `bytes` in a synced temporary file in `path`'s folder, ready to be renamed to `path`.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -113,8 +133,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    Ok(tmp)
 }
 
 fn check_not_protected(path: &Path, protect: &[PathBuf]) -> Result<()> {
