@@ -131,7 +131,145 @@ fn quantize_into(values: &[f32], out: &mut [i32], scale: f32, zp: i32, qmin: i32
 }
 
 /// Quantizes `w` per tensor (`axis = None`) or per index along `axis`.
+///
+/// Per tensor, along the first axis (rows) and along the last axis (columns, the MatMul
+/// case) it works in one pass over a contiguous copy at most, writing 8-bit values directly:
+/// a 33278x512 embedding needs no buffer wider than its int8 result. Other axes go through
+/// a permuted copy.
 pub fn quantize_weight(
+    w: ArrayViewD<f32>,
+    axis: Option<usize>,
+    opts: &WeightQuantOptions,
+) -> QuantizedWeight {
+    let rank = w.ndim();
+    if rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank) {
+        return quantize_weight_permuted(w, axis, opts);
+    }
+    let shape = w.shape().to_vec();
+    let data = w.as_standard_layout();
+    let flat = data.as_slice().expect("standard layout is contiguous");
+    let (qmin, qmax) = opts.qrange();
+    // Per-element parameters come from `param_of(index)`.
+    let (scales, zero_points): (Vec<f32>, Vec<i32>) = match axis {
+        None => {
+            let (lo, hi) = if flat.is_empty() {
+                (0.0, 0.0)
+            } else {
+                min_max(flat)
+            };
+            let (s, z) = scale_zero_point(lo, hi, opts);
+            (vec![s], vec![z])
+        }
+        Some(0) => {
+            let channels = shape[0];
+            let row = flat.len() / channels.max(1);
+            if row == 0 {
+                (0..channels)
+                    .map(|_| scale_zero_point(0.0, 0.0, opts))
+                    .unzip()
+            } else {
+                flat.par_chunks(row)
+                    .map(|v| {
+                        let (lo, hi) = v
+                            .iter()
+                            .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                        scale_zero_point(lo, hi, opts)
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .unzip()
+            }
+        }
+        Some(_) => {
+            let cols = shape[rank - 1];
+            let block = (cols * 256).max(1);
+            let (lo, hi) = if cols == 0 {
+                (vec![], vec![])
+            } else {
+                flat.par_chunks(block)
+                    .map(|b| {
+                        let mut lo = vec![0f32; cols];
+                        let mut hi = vec![0f32; cols];
+                        for r in b.chunks(cols) {
+                            for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(r) {
+                                *l = l.min(x);
+                                *h = h.max(x);
+                            }
+                        }
+                        (lo, hi)
+                    })
+                    .reduce(
+                        || (vec![0f32; cols], vec![0f32; cols]),
+                        |(mut l1, mut h1), (l2, h2)| {
+                            for (a, b) in l1.iter_mut().zip(&l2) {
+                                *a = a.min(*b);
+                            }
+                            for (a, b) in h1.iter_mut().zip(&h2) {
+                                *a = a.max(*b);
+                            }
+                            (l1, h1)
+                        },
+                    )
+            };
+            lo.iter()
+                .zip(&hi)
+                .map(|(&l, &h)| scale_zero_point(l, h, opts))
+                .unzip()
+        }
+    };
+    let period = match axis {
+        None => flat.len().max(1),
+        Some(0) => flat.len() / shape[0].max(1),
+        Some(_) => 1,
+    };
+    let channels = scales.len();
+    let quant = |i: usize, v: f32| -> i32 {
+        let c = match axis {
+            None => 0,
+            Some(0) => i / period.max(1),
+            Some(_) => i % channels.max(1),
+        };
+        (round_half_even(v / scales[c]) as i32)
+            .saturating_add(zero_points[c])
+            .clamp(qmin, qmax)
+    };
+    const CHUNK: usize = 1 << 16;
+    let values = match opts.weight_type {
+        WeightType::Int8 => {
+            let mut out = vec![0i8; flat.len()];
+            out.par_chunks_mut(CHUNK)
+                .zip(flat.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(k, (o, v))| {
+                    for (j, (o, &v)) in o.iter_mut().zip(v).enumerate() {
+                        *o = quant(k * CHUNK + j, v) as i8;
+                    }
+                });
+            QValues::I8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
+        }
+        WeightType::Uint8 => {
+            let mut out = vec![0u8; flat.len()];
+            out.par_chunks_mut(CHUNK)
+                .zip(flat.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(k, (o, v))| {
+                    for (j, (o, &v)) in o.iter_mut().zip(v).enumerate() {
+                        *o = quant(k * CHUNK + j, v) as u8;
+                    }
+                });
+            QValues::U8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
+        }
+    };
+    QuantizedWeight {
+        values,
+        scales,
+        zero_points,
+        axis,
+    }
+}
+
+/// The general path: moves `axis` to the front, quantizes each channel, moves it back.
+fn quantize_weight_permuted(
     w: ArrayViewD<f32>,
     axis: Option<usize>,
     opts: &WeightQuantOptions,
@@ -351,6 +489,41 @@ mod tests {
         assert_eq!(q.values, QValues::I8(arr2(&[[-64i8, 32]]).into_dyn()));
         let q = quantize_weight(w.view(), None, &opts(WeightType::Uint8, true, false));
         assert_eq!(q.zero_points, vec![128]);
+    }
+
+    #[test]
+    fn fast_paths_match_the_permuted_path() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            (state >> 8) as f32 / (1 << 24) as f32 * 4.0 - 1.5
+        };
+        let w = ArrayD::from_shape_fn(IxDyn(&[37, 300]), |_| next());
+        let w3 = ArrayD::from_shape_fn(IxDyn(&[3, 5, 7]), |_| next());
+        for o in [
+            opts(WeightType::Int8, true, false),
+            opts(WeightType::Int8, false, false),
+            opts(WeightType::Uint8, false, true),
+            opts(WeightType::Uint8, true, false),
+        ] {
+            for (a, axis) in [
+                (&w, None),
+                (&w, Some(0)),
+                (&w, Some(1)),
+                (&w3, Some(0)),
+                (&w3, Some(2)),
+                (&w3, None),
+            ] {
+                let fast = quantize_weight(a.view(), axis, &o);
+                let slow = quantize_weight_permuted(a.view(), axis, &o);
+                assert_eq!(fast, slow, "{o:?} axis {axis:?}");
+            }
+            let t = w.t();
+            assert_eq!(
+                quantize_weight(t.view(), Some(1), &o),
+                quantize_weight_permuted(t.view(), Some(1), &o)
+            );
+        }
     }
 
     #[test]
