@@ -51,6 +51,7 @@ pub struct InspectReport {
     pub initializer_bytes: usize,
     pub quantizable: Vec<Decision>,
     pub skipped: Vec<Decision>,
+    pub warnings: Vec<String>,
 }
 
 fn io_info(v: &ValueInfoProto) -> IoInfo {
@@ -130,6 +131,7 @@ pub fn inspect(model: &Model, policy: &PolicyOptions) -> InspectReport {
         initializers,
         quantizable,
         skipped,
+        warnings: model.reencode_warning().into_iter().collect(),
     }
 }
 
@@ -211,6 +213,9 @@ impl InspectReport {
         let _ = writeln!(s, "left float ({}):", self.skipped.len());
         for d in &self.skipped {
             let _ = writeln!(s, "  {} {}: {}", d.op_type, qualified(d), d.reason);
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
         }
         s
     }

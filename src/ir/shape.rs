@@ -135,8 +135,14 @@ pub fn infer_types(
             types.insert(v.name().to_string(), t);
         }
     }
+    // Small integer tensors whose values are known, possibly symbolically: shape vectors
+    // (Shape -> Slice/Gather -> Concat chains) and the scalars around them.
+    let mut vals: HashMap<String, Vec<Dim>> = HashMap::new();
     for (name, t) in &graph.initializers {
         types.insert(name.clone(), ValueType::of_tensor(t));
+        if let Some(v) = small_int_values(t) {
+            vals.insert(name.clone(), v);
+        }
     }
     let order = graph
         .topo_order()
@@ -148,11 +154,10 @@ pub fn infer_types(
             .iter()
             .map(|n| if n.is_empty() { None } else { types.get(n) })
             .collect();
-        let consts = |k: usize| -> Option<Vec<i64>> {
-            let name = node.input(k)?;
-            graph.initializer(name).and_then(|t| t.to_i64_vec().ok())
-        };
-        let outs = infer_node(node, &inputs, &consts);
+        let known = |k: usize| -> Option<Vec<Dim>> { vals.get(node.input(k)?).cloned() };
+        let consts = |k: usize| -> Option<Vec<i64>> { known(k)?.iter().map(Dim::known).collect() };
+        let outs = infer_node(node, &inputs, &consts, &known);
+        let value = propagate_values(node, &inputs, &known);
         for (name, t) in node.outputs().iter().zip(outs) {
             if name.is_empty() {
                 continue;
@@ -164,6 +169,9 @@ pub fn infer_types(
             if !keep_declared && (t.elem != 0 || !types.contains_key(name)) {
                 types.insert(name.clone(), t);
             }
+        }
+        if let (Some(v), Some(o)) = (value, node.outputs().first()) {
+            vals.insert(o.clone(), v);
         }
     }
     types
@@ -182,7 +190,7 @@ fn same_elem(t: Option<&ValueType>, shape: Option<Vec<Dim>>) -> ValueType {
 
 /// Numpy-style broadcasting of shapes.
 pub fn broadcast(shapes: &[Option<&Vec<Dim>>]) -> Option<Vec<Dim>> {
-    let shapes: Vec<&Vec<Dim>> = shapes.iter().map(|s| *s).collect::<Option<_>>()?;
+    let shapes: Vec<&Vec<Dim>> = shapes.iter().copied().collect::<Option<_>>()?;
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut out = vec![Dim::Known(1); rank];
     for s in shapes {
@@ -211,6 +219,7 @@ fn infer_node(
     node: &Node,
     inputs: &[Option<&ValueType>],
     consts: &dyn Fn(usize) -> Option<Vec<i64>>,
+    known: &dyn Fn(usize) -> Option<Vec<Dim>>,
 ) -> Vec<ValueType> {
     let x = inputs.first().copied().flatten();
     let xs = x.and_then(|t| t.shape.clone());
@@ -369,8 +378,7 @@ fn infer_node(
         )),
         "Reshape" => one(same_elem(
             x,
-            consts(1)
-                .map(|target| reshape_shape(xs.as_ref(), &target, attr_i("allowzero", 0) != 0)),
+            known(1).map(|target| reshape_shape(xs.as_ref(), &target, attr_i("allowzero", 0) != 0)),
         )),
         "Flatten" => one(same_elem(
             x,
@@ -537,7 +545,7 @@ fn infer_node(
                 .map_or(DataType::Float as i32, |t| t.proto.data_type());
             one(ValueType {
                 elem,
-                shape: consts(0).map(|s| s.into_iter().map(Dim::Known).collect()),
+                shape: known(0),
             })
         }
         "Range" => one(same_elem(x, Some(vec![Dim::Unknown]))),
@@ -617,19 +625,19 @@ fn matmul_shape(a: Option<&Vec<Dim>>, b: Option<&Vec<Dim>>) -> Option<Vec<Dim>> 
     Some(out)
 }
 
-fn reshape_shape(input: Option<&Vec<Dim>>, target: &[i64], allowzero: bool) -> Vec<Dim> {
+fn reshape_shape(input: Option<&Vec<Dim>>, target: &[Dim], allowzero: bool) -> Vec<Dim> {
     let mut out: Vec<Dim> = target
         .iter()
         .enumerate()
-        .map(|(i, &t)| match t {
-            0 if !allowzero => input
+        .map(|(i, t)| match t {
+            Dim::Known(0) if !allowzero => input
                 .and_then(|s| s.get(i).cloned())
                 .unwrap_or(Dim::Unknown),
-            -1 => Dim::Unknown,
-            t => Dim::Known(t),
+            Dim::Known(-1) => Dim::Unknown,
+            t => t.clone(),
         })
         .collect();
-    if let Some(pos) = target.iter().position(|&t| t == -1) {
+    if let Some(pos) = target.iter().position(|t| *t == Dim::Known(-1)) {
         let total = input.map(|s| product(s)).and_then(|d| d.known());
         let rest = out
             .iter()
@@ -641,9 +649,159 @@ fn reshape_shape(input: Option<&Vec<Dim>>, target: &[i64], allowzero: bool) -> V
             && r > 0
         {
             out[pos] = Dim::Known(t / r);
+        } else if let Some(input) = input {
+            // Symbolic dims cancel: [seq, batch, 64] -> [0, 0, -1] or [-1, 64] with the same
+            // symbolic factors on both sides.
+            out[pos] = cancel_symbolic(input, &out, pos).unwrap_or(Dim::Unknown);
         }
     }
     out
+}
+
+/// The dim at `pos` of `out` such that both shapes hold the same number of elements, when
+/// the symbolic factors on both sides match up.
+fn cancel_symbolic(input: &[Dim], out: &[Dim], pos: usize) -> Option<Dim> {
+    let mut syms: Vec<&str> = Vec::new();
+    let mut known_in = 1i64;
+    for d in input {
+        match d {
+            Dim::Known(v) => known_in *= v,
+            Dim::Sym(s) => syms.push(s),
+            Dim::Unknown => return None,
+        }
+    }
+    let mut known_out = 1i64;
+    for (i, d) in out.iter().enumerate() {
+        if i == pos {
+            continue;
+        }
+        match d {
+            Dim::Known(v) => known_out *= v,
+            Dim::Sym(s) => {
+                let at = syms.iter().position(|x| x == s)?;
+                syms.remove(at);
+            }
+            Dim::Unknown => return None,
+        }
+    }
+    if known_out == 0 || known_in % known_out != 0 {
+        return None;
+    }
+    match (syms.as_slice(), known_in / known_out) {
+        ([], v) => Some(Dim::Known(v)),
+        ([s], 1) => Some(Dim::Sym(s.to_string())),
+        _ => None,
+    }
+}
+
+/// Values of an integer initializer small enough to be a shape operand.
+fn small_int_values(t: &Tensor) -> Option<Vec<Dim>> {
+    if t.dims().len() > 1 || t.numel() > 64 {
+        return None;
+    }
+    Some(t.to_i64_vec().ok()?.into_iter().map(Dim::Known).collect())
+}
+
+/// Known (possibly symbolic) values of a node's first output, for the ops that move shape
+/// vectors around.
+fn propagate_values(
+    node: &Node,
+    inputs: &[Option<&ValueType>],
+    known: &dyn Fn(usize) -> Option<Vec<Dim>>,
+) -> Option<Vec<Dim>> {
+    if !node.domain().is_empty() {
+        return None;
+    }
+    let int_out = |v: Vec<Dim>| Some(v);
+    match node.op_type() {
+        "Constant" => small_int_values(&node.attr_tensor("value").ok()??)
+            .or_else(|| {
+                let v = node.attr::<Vec<i64>>("value_ints").ok()??;
+                Some(v.into_iter().map(Dim::Known).collect())
+            })
+            .or_else(|| {
+                let v = node.attr::<i64>("value_int").ok()??;
+                Some(vec![Dim::Known(v)])
+            }),
+        "Shape" => {
+            let s = inputs.first().copied().flatten()?.shape.clone()?;
+            let r = s.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let start = clamp(node.attr::<i64>("start").ok()?.unwrap_or(0));
+            let end = clamp(node.attr::<i64>("end").ok()?.unwrap_or(r));
+            int_out(s.get(start..end.max(start))?.to_vec())
+        }
+        "Identity" | "Cast" | "Squeeze" | "Unsqueeze" | "Reshape" | "Flatten" => {
+            let elem = inputs.first().copied().flatten()?.dtype();
+            if !matches!(elem, DataType::Int64 | DataType::Int32) {
+                return None;
+            }
+            known(0)
+        }
+        "Concat" => {
+            let mut out = Vec::new();
+            for k in 0..node.inputs().len() {
+                out.extend(known(k)?);
+            }
+            int_out(out)
+        }
+        "Gather" => {
+            let data = known(0)?;
+            let idx = known(1)?;
+            idx.iter()
+                .map(|i| {
+                    let i = i.known()?;
+                    let i = if i < 0 { i + data.len() as i64 } else { i };
+                    data.get(usize::try_from(i).ok()?).cloned()
+                })
+                .collect()
+        }
+        "Slice" => {
+            let data = known(0)?;
+            let n = data.len() as i64;
+            let first = |k: usize| -> Option<i64> { known(k)?.first()?.known() };
+            let (start, end) = match node.attr::<Vec<i64>>("starts").ok()? {
+                Some(s) => (*s.first()?, *node.attr::<Vec<i64>>("ends").ok()??.first()?),
+                None => (first(1)?, first(2)?),
+            };
+            let step = if node.input(4).is_some() {
+                first(4)?
+            } else {
+                1
+            };
+            if step != 1 {
+                return None;
+            }
+            let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as usize;
+            let (s, e) = (clamp(start), clamp(end));
+            int_out(data.get(s..e.max(s))?.to_vec())
+        }
+        "Mul" | "Add" | "Sub" | "Div" => {
+            let (a, b) = (known(0)?, known(1)?);
+            let len = a.len().max(b.len());
+            if !(a.len() == len || a.len() == 1) || !(b.len() == len || b.len() == 1) {
+                return None;
+            }
+            let at = |v: &Vec<Dim>, i: usize| v[if v.len() == 1 { 0 } else { i }].clone();
+            (0..len)
+                .map(|i| {
+                    let (x, y) = (at(&a, i), at(&b, i));
+                    Some(match (node.op_type(), &x, &y) {
+                        (_, Dim::Known(p), Dim::Known(q)) => Dim::Known(match node.op_type() {
+                            "Mul" => p.checked_mul(*q)?,
+                            "Add" => p.checked_add(*q)?,
+                            "Sub" => p.checked_sub(*q)?,
+                            _ => p.checked_div(*q)?,
+                        }),
+                        ("Mul" | "Div", d, Dim::Known(1)) | ("Mul", Dim::Known(1), d) => d.clone(),
+                        ("Add" | "Sub", d, Dim::Known(0)) | ("Add", Dim::Known(0), d) => d.clone(),
+                        _ => Dim::Unknown,
+                    })
+                })
+                .collect()
+        }
+        _ => None,
+    }
 }
 
 fn rnn_shapes(
@@ -740,13 +898,24 @@ mod tests {
     }
 
     #[test]
+    fn symbolic_dims_cancel_in_reshape() {
+        let x = vec![Dim::Known(35), Dim::Sym("batch".into()), Dim::Known(64)];
+        let target = vec![Dim::Known(-1), Dim::Sym("batch".into()), Dim::Known(64)];
+        assert_eq!(reshape_shape(Some(&x), &target, false)[0], Dim::Known(35));
+    }
+
+    #[test]
     fn reshape_resolves_zero_and_minus_one() {
         let x = k(&[2, 3, 4]);
-        assert_eq!(reshape_shape(Some(&x), &[0, -1], false), k(&[2, 12]));
+        assert_eq!(reshape_shape(Some(&x), &k(&[0, -1]), false), k(&[2, 12]));
         let sym = vec![Dim::Sym("b".into()), Dim::Known(3), Dim::Known(4)];
         assert_eq!(
-            reshape_shape(Some(&sym), &[0, -1], false),
-            vec![Dim::Sym("b".into()), Dim::Unknown]
+            reshape_shape(Some(&sym), &k(&[0, -1]), false),
+            vec![Dim::Sym("b".into()), Dim::Known(12)]
+        );
+        assert_eq!(
+            reshape_shape(Some(&sym), &k(&[-1, 4]), false),
+            vec![Dim::Unknown, Dim::Known(4)]
         );
     }
 }

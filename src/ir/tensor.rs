@@ -252,7 +252,7 @@ impl Tensor {
         }
         if let Some(raw) = &p.raw_data {
             if let Some(size) = elem_size(dt) {
-                let expected = numel.checked_mul(size).unwrap_or(usize::MAX);
+                let expected = numel.saturating_mul(size);
                 if raw.len() != expected {
                     return Err(Error::tensor(
                         self.name(),

@@ -134,7 +134,8 @@ impl ExternalResolver {
         }
         t.raw_data = Some(data.slice(offset as usize..end as usize));
         t.external_data.clear();
-        t.data_location = None;
+        // As onnx.load does after reading external data: explicitly DEFAULT.
+        t.data_location = Some(DataLocation::Default as i32);
         Ok(())
     }
 

@@ -17,6 +17,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model> {
     let bytes = map_file(path)?;
     let file_bytes = bytes.len() as u64;
     let mut proto = decode(bytes, path)?;
+    // prost keeps no unknown fields: a file that re-encodes to another size held fields this
+    // schema does not know (or a non-canonical encoding). Worth a warning, not an error.
+    let reencoded_bytes = proto.encoded_len() as u64;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -29,6 +32,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model> {
     model.path = Some(path.to_path_buf());
     model.external_files = external.files();
     model.file_bytes = file_bytes;
+    model.reencoded_bytes = reencoded_bytes;
     Ok(model)
 }
 

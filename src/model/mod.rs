@@ -36,6 +36,8 @@ pub struct Model {
     pub external_files: Vec<PathBuf>,
     /// The serialized size the file had (0 when built in memory).
     pub file_bytes: u64,
+    /// The size the decoded model re-encodes to, before external data is resolved.
+    pub reencoded_bytes: u64,
 }
 
 impl Model {
@@ -52,6 +54,7 @@ impl Model {
             path: None,
             external_files: Vec::new(),
             file_bytes: 0,
+            reencoded_bytes: 0,
         };
         model.validate()?;
         Ok(model)
@@ -62,6 +65,17 @@ impl Model {
         let mut p = self.proto.clone();
         p.graph = Some(self.graph.to_proto());
         p
+    }
+
+    /// A warning when saving may not reproduce the file's bytes: it held fields unknown to
+    /// the onnx 1.23 schema (which are dropped) or used a non-canonical encoding.
+    pub fn reencode_warning(&self) -> Option<String> {
+        (self.file_bytes != 0 && self.file_bytes != self.reencoded_bytes).then(|| {
+            format!(
+                "the file is {} bytes but re-encodes to {}: fields unknown to the onnx 1.23 schema, if any, are not kept",
+                self.file_bytes, self.reencoded_bytes
+            )
+        })
     }
 
     pub fn ir_version(&self) -> i64 {

@@ -1,52 +1,77 @@
-//! Helpers shared by the integration tests: the Python interpreter (with onnx and
-//! onnxruntime) that serves as the reference, fixtures, and the CLI binary.
+//! Helpers shared by the integration tests: the repository's fixtures, the CLI binary, and a
+//! Python with onnx and onnxruntime for cross-checks.
 //!
-//! Python is found via `ONNX_DYNQ_PYTHON`, then `<repo>/.venv/bin/python`, then `python3`.
-//! Tests that need it FAIL (never skip) with a message saying how to provide it.
+//! Python is found through `ONNX_DYNQ_PYTHON`, then `<repo>/.venv/bin/python`, then `python3`.
+//! A test that needs it fails with a clear message when it is missing: `.ci/run` installs it.
+
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A fixture under `<repo>/fixtures`, which must exist.
 pub fn fixture(name: &str) -> PathBuf {
-    let p = repo().join("fixtures").join(name);
-    assert!(
-        p.exists(),
-        "fixture {} is missing: generate it with `python fixtures/make_fixtures.py`",
-        p.display()
-    );
-    p
+    repo().join("fixtures").join(name)
 }
 
-/// The Python interpreter, checked once to import onnx, onnxruntime and numpy.
-pub fn python() -> &'static Path {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let candidates: Vec<PathBuf> = std::env::var_os("ONNX_DYNQ_PYTHON")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([repo().join(".venv/bin/python"), PathBuf::from("python3")])
-            .collect();
-        for c in &candidates {
-            let ok = Command::new(c)
-                .args(["-c", "import onnx, onnxruntime, numpy"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return c.clone();
-            }
-        }
+/// Every committed fixture model, sorted.
+pub fn fixture_models() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("fixtures"))
+        .expect("fixtures folder")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no fixtures found");
+    v
+}
+
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ONNX_DYNQ_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo().join(".venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("python3")
+}
+
+/// Runs a Python snippet with `args` (as `sys.argv[1:]`) and returns its stdout. Panics with
+/// the script's stderr when it fails, or when Python or its packages are missing.
+pub fn run_python(script: &str, args: &[&Path]) -> String {
+    let py = python();
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run python ({}): {e}; set ONNX_DYNQ_PYTHON to a python with onnx, onnxruntime and numpy (.ci/run makes one)",
+                py.display()
+            )
+        });
+    if !out.status.success() {
         panic!(
-            "no Python with onnx, onnxruntime and numpy found (tried {candidates:?}); \
-             set ONNX_DYNQ_PYTHON or create <repo>/.venv (pip install -r fixtures/requirements.txt)"
-        )
-    })
+            "python check failed ({}):\n{}\n{}",
+            py.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the CLI binary.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_onnx-dynq"))
+        .args(args)
+        .output()
+        .expect("run onnx-dynq")
 }
 
 /// Runs a Python snippet with `args` as `sys.argv[1:]`; panics with its stderr on failure.
@@ -57,21 +82,18 @@ pub fn py(code: &str, args: &[&str]) -> String {
         .arg(code)
         .args(args)
         .output()
-        .expect("running python");
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run python ({}): {e}; set ONNX_DYNQ_PYTHON to a python with onnx, onnxruntime and numpy",
+                python().display()
+            )
+        });
     assert!(
         out.status.success(),
         "python failed:\n--- code ---\n{code}\n--- stderr ---\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs the `onnx-dynq` binary.
-pub fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_onnx-dynq"))
-        .args(args)
-        .output()
-        .expect("running onnx-dynq")
 }
 
 /// Runs `onnx-dynq rewrite IN OUT ARGS...` and panics with stderr when it fails.

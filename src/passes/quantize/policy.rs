@@ -119,14 +119,30 @@ pub struct Decision {
 }
 
 /// Values of `g` that are constant: initializers (here or in enclosing scopes), Constant
-/// outputs, and outputs of deterministic nodes whose inputs are all constant (the chains
-/// exporters emit around weights, which the rewrite folds first).
-pub fn constant_values(g: &Graph, outer_consts: &HashSet<String>) -> HashSet<String> {
+/// outputs, `Shape` of values whose requested dims are statically known, and outputs of
+/// deterministic nodes whose inputs are all constant (the chains exporters emit around
+/// weights, which the rewrite folds first).
+pub fn constant_values(
+    g: &Graph,
+    outer_consts: &HashSet<String>,
+    types: &HashMap<String, ValueType>,
+) -> HashSet<String> {
     let mut c: HashSet<String> = outer_consts.clone();
-    c.extend(g.initializers.keys().cloned());
+    // An initializer that is also a graph input is only a default: callers may override it.
+    c.extend(
+        g.initializers
+            .keys()
+            .filter(|k| !g.proto.input.iter().any(|i| i.name() == k.as_str()))
+            .cloned(),
+    );
     let order = g.topo_order().unwrap_or_default();
     for i in order {
         let n = &g.nodes[i];
+        if n.op_type() == "Shape" && n.domain().is_empty() && static_shape_slice(n, types).is_some()
+        {
+            c.extend(n.outputs().iter().cloned());
+            continue;
+        }
         let foldable = n.domain().is_empty()
             && n.subgraphs.is_empty()
             && !matches!(
@@ -144,6 +160,20 @@ pub fn constant_values(g: &Graph, outer_consts: &HashSet<String>) -> HashSet<Str
         }
     }
     c
+}
+
+/// The dims a `Shape` node returns, when they are all statically known.
+pub fn static_shape_slice(n: &Node, types: &HashMap<String, ValueType>) -> Option<Vec<i64>> {
+    let shape = types.get(n.input(0)?)?.shape.as_ref()?;
+    let r = shape.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let start = clamp(n.attr::<i64>("start").ok()?.unwrap_or(0));
+    let end = clamp(n.attr::<i64>("end").ok()?.unwrap_or(r));
+    shape
+        .get(start..end.max(start))?
+        .iter()
+        .map(|d| d.known())
+        .collect()
 }
 
 struct Ctx<'a> {
@@ -168,10 +198,11 @@ fn decide_in(
     outer_types: &HashMap<String, ValueType>,
     out: &mut Vec<Decision>,
 ) {
+    let types = infer_types(g, outer_types);
     let ctx = Ctx {
         opts,
-        consts: constant_values(g, outer_consts),
-        types: infer_types(g, outer_types),
+        consts: constant_values(g, outer_consts, &types),
+        types,
     };
     for n in &g.nodes {
         if let Some(kind) = OpKind::of(n) {
@@ -311,9 +342,55 @@ impl Ctx<'_> {
         Ok(format!("int8 weight {}x{}{fp16}", w[0], w[1]))
     }
 
+    /// A recurrent weight's shape: known, or (behind a constant chain that shape inference
+    /// cannot follow) the one the op's attributes and input imply.
+    fn rnn_weight(
+        &self,
+        g: &Graph,
+        n: &Node,
+        idx: usize,
+        what: &str,
+        gates: i64,
+    ) -> Result<Vec<i64>, String> {
+        match self.weight(g, n, idx, what) {
+            Ok(s) => Ok(s),
+            Err(e) if e.ends_with("unknown shape") => {
+                let h = n
+                    .attr::<i64>("hidden_size")
+                    .ok()
+                    .flatten()
+                    .ok_or(e.clone())?;
+                let dirs = if n.attr::<String>("direction").ok().flatten().as_deref()
+                    == Some("bidirectional")
+                {
+                    2
+                } else {
+                    1
+                };
+                let cols = if idx == 2 {
+                    h
+                } else {
+                    let x = self
+                        .types
+                        .get(n.input(0).unwrap_or(""))
+                        .and_then(|t| t.shape.clone())
+                        .ok_or(e.clone())?;
+                    x.last().and_then(|d| d.known()).ok_or(e)?
+                };
+                Ok(vec![dirs, gates * h, cols])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn rnn_verdict(&self, g: &Graph, n: &Node, kind: OpKind) -> Verdict {
-        let w = self.weight(g, n, 1, "W")?;
-        let r = self.weight(g, n, 2, "R")?;
+        let gates = match kind {
+            OpKind::Lstm => 4,
+            OpKind::Gru => 3,
+            _ => 1,
+        };
+        let w = self.rnn_weight(g, n, 1, "W", gates)?;
+        let r = self.rnn_weight(g, n, 2, "R", gates)?;
         if let Some(b) = n.input(3)
             && !self.consts.contains(b)
         {

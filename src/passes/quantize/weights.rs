@@ -97,7 +97,8 @@ pub fn scale_zero_point(min: f32, max: f32, opts: &WeightQuantOptions) -> (f32, 
         (scale, zp)
     };
     let scale32 = scale as f32;
-    if !(scale32 >= f32::MIN_POSITIVE) {
+    // Also catches NaN (a weight holding NaN or inf).
+    if scale32.is_nan() || scale32 < f32::MIN_POSITIVE {
         return (1.0, 0);
     }
     (scale32, zp.clamp(qmin, qmax))
