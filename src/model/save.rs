@@ -79,7 +79,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         let location = format!("{}.data", file_name.to_string_lossy());
         let data_path = dir.join(&location);
         check_not_protected(&data_path, &opts.protect)?;
-        let mut data = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut data = new_temp(&dir)?;
         let mut writer = ExternalWriter {
             location: &location,
             out: std::io::BufWriter::new(data.as_file_mut()),
@@ -124,13 +124,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A temporary file in `dir` with the permissions of a normally created file (tempfile's
+/// default is owner-only, which would carry over to the renamed output).
+fn new_temp(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    b.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
 /// `bytes` in a synced temporary file in `path`'s folder, ready to be renamed to `path`.
 fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut tmp = new_temp(&dir)?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     Ok(tmp)
