@@ -14,7 +14,7 @@
 
 use super::matmul::check_opset;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::quantize_weight;
+use super::weights::{QValues, quantize_weight};
 use crate::ir::attrs::attr_int;
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
@@ -91,10 +91,9 @@ pub fn rewrite_conv(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     } else {
         q.scale_tensor(&w_scale, &[])
     });
-    out.initializers.push({
-        let mut one = q.clone();
-        one.zero_points.truncate(1);
-        one.zero_point_tensor(&w_zp, &[])
+    out.initializers.push(match &q.values {
+        QValues::I8(_) => Tensor::from_vec(&w_zp, &[], vec![q.zero_points[0] as i8]),
+        QValues::U8(_) => Tensor::from_vec(&w_zp, &[], vec![q.zero_points[0] as u8]),
     });
 
     let x_q = names.fresh(&format!("{x}_quantized"));

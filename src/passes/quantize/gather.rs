@@ -40,7 +40,7 @@ pub fn rewrite_gather(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         reduce_range: false,
         ..ctx.weights
     };
-    let q = quantize_weight(view.view(), Some(0), &opts);
+    let mut q = quantize_weight(view.view(), Some(0), &opts);
     let rows = view.shape()[0];
 
     let names = &mut *ctx.names;
@@ -48,7 +48,7 @@ pub fn rewrite_gather(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     let mut out = Replacement::default();
     let t_q = names.fresh(&format!("{table_name}_quantized"));
     let t_scale = names.fresh(&format!("{table_name}_scale"));
-    out.initializers.push(q.values_tensor(&t_q));
+    out.initializers.push(q.take_values_tensor(&t_q));
     out.initializers.push(q.scale_tensor(&t_scale, &[rows]));
 
     let rows_q = names.fresh(&format!("{y}_quantized"));

@@ -49,7 +49,7 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
     let names = &mut *ctx.names;
     let axis = ctx.per_channel.then_some(1);
     let n_cols = l.weight.shape()[1];
-    let q = quantize_weight(l.weight, axis, &ctx.weights);
+    let mut q = quantize_weight(l.weight, axis, &ctx.weights);
     let shape: Vec<usize> = if axis.is_some() { vec![n_cols] } else { vec![] };
     let w_q = names.fresh(&format!("{}_quantized", l.base));
     let w_scale = names.fresh(&format!("{}_scale", l.base));
@@ -59,7 +59,7 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
         let scales: Vec<f32> = q.scales.iter().map(|s| s * l.alpha).collect();
         scale_t = Tensor::from_vec(&w_scale, &shape, scales);
     }
-    out.initializers.push(q.values_tensor(&w_q));
+    out.initializers.push(q.take_values_tensor(&w_q));
     out.initializers.push(scale_t);
     out.initializers.push(q.zero_point_tensor(&w_zp, &shape));
 

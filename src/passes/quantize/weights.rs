@@ -362,6 +362,43 @@ impl QuantizedWeight {
         }
     }
 
+    /// The quantized values as an initializer, moved out without a copy (`values` is left
+    /// empty): the int8 copy of a large table is not duplicated on its way into the model.
+    pub fn take_values_tensor(&mut self, name: &str) -> Tensor {
+        let empty = QValues::I8(ArrayD::zeros(IxDyn(&[0])));
+        let (dims, dtype, bytes) = match std::mem::replace(&mut self.values, empty) {
+            QValues::I8(a) if a.is_standard_layout() => {
+                let dims = a.shape().to_vec();
+                let (v, _) = a.into_raw_vec_and_offset();
+                (
+                    dims,
+                    crate::onnx::tensor_proto::DataType::Int8,
+                    bytemuck::cast_vec::<i8, u8>(v),
+                )
+            }
+            QValues::U8(a) if a.is_standard_layout() => {
+                let dims = a.shape().to_vec();
+                let (v, _) = a.into_raw_vec_and_offset();
+                (dims, crate::onnx::tensor_proto::DataType::Uint8, v)
+            }
+            other => {
+                self.values = other;
+                let t = self.values_tensor(name);
+                self.values = QValues::I8(ArrayD::zeros(IxDyn(&[0])));
+                return t;
+            }
+        };
+        Tensor {
+            proto: crate::onnx::TensorProto {
+                name: Some(name.to_string()),
+                dims: dims.iter().map(|&d| d as i64).collect(),
+                data_type: Some(dtype as i32),
+                raw_data: Some(bytes::Bytes::from(bytes)),
+                ..Default::default()
+            },
+        }
+    }
+
     /// Scales as an initializer of the given shape (`[]` for per-tensor, `[N]` per-axis, or
     /// e.g. `[D, 4H]` for recurrent weights).
     pub fn scale_tensor(&self, name: &str, shape: &[usize]) -> Tensor {
@@ -540,5 +577,8 @@ mod tests {
         );
         let deq = q.dequantize();
         assert!((deq[[1, 0]] + 2.54).abs() < 1e-6);
+        let copied = q.values_tensor("w");
+        let mut q = q;
+        assert_eq!(q.take_values_tensor("w"), copied);
     }
 }
