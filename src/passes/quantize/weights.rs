@@ -365,7 +365,11 @@ impl QuantizedWeight {
     /// The quantized values as an initializer, moved out without a copy (`values` is left
     /// empty): the int8 copy of a large table is not duplicated on its way into the model.
     pub fn take_values_tensor(&mut self, name: &str) -> Tensor {
-        let empty = QValues::I8(ArrayD::zeros(IxDyn(&[0])));
+        // The placeholder keeps the signedness: zero_point_tensor reads it afterwards.
+        let empty = match &self.values {
+            QValues::I8(_) => QValues::I8(ArrayD::zeros(IxDyn(&[0]))),
+            QValues::U8(_) => QValues::U8(ArrayD::zeros(IxDyn(&[0]))),
+        };
         let (dims, dtype, bytes) = match std::mem::replace(&mut self.values, empty) {
             QValues::I8(a) if a.is_standard_layout() => {
                 let dims = a.shape().to_vec();
@@ -382,9 +386,10 @@ impl QuantizedWeight {
                 (dims, crate::onnx::tensor_proto::DataType::Uint8, v)
             }
             other => {
-                self.values = other;
-                let t = self.values_tensor(name);
-                self.values = QValues::I8(ArrayD::zeros(IxDyn(&[0])));
+                let t = match &other {
+                    QValues::I8(a) => Tensor::from_array(name, &a.view()),
+                    QValues::U8(a) => Tensor::from_array(name, &a.view()),
+                };
                 return t;
             }
         };
@@ -580,5 +585,15 @@ mod tests {
         let copied = q.values_tensor("w");
         let mut q = q;
         assert_eq!(q.take_values_tensor("w"), copied);
+        assert_eq!(
+            q.zero_point_tensor("z", &[2]).data_type().unwrap(),
+            crate::onnx::tensor_proto::DataType::Int8
+        );
+        let mut u = quantize_weight(w.view(), None, &opts(WeightType::Uint8, false, false));
+        let _ = u.take_values_tensor("u");
+        assert_eq!(
+            u.zero_point_tensor("z", &[]).data_type().unwrap(),
+            crate::onnx::tensor_proto::DataType::Uint8
+        );
     }
 }
