@@ -218,46 +218,26 @@ pub fn quantize_weight(
                 .unzip()
         }
     };
-    let period = match axis {
-        None => flat.len().max(1),
-        Some(0) => flat.len() / shape[0].max(1),
-        Some(_) => 1,
+    let layout = match axis {
+        None => Layout::Tensor,
+        Some(0) => Layout::Rows(flat.len() / shape[0].max(1)),
+        Some(_) => Layout::Cols(shape[rank - 1]),
     };
-    let channels = scales.len();
-    let quant = |i: usize, v: f32| -> i32 {
-        let c = match axis {
-            None => 0,
-            Some(0) => i / period.max(1),
-            Some(_) => i % channels.max(1),
-        };
-        (round_half_even(v / scales[c]) as i32)
-            .saturating_add(zero_points[c])
-            .clamp(qmin, qmax)
+    let p = Params {
+        scales: &scales,
+        zero_points: &zero_points,
+        qmin,
+        qmax,
     };
-    const CHUNK: usize = 1 << 16;
     let values = match opts.weight_type {
         WeightType::Int8 => {
             let mut out = vec![0i8; flat.len()];
-            out.par_chunks_mut(CHUNK)
-                .zip(flat.par_chunks(CHUNK))
-                .enumerate()
-                .for_each(|(k, (o, v))| {
-                    for (j, (o, &v)) in o.iter_mut().zip(v).enumerate() {
-                        *o = quant(k * CHUNK + j, v) as i8;
-                    }
-                });
+            fill(flat, &mut out, layout, &p, |q| q as i8);
             QValues::I8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
         }
         WeightType::Uint8 => {
             let mut out = vec![0u8; flat.len()];
-            out.par_chunks_mut(CHUNK)
-                .zip(flat.par_chunks(CHUNK))
-                .enumerate()
-                .for_each(|(k, (o, v))| {
-                    for (j, (o, &v)) in o.iter_mut().zip(v).enumerate() {
-                        *o = quant(k * CHUNK + j, v) as u8;
-                    }
-                });
+            fill(flat, &mut out, layout, &p, |q| q as u8);
             QValues::U8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
         }
     };
@@ -266,6 +246,86 @@ pub fn quantize_weight(
         scales,
         zero_points,
         axis,
+    }
+}
+
+/// Which scale each element of a contiguous weight uses.
+#[derive(Clone, Copy)]
+enum Layout {
+    Tensor,
+    /// One per row of this many elements.
+    Rows(usize),
+    /// One per column of a row-major matrix with this many columns.
+    Cols(usize),
+}
+
+struct Params<'a> {
+    scales: &'a [f32],
+    zero_points: &'a [i32],
+    qmin: i32,
+    qmax: i32,
+}
+
+/// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer,
+/// ties to even (the default rounding mode), without a libm call.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `clamp(round_half_even(v / scale) + zp, qmin, qmax)`, vectorizable. Magnitudes of 2^22
+/// and more are clamped whatever their rounding, and NaN becomes 0 as `as i32` makes it.
+#[inline(always)]
+fn quantize_one(v: f32, scale: f32, zp: i32, qmin: i32, qmax: i32) -> i32 {
+    let x = v / scale;
+    let r = if x.abs() < 4_194_304.0 {
+        (x + ROUND_MAGIC) - ROUND_MAGIC
+    } else {
+        x
+    };
+    (r as i32).saturating_add(zp).clamp(qmin, qmax)
+}
+
+fn fill<T: Copy + Send>(
+    flat: &[f32],
+    out: &mut [T],
+    layout: Layout,
+    p: &Params,
+    conv: impl Fn(i32) -> T + Sync,
+) {
+    const CHUNK: usize = 1 << 16;
+    let (qmin, qmax) = (p.qmin, p.qmax);
+    match layout {
+        Layout::Tensor => {
+            let (s, z) = (p.scales[0], p.zero_points[0]);
+            out.par_chunks_mut(CHUNK)
+                .zip(flat.par_chunks(CHUNK))
+                .for_each(|(o, v)| {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = conv(quantize_one(v, s, z, qmin, qmax));
+                    }
+                });
+        }
+        Layout::Rows(row) if row > 0 => {
+            out.par_chunks_mut(row)
+                .zip(flat.par_chunks(row))
+                .zip(p.scales.par_iter().zip(p.zero_points.par_iter()))
+                .with_min_len((CHUNK / row).max(1))
+                .for_each(|((o, v), (&s, &z))| {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = conv(quantize_one(v, s, z, qmin, qmax));
+                    }
+                });
+        }
+        Layout::Cols(cols) if cols > 0 => {
+            let (ss, zs) = (&p.scales[..cols], &p.zero_points[..cols]);
+            out.par_chunks_mut(cols)
+                .zip(flat.par_chunks(cols))
+                .with_min_len((CHUNK / cols).max(1))
+                .for_each(|(o, v)| {
+                    for (((o, &v), &s), &z) in o.iter_mut().zip(v).zip(ss).zip(zs) {
+                        *o = conv(quantize_one(v, s, z, qmin, qmax));
+                    }
+                });
+        }
+        _ => {}
     }
 }
 
@@ -532,6 +592,45 @@ mod tests {
         assert_eq!(q.values, QValues::I8(arr2(&[[-64i8, 32]]).into_dyn()));
         let q = quantize_weight(w.view(), None, &opts(WeightType::Uint8, true, false));
         assert_eq!(q.zero_points, vec![128]);
+    }
+
+    #[test]
+    fn magic_rounding_matches_round_half_even() {
+        let specials = [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            126.5,
+            127.5,
+            -127.5,
+            -128.5,
+            0.49999997,
+            4_194_303.5,
+            4_194_304.0,
+            1e9,
+            -1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.0,
+            1e-30,
+        ];
+        let mut state = 7u32;
+        let randoms = (0..100_000).map(|_| {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 600.0
+        });
+        for v in specials.into_iter().chain(randoms) {
+            for (qmin, qmax, zp) in [(-128, 127, 0), (0, 255, 128), (-64, 64, 0), (0, 255, 3)] {
+                let want = (round_half_even(v / 1.0) as i32)
+                    .saturating_add(zp)
+                    .clamp(qmin, qmax);
+                assert_eq!(quantize_one(v, 1.0, zp, qmin, qmax), want, "{v}");
+            }
+        }
     }
 
     #[test]
