@@ -8,7 +8,8 @@ Usage: bench_rewrite.py [--bin target/release/onnx-dynq] [--lm /tmp/bench_lm.onn
 The LM is generated with `fixtures/make_fixtures.py --bench-lm PATH` (needs torch) when it
 does not exist. Each tool runs in its own process, per tensor and per channel, `--repeat`
 times (best time, max RSS kept), in one run of this script: these machines are noisy, so
-only the ratios are meaningful. Wall time covers our whole process (load, quantize, save)
+only the ratios are meaningful. CPU seconds (user + system) of each whole process are
+printed too: they suffer less from a busy machine than wall time. Wall time covers our whole process (load, quantize, save)
 but only the `quantize_dynamic` call for the incumbent; peak RSS is the whole process for
 both (the incumbent's includes Python and onnxruntime themselves). Targets (issue 4): at
 least 25x faster, and peak RSS at most 1.5x the input file.
@@ -30,17 +31,18 @@ p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
 wall = time.perf_counter() - t
 if p.returncode:
     sys.stderr.write(p.stderr); sys.exit(p.returncode)
-print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(wall, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime)
 print(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "")
 """
 
 
 def measure(cmd):
-    """(wall seconds, peak RSS bytes, last stdout line) of one child process."""
+    """(wall seconds, peak RSS bytes, CPU seconds, last stdout line) of one child process."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], check=True,
                          stdout=subprocess.PIPE, text=True).stdout.splitlines()
-    wall, rss = out[0].split()
-    return float(wall), int(rss), out[1] if len(out) > 1 else ""
+    wall, rss, cpu = out[0].split()
+    return float(wall), int(rss), float(cpu), out[1] if len(out) > 1 else ""
 
 
 def main():
@@ -68,12 +70,13 @@ def main():
             best = {}
             for _ in range(a.repeat):
                 for name, cmd in (("ours", ours), ("incumbent", inc)):
-                    wall, rss, last = measure(cmd)
+                    wall, rss, cpu, last = measure(cmd)
                     if name == "incumbent":
                         wall = float(last)  # the quantize_dynamic call alone
                     out = ours_out if name == "ours" else inc_out
-                    b = best.setdefault(name, {"seconds": wall, "peak_rss": rss})
+                    b = best.setdefault(name, {"seconds": wall, "peak_rss": rss, "process_cpu_seconds": cpu})
                     b["seconds"] = min(b["seconds"], wall)
+                    b["process_cpu_seconds"] = min(b["process_cpu_seconds"], cpu)
                     b["peak_rss"] = max(b["peak_rss"], rss)
                     b["output_bytes"] = os.path.getsize(out) + (
                         os.path.getsize(out + ".data") if os.path.exists(out + ".data") else 0)
@@ -81,9 +84,11 @@ def main():
             r["speedup"] = r["incumbent_seconds"] / r["ours_seconds"]
             r["ours_rss_over_input"] = r["ours_peak_rss"] / size
             rows.append(r)
-            print(f"{label:12s} ours {r['ours_seconds']:.3f} s, {r['ours_peak_rss'] / 1e6:.0f} MB RSS "
+            print(f"{label:12s} ours {r['ours_seconds']:.3f} s (cpu {r['ours_process_cpu_seconds']:.3f} s), "
+                  f"{r['ours_peak_rss'] / 1e6:.0f} MB RSS "
                   f"({r['ours_rss_over_input']:.2f}x input), out {r['ours_output_bytes'] / 1e6:.1f} MB | "
-                  f"incumbent {r['incumbent_seconds']:.3f} s, {r['incumbent_peak_rss'] / 1e6:.0f} MB RSS, "
+                  f"incumbent {r['incumbent_seconds']:.3f} s (process cpu {r['incumbent_process_cpu_seconds']:.3f} s), "
+                  f"{r['incumbent_peak_rss'] / 1e6:.0f} MB RSS, "
                   f"out {r['incumbent_output_bytes'] / 1e6:.1f} MB | speedup {r['speedup']:.1f}x")
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=1)

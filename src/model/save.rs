@@ -190,6 +190,23 @@ unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
         }
     }
 
+    fn put_slice(&mut self, src: &[u8]) {
+        // Large payloads (tensor data) go straight to the file instead of through the buffer.
+        if src.len() >= STREAM_BUF / 4 {
+            self.drain();
+            if self.err.is_none()
+                && let Err(e) = self.out.write_all(src)
+            {
+                self.err = Some(e);
+            }
+        } else {
+            if self.buf.capacity() - self.buf.len() < src.len() {
+                self.drain();
+            }
+            self.buf.extend_from_slice(src);
+        }
+    }
+
     fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
         if self.buf.len() == self.buf.capacity() {
             self.drain();

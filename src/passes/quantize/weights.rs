@@ -104,15 +104,32 @@ pub fn scale_zero_point(min: f32, max: f32, opts: &WeightQuantOptions) -> (f32, 
     (scale32, zp.clamp(qmin, qmax))
 }
 
+/// Smallest and largest value of a chunk, ignoring NaN like `f32::min`, written as selects
+/// over 16 lanes so that it compiles to packed min/max instructions.
+fn chunk_min_max(c: &[f32], init: (f32, f32)) -> (f32, f32) {
+    let mut lo = [init.0; 16];
+    let mut hi = [init.1; 16];
+    let mut it = c.chunks_exact(16);
+    for b in &mut it {
+        for k in 0..16 {
+            lo[k] = if b[k] < lo[k] { b[k] } else { lo[k] };
+            hi[k] = if b[k] > hi[k] { b[k] } else { hi[k] };
+        }
+    }
+    let (mut l, mut h) = init;
+    for &v in lo.iter().chain(it.remainder()) {
+        l = l.min(v);
+    }
+    for &v in hi.iter().chain(it.remainder()) {
+        h = h.max(v);
+    }
+    (l, h)
+}
+
 fn min_max(values: &[f32]) -> (f32, f32) {
     values
         .par_chunks(1 << 16)
-        .map(|c| {
-            c.iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                })
-        })
+        .map(|c| chunk_min_max(c, (f32::INFINITY, f32::NEG_INFINITY)))
         .reduce(
             || (f32::INFINITY, f32::NEG_INFINITY),
             |a, b| (a.0.min(b.0), a.1.max(b.1)),
@@ -170,10 +187,9 @@ pub fn quantize_weight(
                     .unzip()
             } else {
                 flat.par_chunks(row)
+                    .with_min_len((1 << 14) / row.max(1) + 1)
                     .map(|v| {
-                        let (lo, hi) = v
-                            .iter()
-                            .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                        let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
                         scale_zero_point(lo, hi, opts)
                     })
                     .collect::<Vec<_>>()
