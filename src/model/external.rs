@@ -178,9 +178,6 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     }
     // SAFETY: the map is read-only. Another process truncating the file while it is mapped
     // would fault, as with any memory-mapped reader; model files are not edited in place.
-    // Populated up front: one kernel call maps every page instead of a fault per page (the
-    // passes read every weight anyway).
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(|e| Error::io(path, e))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Bytes::from_owner(map))
 }
