@@ -2,8 +2,15 @@
 //!
 //! The word-LM bar (issue 4): with the embedding, the LSTMs and the decoder quantized, the
 //! file is >= 3.9x smaller, the logits have cosine >= 0.999 and the top-1 prediction agrees
-//! on >= 99% of positions. The size assertion needs the LSTM rewriter (branch `quant-rnn`);
-//! until it is merged, the placeholder reports "not merged yet" and only that assertion waits.
+//! on >= 99% of positions.
+//!
+//! The size ratio depends on the model's shape: the float vectors that stay (decoder bias,
+//! per-row table scales, LSTM biases) grow with the vocabulary like the int8 data, so the
+//! ratio is about `4 / (1 + 4 / emb)`: 3.97 for the tutorial's emb 512, 3.76 for the
+//! fixture's emb 64 (where the incumbent reaches 3.78). So 3.9x is checked on a
+//! tutorial-shaped LM built here, and the fixture must be as small as the incumbent's output
+//! within 2%. Size assertions need the LSTM rewriter (branch `quant-rnn`); until it is
+//! merged, the placeholder reports "not merged yet" and only those assertions wait.
 
 mod common;
 
@@ -79,12 +86,82 @@ fn word_lm_meets_the_accuracy_and_size_bar() {
         }
         let before = std::fs::metadata(&model).unwrap().len() as f64;
         let after = std::fs::metadata(&out).unwrap().len() as f64;
+        let inc = dir.path().join("incumbent.onnx");
+        py(
+            "import sys\nfrom onnxruntime.quantization import quantize_dynamic\nquantize_dynamic(sys.argv[1], sys.argv[2], per_channel=sys.argv[3] == '1')",
+            &[
+                model.to_str().unwrap(),
+                inc.to_str().unwrap(),
+                if extra.is_empty() { "0" } else { "1" },
+            ],
+        );
+        let incumbent = std::fs::metadata(&inc).unwrap().len() as f64;
         assert!(
-            before / after >= 3.9,
+            after <= incumbent * 1.02,
+            "{extra:?}: {after} bytes vs the incumbent's {incumbent}"
+        );
+        assert!(
+            before / after >= 3.7,
             "{extra:?}: only {:.2}x smaller",
             before / after
         );
     }
+}
+
+/// Writes a word LM with the tutorial's shape but a smaller vocabulary (4000 x 512 embedding,
+/// 2-layer LSTM 256, Linear 256 -> 4000; 17.5 MB) with random weights, and sample inputs.
+const MAKE_TUTORIAL_LM: &str = r#"
+import sys, numpy as np, onnx
+from onnx import helper as h, TensorProto as T, numpy_helper as nh
+d = sys.argv[1]
+rng = np.random.default_rng(3)
+V, E, H, S, B = 4000, 512, 256, 35, 4
+def u(*shape, a=0.1):
+    return rng.uniform(-a, a, shape).astype(np.float32)
+inits = [nh.from_array(u(V, E), "emb"), nh.from_array(u(H, V), "dec_w"), nh.from_array(u(V), "dec_b"),
+         nh.from_array(np.array([1], np.int64), "axis1")]
+nodes = [h.make_node("Gather", ["emb", "input"], ["x0"], name="encoder")]
+x, n_in = "x0", E
+for l in range(2):
+    inits += [nh.from_array(u(1, 4 * H, n_in), f"W{l}"), nh.from_array(u(1, 4 * H, H), f"R{l}"),
+              nh.from_array(u(1, 8 * H), f"B{l}")]
+    nodes += [h.make_node("LSTM", [x, f"W{l}", f"R{l}", f"B{l}"], [f"y{l}"], name=f"lstm{l}", hidden_size=H),
+              h.make_node("Squeeze", [f"y{l}", "axis1"], [f"x{l + 1}"])]
+    x, n_in = f"x{l + 1}", H
+nodes += [h.make_node("MatMul", [x, "dec_w"], ["mm"], name="decoder"), h.make_node("Add", ["mm", "dec_b"], ["logits"])]
+g = h.make_graph(nodes, "lm", [h.make_tensor_value_info("input", T.INT64, [S, "batch"])],
+                 [h.make_tensor_value_info("logits", T.FLOAT, [S, "batch", V])], inits)
+m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+onnx.checker.check_model(m, full_check=True)
+onnx.save(m, d + "/tutorial_lm.onnx")
+np.savez(d + "/tutorial_lm.npz", **{"input.input": rng.integers(0, V, (S, B)).astype(np.int64)})
+"#;
+
+#[test]
+fn tutorial_shaped_lm_is_at_least_3_9x_smaller() {
+    let dir = tempfile::tempdir().unwrap();
+    py(MAKE_TUTORIAL_LM, &[dir.path().to_str().unwrap()]);
+    let model = dir.path().join("tutorial_lm.onnx");
+    let out = dir.path().join("q.onnx");
+    let report = dir.path().join("q.json");
+    rewrite(&model, &out, &["--report", report.to_str().unwrap()]);
+    let v = compare(&out, &model, Some(&dir.path().join("tutorial_lm.npz")));
+    assert!(min_cos(&v) >= 0.999, "{v}");
+    let r = read_report(&report);
+    let nodes = r["nodes"].as_array().unwrap();
+    for n in nodes.iter().filter(|n| n["op_type"] != "LSTM") {
+        assert_eq!(n["quantized"], true, "{n}");
+    }
+    if nodes
+        .iter()
+        .any(|n| n["reason"].as_str().unwrap().contains("not merged yet"))
+    {
+        eprintln!("LSTM rewriter not merged yet: size bar (>= 3.9x) not checked");
+        return;
+    }
+    let before = std::fs::metadata(&model).unwrap().len() as f64;
+    let after = std::fs::metadata(&out).unwrap().len() as f64;
+    assert!(before / after >= 3.9, "only {:.3}x smaller", before / after);
 }
 
 /// Gathers every row of the word LM's embedding through our table and through the
