@@ -8,6 +8,7 @@ pub mod error;
 pub mod inspect;
 pub mod ir;
 pub mod model;
+pub mod npy;
 pub mod onnx;
 pub mod passes;
 pub mod runtime;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod cli_run;
 #[path = "cli/rewrite.rs"]
 mod rewrite_cmd;
 
@@ -31,6 +32,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Quantize a model's weights to int8 (activations quantized at run time).
     Rewrite(rewrite_cmd::RewriteArgs),
+    /// Run a model with the built-in runtime and summarize its outputs.
+    Run(cli_run::RunArgs),
 }
 
 #[derive(Args)]
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Rewrite(a) => rewrite_cmd::run(a),
+        Command::Run(a) => cli_run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,8 @@ use crate::ir::shape::{ValueType, infer_types};
 use crate::ir::{Graph, Node};
 use crate::onnx::tensor_proto::DataType;
 
+use super::recurrent_common::{RnnKind, scan_form_limit};
+
 pub const DEFAULT_MIN_WEIGHT_ELEMENTS: usize = 16_384;
 pub const DEFAULT_MIN_INNER_DIM: usize = 64;
 
@@ -400,19 +402,16 @@ impl Ctx<'_> {
         let numel = w.iter().product::<i64>() + r.iter().product::<i64>();
         self.size_check(numel, None)?;
         let mode = self.opts.lstm_mode;
-        let acts = n.attr::<Vec<String>>("activations").ok().flatten();
-        let default_acts: &[&str] = match kind {
-            OpKind::Lstm => &["Sigmoid", "Tanh", "Tanh"],
-            OpKind::Gru => &["Sigmoid", "Tanh"],
-            _ => &["Tanh"],
+        let rk = match kind {
+            OpKind::Lstm => RnnKind::Lstm,
+            OpKind::Gru => RnnKind::Gru,
+            _ => RnnKind::Rnn,
         };
-        let custom_acts = acts.as_ref().is_some_and(|a| {
-            a.chunks(default_acts.len()).any(|c| {
-                c.iter()
-                    .zip(default_acts)
-                    .any(|(x, d)| !x.eq_ignore_ascii_case(d))
-            })
-        });
+        let layout = if n.attr::<i64>("layout").ok().flatten().unwrap_or(0) == 1 {
+            ", layout 1 via Transposes"
+        } else {
+            ""
+        };
         let effective = if kind != OpKind::Lstm && mode == LstmMode::Ort {
             // onnxruntime has no int8 GRU/RNN op: the portable form is used.
             LstmMode::Onnx
@@ -420,49 +419,37 @@ impl Ctx<'_> {
             mode
         };
         match effective {
-            LstmMode::Ort => {
-                if custom_acts {
-                    return Err("custom activations: DynamicQuantizeLSTM accepts them but onnxruntime implements only the defaults reliably; use --lstm weight-only".into());
-                }
-                if n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0 {
-                    return Err("input_forget=1 is not supported by DynamicQuantizeLSTM".into());
-                }
-                Ok(format!(
-                    "DynamicQuantizeLSTM (int8 W {:?}, R {:?}){fp16}",
-                    w, r
-                ))
-            }
+            // DynamicQuantizeLSTM runs the float LSTM's code for activations, clip,
+            // input_forget, sequence_lens and peepholes (tests/rewrite_rnn.rs checks them
+            // against the float LSTM in onnxruntime).
+            LstmMode::Ort => Ok(format!(
+                "DynamicQuantizeLSTM (int8 W {:?}, R {:?}){layout}{fp16}",
+                w, r
+            )),
             LstmMode::Onnx => {
-                if custom_acts {
-                    return Err("custom activations are not expressed by the Scan form; use --lstm weight-only".into());
-                }
-                if n.attr::<f32>("clip").ok().flatten().is_some() {
-                    return Err(
-                        "clip is not expressed by the Scan form; use --lstm weight-only".into(),
-                    );
-                }
-                if n.input(4).is_some() {
-                    return Err(
-                        "sequence_lens is not honoured by the Scan form; use --lstm weight-only"
-                            .into(),
-                    );
-                }
-                if kind == OpKind::Lstm && n.input(7).is_some() {
-                    return Err(
-                        "peepholes are not expressed by the Scan form; use --lstm weight-only"
-                            .into(),
-                    );
+                if let Some(why) = scan_form_limit(n, rk) {
+                    let alt = if kind == OpKind::Lstm {
+                        "--lstm ort or weight-only"
+                    } else {
+                        "--lstm weight-only"
+                    };
+                    return Err(format!("{why}; use {alt}"));
                 }
                 if kind == OpKind::Lstm
-                    && n.attr::<i64>("input_forget").ok().flatten().unwrap_or(0) != 0
+                    && let Some(p) = n.input(7)
+                    && !self.consts.contains(p)
                 {
-                    return Err(
-                        "input_forget=1 is not expressed by the Scan form; use --lstm weight-only"
-                            .into(),
-                    );
+                    return Err(format!(
+                        "peepholes '{p}' are not a constant (the Scan form needs them)"
+                    ));
                 }
+                let via = if mode == LstmMode::Ort {
+                    " (onnxruntime has no int8 GRU/RNN op)"
+                } else {
+                    ""
+                };
                 Ok(format!(
-                    "standard-op Scan form (int8 W {:?}, R {:?}){fp16}",
+                    "standard-op Scan form{via} (int8 W {:?}, R {:?}){layout}{fp16}",
                     w, r
                 ))
             }

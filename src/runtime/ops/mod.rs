@@ -5,11 +5,24 @@
 //! An op is built once per node (attributes parsed, constant inputs prepared) and run many
 //! times.
 
+pub mod activation;
+pub mod control_flow;
+pub mod conv;
+pub mod data;
+pub mod elementwise;
+pub mod linalg;
+pub mod normalization;
+pub mod reduce;
+pub mod rnn;
+pub mod util;
+
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use crate::error::Result;
-use crate::ir::Node;
+use crate::ir::{Graph, Node};
 
+use super::session::Options;
 use super::value::Value;
 
 /// A planned operator instance.
@@ -29,10 +42,24 @@ pub struct BuildCtx<'a> {
 
 pub type Builder = fn(&Node, &BuildCtx) -> Result<Box<dyn Op>>;
 
+/// What a builder of a node with subgraphs (If, Loop, Scan) needs to plan them as child
+/// sessions.
+pub struct Scope<'a> {
+    /// Opset version by domain ("" for the default domain) of the enclosing model.
+    pub opsets: &'a HashMap<String, i64>,
+    /// The outer-scope values the node's subgraphs read, sorted. The session appends their
+    /// values, in this order, after the node's own inputs when it runs the op.
+    pub outer: &'a [String],
+    pub options: &'a Options,
+}
+
+pub type ScopedBuilder = fn(&Node, &BuildCtx, &Scope) -> Result<Box<dyn Op>>;
+
 /// Op builders by (domain, op_type).
 #[derive(Default)]
 pub struct Registry {
     builders: HashMap<(String, String), Builder>,
+    scoped: HashMap<(String, String), ScopedBuilder>,
 }
 
 impl Registry {
@@ -46,6 +73,65 @@ impl Registry {
             .get(&(domain.to_string(), op_type.to_string()))
             .copied()
     }
+
+    /// Registers a builder for an op with subgraphs.
+    pub fn register_scoped(&mut self, domain: &str, op_type: &str, b: ScopedBuilder) {
+        self.scoped
+            .insert((domain.to_string(), op_type.to_string()), b);
+    }
+
+    pub fn get_scoped(&self, domain: &str, op_type: &str) -> Option<ScopedBuilder> {
+        self.scoped
+            .get(&(domain.to_string(), op_type.to_string()))
+            .copied()
+    }
+
+    /// Whether some builder handles this op.
+    pub fn supports(&self, domain: &str, op_type: &str) -> bool {
+        let key = (domain.to_string(), op_type.to_string());
+        self.builders.contains_key(&key) || self.scoped.contains_key(&key)
+    }
+
+    /// Ops of `graph` and its subgraphs that no builder handles, as `(op_type, node)` pairs
+    /// (`op_type` is prefixed with its domain outside the default one).
+    pub fn unsupported(&self, graph: &Graph) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        graph.visit(&mut |g| {
+            for n in &g.nodes {
+                if !self.supports(n.domain(), n.op_type()) {
+                    let op = match n.domain() {
+                        "" => n.op_type().to_string(),
+                        d => format!("{d}.{}", n.op_type()),
+                    };
+                    out.push((op, n.display_name().to_string()));
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Registers every op family this build implements.
+pub fn register_all(r: &mut Registry) {
+    data::register(r);
+    elementwise::register(r);
+    activation::register(r);
+    reduce::register(r);
+    linalg::register(r);
+    normalization::register(r);
+    control_flow::register(r);
+    rnn::register(r);
+    conv::register(r);
+}
+
+/// The registry sessions use: every family, built once.
+pub fn default_registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut r = Registry::default();
+        register_all(&mut r);
+        r
+    })
 }
 
 /// A closure-backed op, for ops whose planning is just parsing attributes.

@@ -1,0 +1,162 @@
+//! AVX2 kernel, exact for all 8-bit inputs: B is stored widened to i16 (at packing time) and A
+//! is widened to u16 per call, so `vpmaddwd` forms i16 × i16 pair sums in i32 (at most
+//! 2·255·128, far from overflow). `vpmaddubsw` would be twice as dense but saturates its i16
+//! pair sums once both operands use their full 8 bits (255·127·2 > 32767).
+//!
+//! Tile: 4 rows × 16 columns = 8 ymm accumulators, 2 B vectors, 1 A broadcast, 1 product.
+
+// Indexed loops over the const-size register tile read like the math and unroll fully.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::pack::Data;
+use super::{Job, Out};
+
+/// Columns per panel.
+pub(crate) const NR: usize = 16;
+/// ymm vectors per tile row.
+const NV: usize = NR / 8;
+/// Rows per full tile.
+const MR: usize = 4;
+
+/// Computes output panels `p0..p1` (all rows).
+///
+/// # Safety
+/// The CPU must support AVX2 and `job` must be validated, with B packed for this kernel and
+/// `job.a16` holding A widened.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn run_panels(job: &Job, p0: usize, p1: usize) {
+    let Data::Wide(wide) = &job.b.data else {
+        unreachable!("AVX2 kernel on a B packed for another kernel");
+    };
+    let pairs = job.k.div_ceil(2);
+    let n = job.b.n();
+    for p in p0..p1 {
+        // SAFETY: panel p holds pairs * 32 values.
+        let bp = unsafe { wide.as_ptr().add(p * pairs * 32) };
+        let n0 = p * NR;
+        let ncols = NR.min(n - n0);
+        let mut m0 = 0;
+        // SAFETY (all tiles): rows m0..m0 + R are < m; stores are limited to ncols.
+        while m0 + MR <= job.m {
+            unsafe { tile::<MR>(job, bp, m0, n0, ncols) };
+            m0 += MR;
+        }
+        match job.m - m0 {
+            1 => unsafe { tile::<1>(job, bp, m0, n0, ncols) },
+            2 => unsafe { tile::<2>(job, bp, m0, n0, ncols) },
+            3 => unsafe { tile::<3>(job, bp, m0, n0, ncols) },
+            _ => {}
+        }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tile<const R: usize>(job: &Job, bp: *const i16, m0: usize, n0: usize, ncols: usize) {
+    let pairs = job.k.div_ceil(2);
+    let mut acc = [[_mm256_setzero_si256(); NV]; R];
+    let a_rows: [*const u16; R] =
+        std::array::from_fn(|r| unsafe { job.a16.as_ptr().add((m0 + r) * pairs * 2) });
+    let mut b = bp;
+    for q in 0..pairs {
+        // SAFETY: pair q lies inside the panel and inside each padded A row.
+        unsafe {
+            let bv: [__m256i; NV] =
+                std::array::from_fn(|j| _mm256_loadu_si256(b.add(16 * j).cast()));
+            for r in 0..R {
+                let av = _mm256_set1_epi32(a_rows[r].add(2 * q).cast::<i32>().read_unaligned());
+                for j in 0..NV {
+                    acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(av, bv[j]));
+                }
+            }
+            b = b.add(16 * NV);
+        }
+    }
+    // Hand the sums over through memory: the epilogue's data-dependent loops would otherwise
+    // keep `acc` on the stack, and LLVM then spills every accumulator inside the K loop.
+    let mut sums = [[0i32; NR]; R];
+    for r in 0..R {
+        for j in 0..NV {
+            // SAFETY: sums[r] has room for NV vectors.
+            unsafe { _mm256_storeu_si256(sums[r].as_mut_ptr().add(8 * j).cast(), acc[r][j]) };
+        }
+    }
+    unsafe { epilogue::<R>(job, &sums, m0, n0, ncols) };
+}
+
+/// Zero-point correction and output; partial vectors go through [`Job::store_scalar`], which
+/// computes the same expression.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn epilogue<const R: usize>(
+    job: &Job,
+    sums: &[[i32; NR]; R],
+    m0: usize,
+    n0: usize,
+    ncols: usize,
+) {
+    let n = job.b.n();
+    for j in 0..NV {
+        let c = n0 + 8 * j;
+        if c >= n0 + ncols {
+            break;
+        }
+        let left = n0 + ncols - c;
+        if left < 8 {
+            for (r, sums_r) in sums.iter().enumerate() {
+                for (i, &v) in sums_r[8 * j..8 * j + left].iter().enumerate() {
+                    // SAFETY: row and columns are in range.
+                    unsafe { job.store_scalar(m0 + r, c + i, v) };
+                }
+            }
+            continue;
+        }
+        // SAFETY: full vector: columns c..c + 8 are < n; col_adj and zb are padded anyway.
+        unsafe {
+            let adj = _mm256_loadu_si256(job.b.col_adj.as_ptr().add(c).cast());
+            let zb = _mm256_loadu_si256(job.b.zb.as_ptr().add(c).cast());
+            for (r, sums_r) in sums.iter().enumerate() {
+                let row = m0 + r;
+                let mut corr = _mm256_sub_epi32(
+                    _mm256_loadu_si256(sums_r.as_ptr().add(8 * j).cast()),
+                    _mm256_mullo_epi32(_mm256_set1_epi32(job.za(row)), adj),
+                );
+                if job.b.has_zb {
+                    corr = _mm256_sub_epi32(
+                        corr,
+                        _mm256_mullo_epi32(_mm256_set1_epi32(job.row_sum(row)), zb),
+                    );
+                }
+                match job.out {
+                    Out::I32(ptr) => _mm256_storeu_si256(ptr.add(row * n + c).cast(), corr),
+                    Out::F32 {
+                        ptr,
+                        a_scale,
+                        b_scales,
+                        bias,
+                        relu,
+                    } => {
+                        let scale = if b_scales.len() == 1 {
+                            _mm256_set1_ps(a_scale * b_scales[0])
+                        } else {
+                            _mm256_mul_ps(
+                                _mm256_set1_ps(a_scale),
+                                _mm256_loadu_ps(b_scales.as_ptr().add(c)),
+                            )
+                        };
+                        let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), scale);
+                        if let Some(bias) = bias {
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(bias.as_ptr().add(c)));
+                        }
+                        if relu {
+                            v = _mm256_max_ps(v, _mm256_setzero_ps());
+                        }
+                        _mm256_storeu_ps(ptr.add(row * n + c), v);
+                    }
+                }
+            }
+        }
+    }
+}

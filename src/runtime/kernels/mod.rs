@@ -1,0 +1,4 @@
+//! Compute kernels the ops call: dense matrix products, float and int8.
+
+pub mod gemm_f32;
+pub mod gemm_i8;

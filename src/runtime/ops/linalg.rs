@@ -1,0 +1,309 @@
+//! Matrix products.
+//!
+//! - `MatMul` (1, 9, 13): numpy `matmul` semantics: a 1-D first operand is promoted to a row
+//!   (and the dim removed after), a 1-D second operand to a column; leading batch dims
+//!   broadcast. f32/f64 through the GEMM kernel (an A with batch dims times a 2-D B is one
+//!   product over the folded rows); f16 in f32 and rounded back; i32/i64 with wrapping
+//!   arithmetic.
+//! - `Gemm` (7, 9, 11, 13): `Y = alpha · A' · B' + beta · C`, where `A' = A^T` when `transA`,
+//!   `B' = B^T` when `transB` (transposes are strides, not copies), and C (optional since 11)
+//!   broadcasts unidirectionally to `[M, N]`. Float types only.
+
+use half::f16;
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix2, IxDyn};
+
+use crate::error::Result;
+use crate::ir::Node;
+use crate::runtime::Value;
+use crate::runtime::kernels::gemm_f32::{GemmElem, gemm};
+
+use super::util::{broadcast_shape, bview, dname, err, opt, req, standard};
+use super::{BuildCtx, FnOp, Op, Registry};
+
+/// Runs `f(a_i, b_i, out_i)` for every broadcast batch entry; returns the `[batch.., M, N]`
+/// result.
+fn batched<T: Copy + Default>(
+    a: &ArrayD<T>,
+    b: &ArrayD<T>,
+    f: impl Fn(&ArrayView2<T>, &ArrayView2<T>, &mut ArrayViewMut2<T>),
+) -> Result<ArrayD<T>> {
+    let (ra, rb) = (a.ndim(), b.ndim());
+    if ra == 0 || rb == 0 {
+        return Err(err("MatMul operands must have rank at least 1"));
+    }
+    let av = if ra == 1 {
+        a.view().insert_axis(Axis(0))
+    } else {
+        a.view()
+    };
+    let bv = if rb == 1 {
+        b.view().insert_axis(Axis(1))
+    } else {
+        b.view()
+    };
+    let (m, k) = (av.shape()[av.ndim() - 2], av.shape()[av.ndim() - 1]);
+    let (k2, n) = (bv.shape()[bv.ndim() - 2], bv.shape()[bv.ndim() - 1]);
+    if k != k2 {
+        return Err(err(format!(
+            "inner dimensions differ: {:?} x {:?}",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    let batch = broadcast_shape(&av.shape()[..av.ndim() - 2], &bv.shape()[..bv.ndim() - 2])?;
+    let nb: usize = batch.iter().product();
+    let mut out_shape = batch.clone();
+    out_shape.extend([m, n]);
+    let mut out = ArrayD::<T>::default(IxDyn(&out_shape));
+    if bv.ndim() == 2 && av.is_standard_layout() {
+        // Fold A's batch dims into its rows: one large product instead of many small ones.
+        let a2 = av
+            .into_shape_with_order((nb * m, k))
+            .map_err(|e| err(e.to_string()))?;
+        let b2 = bv
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| err(e.to_string()))?;
+        let mut o2 = out
+            .view_mut()
+            .into_shape_with_order((nb * m, n))
+            .map_err(|e| err(e.to_string()))?;
+        f(&a2, &b2, &mut o2);
+    } else {
+        let mut full_a = batch.clone();
+        full_a.extend([m, k]);
+        let mut full_b = batch.clone();
+        full_b.extend([k, n]);
+        let ab = av
+            .broadcast(IxDyn(&full_a))
+            .ok_or_else(|| err("cannot broadcast A"))?;
+        let bb = bv
+            .broadcast(IxDyn(&full_b))
+            .ok_or_else(|| err("cannot broadcast B"))?;
+        let mut o3 = out
+            .view_mut()
+            .into_shape_with_order((nb, m, n))
+            .map_err(|e| err(e.to_string()))?;
+        for (j, idx) in ndarray::indices(IxDyn(&batch)).into_iter().enumerate() {
+            let mut sa = ab.view();
+            let mut sb = bb.view();
+            for d in 0..batch.len() {
+                sa = sa.index_axis_move(Axis(0), idx[d]);
+                sb = sb.index_axis_move(Axis(0), idx[d]);
+            }
+            let sa = sa
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| err(e.to_string()))?;
+            let sb = sb
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| err(e.to_string()))?;
+            f(&sa, &sb, &mut o3.index_axis_mut(Axis(0), j));
+        }
+    }
+    // Drop the promoted dims of 1-D operands.
+    let mut final_shape = batch;
+    if ra > 1 {
+        final_shape.push(m);
+    }
+    if rb > 1 {
+        final_shape.push(n);
+    }
+    out.into_shape_with_order(IxDyn(&final_shape))
+        .map_err(|e| err(e.to_string()))
+}
+
+fn float_mm<T: GemmElem + Default + PartialEq>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>> {
+    batched(a, b, |x, y, o| gemm(T::one(), x, y, T::zero(), o))
+}
+
+macro_rules! int_mm {
+    ($t:ty) => {
+        |x: &ArrayView2<$t>, y: &ArrayView2<$t>, o: &mut ArrayViewMut2<$t>| {
+            for ((i, j), v) in o.indexed_iter_mut() {
+                let mut acc: $t = 0;
+                for p in 0..x.ncols() {
+                    acc = acc.wrapping_add(x[[i, p]].wrapping_mul(y[[p, j]]));
+                }
+                *v = acc;
+            }
+        }
+    };
+}
+
+/// numpy `matmul` of two values of one type.
+pub fn matmul(a: &Value, b: &Value) -> Result<Value> {
+    Ok(match (a, b) {
+        (Value::F32(x), Value::F32(y)) => Value::F32(float_mm(x, y)?),
+        (Value::F64(x), Value::F64(y)) => Value::F64(float_mm(x, y)?),
+        (Value::F16(x), Value::F16(y)) => {
+            Value::F16(float_mm(&x.mapv(f16::to_f32), &y.mapv(f16::to_f32))?.mapv(f16::from_f32))
+        }
+        (Value::I64(x), Value::I64(y)) => Value::I64(batched(x, y, int_mm!(i64))?),
+        (Value::I32(x), Value::I32(y)) => Value::I32(batched(x, y, int_mm!(i32))?),
+        _ => {
+            return Err(err(format!(
+                "MatMul of {} and {} (both must be one of f32, f64, f16, i64, i32)",
+                dname(a),
+                dname(b)
+            )));
+        }
+    })
+}
+
+fn matmul_op(_: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
+    // A constant f16 B (fp16 weights) is widened once here, not on every run.
+    let b16: Option<ArrayD<f32>> = match ctx.const_inputs.get(1).copied().flatten() {
+        Some(Value::F16(b)) => Some(b.mapv(f16::to_f32)),
+        _ => None,
+    };
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        let (a, b) = (req(ins, 0)?, req(ins, 1)?);
+        if let (Value::F16(x), Some(bw)) = (a, &b16) {
+            return Ok(vec![Value::F16(
+                float_mm(&x.mapv(f16::to_f32), bw)?.mapv(f16::from_f32),
+            )]);
+        }
+        Ok(vec![matmul(a, b)?])
+    })))
+}
+
+fn gemm_t<T: GemmElem + Default + PartialEq + num_traits::FromPrimitive>(
+    a: &ArrayD<T>,
+    b: &ArrayD<T>,
+    c: Option<&ArrayD<T>>,
+    (alpha, beta, ta, tb): (f32, f32, bool, bool),
+) -> Result<ArrayD<T>> {
+    let a2 = a
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| err(format!("A must be 2-D, got {:?}", a.shape())))?;
+    let b2 = b
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| err(format!("B must be 2-D, got {:?}", b.shape())))?;
+    let a2 = if ta { a2.reversed_axes() } else { a2 };
+    let b2 = if tb { b2.reversed_axes() } else { b2 };
+    let (m, k) = a2.dim();
+    let (k2, n) = b2.dim();
+    if k != k2 {
+        return Err(err(format!(
+            "inner dimensions differ: A' is {m}x{k}, B' is {k2}x{n}"
+        )));
+    }
+    let conv = |v: f32| T::from_f32(v).ok_or_else(|| err("bad scalar"));
+    let (alpha, beta) = (conv(alpha)?, conv(beta)?);
+    let (mut out, beta) = match c {
+        Some(c) if beta != T::zero() => {
+            let cv = bview(c, &[m, n])?;
+            (
+                standard(cv)
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|e| err(e.to_string()))?,
+                beta,
+            )
+        }
+        _ => (Array2::<T>::default((m, n)), T::zero()),
+    };
+    gemm(alpha, &a2, &b2, beta, &mut out.view_mut());
+    Ok(out.into_dyn())
+}
+
+fn gemm_op(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let p = (
+        node.attr_or::<f32>("alpha", 1.0)?,
+        node.attr_or::<f32>("beta", 1.0)?,
+        node.attr_or::<i64>("transA", 0)? != 0,
+        node.attr_or::<i64>("transB", 0)? != 0,
+    );
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        let (a, b, c) = (req(ins, 0)?, req(ins, 1)?, opt(ins, 2));
+        let mismatch = || {
+            err(format!(
+                "Gemm inputs must share one float type, got {} and {}",
+                dname(a),
+                dname(b)
+            ))
+        };
+        Ok(vec![match (a, b) {
+            (Value::F32(x), Value::F32(y)) => {
+                let c = c.map(|c| c.as_f32().ok_or_else(mismatch)).transpose()?;
+                Value::F32(gemm_t(x, y, c, p)?)
+            }
+            (Value::F64(x), Value::F64(y)) => {
+                let c = c.map(|c| c.as_f64().ok_or_else(mismatch)).transpose()?;
+                Value::F64(gemm_t(x, y, c, p)?)
+            }
+            (Value::F16(x), Value::F16(y)) => {
+                let c = c
+                    .map(|c| c.as_f16().ok_or_else(mismatch).map(|c| c.mapv(f16::to_f32)))
+                    .transpose()?;
+                let r = gemm_t(&x.mapv(f16::to_f32), &y.mapv(f16::to_f32), c.as_ref(), p)?;
+                Value::F16(r.mapv(f16::from_f32))
+            }
+            _ => return Err(mismatch()),
+        }])
+    })))
+}
+
+pub fn register(r: &mut Registry) {
+    r.register("", "MatMul", matmul_op);
+    r.register("", "Gemm", gemm_op);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn matmul_promotes_vectors_and_broadcasts_batches() {
+        let a = Value::F32(array![[1.0f32, 2.0], [3.0, 4.0]].into_dyn());
+        let v = Value::F32(array![1.0f32, 1.0].into_dyn());
+        assert_eq!(
+            matmul(&a, &v).unwrap(),
+            Value::F32(array![3.0f32, 7.0].into_dyn())
+        );
+        assert_eq!(
+            matmul(&v, &a).unwrap(),
+            Value::F32(array![4.0f32, 6.0].into_dyn())
+        );
+        // [2,1,2,2] x [3,2,2] -> [2,3,2,2]
+        let x = ArrayD::from_shape_fn(IxDyn(&[2, 1, 2, 2]), |i| {
+            (i[0] * 4 + i[2] * 2 + i[3]) as f32
+        });
+        let y = ArrayD::from_shape_fn(IxDyn(&[3, 2, 2]), |i| (i[0] + i[1] * 2 + i[2]) as f32);
+        let r = matmul(&Value::F32(x.clone()), &Value::F32(y.clone())).unwrap();
+        let r = r.as_f32().unwrap();
+        assert_eq!(r.shape(), &[2, 3, 2, 2]);
+        for bi in 0..2 {
+            for bj in 0..3 {
+                for i in 0..2 {
+                    for j in 0..2 {
+                        let want: f32 = (0..2).map(|p| x[[bi, 0, i, p]] * y[[bj, p, j]]).sum();
+                        assert_eq!(r[[bi, bj, i, j]], want);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integer_matmul() {
+        let a = Value::I64(array![[1i64, 2], [3, 4]].into_dyn());
+        let b = Value::I64(array![[5i64], [6]].into_dyn());
+        assert_eq!(
+            matmul(&a, &b).unwrap(),
+            Value::I64(array![[17i64], [39]].into_dyn())
+        );
+    }
+
+    #[test]
+    fn gemm_transposes_and_bias() {
+        let a = array![[1.0f32, 3.0], [2.0, 4.0]].into_dyn(); // A^T = [[1,2],[3,4]]
+        let b = array![[1.0f32, 0.0], [0.0, 1.0]].into_dyn();
+        let c = array![10.0f32, 20.0].into_dyn();
+        let r = gemm_t(&a, &b, Some(&c), (2.0, 0.5, true, true)).unwrap();
+        assert_eq!(r, array![[7.0f32, 14.0], [11.0, 18.0]].into_dyn());
+        let r = gemm_t(&a, &b, None, (1.0, 1.0, false, false)).unwrap();
+        assert_eq!(r, a);
+    }
+}
