@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod cli_run;
+#[path = "cli/rewrite.rs"]
+mod rewrite_cmd;
 
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Show a model's interface, ops, weights and what the rewrite would quantize.
     Inspect(InspectArgs),
+    /// Quantize a model's weights to int8 (activations quantized at run time).
+    Rewrite(rewrite_cmd::RewriteArgs),
     /// Run a model with the built-in runtime and summarize its outputs.
     Run(cli_run::RunArgs),
 }
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Rewrite(a) => rewrite_cmd::run(a),
         Command::Run(a) => cli_run::run(a),
     };
     match result {

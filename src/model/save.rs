@@ -10,7 +10,9 @@ use prost::Message;
 
 use super::Model;
 use crate::error::{Error, Result};
-use crate::onnx::{GraphProto, StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
+use crate::onnx::{
+    GraphProto, ModelProto, StringStringEntryProto, TensorProto, tensor_proto::DataLocation,
+};
 
 /// Protobuf cannot serialize messages of 2 GiB or more.
 const PROTOBUF_LIMIT: u64 = (2 << 30) - 1;
@@ -71,6 +73,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         external_file: None,
         external_bytes: 0,
     };
+    let mut pending_data = None;
     if external {
         let file_name = path
             .file_name()
@@ -78,7 +81,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         let location = format!("{}.data", file_name.to_string_lossy());
         let data_path = dir.join(&location);
         check_not_protected(&data_path, &opts.protect)?;
-        let mut data = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut data = new_temp(&dir)?;
         let mut writer = ExternalWriter {
             location: &location,
             out: std::io::BufWriter::new(data.as_file_mut()),
@@ -93,28 +96,147 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         data.as_file()
             .sync_all()
             .map_err(|e| Error::io(&data_path, e))?;
-        data.persist(&data_path)
-            .map_err(|e| Error::io(&data_path, e.error))?;
+        pending_data = Some((data, data_path.clone()));
         saved.external_file = Some(data_path);
         saved.external_bytes = written;
     }
-    let bytes = proto.encode_to_vec();
-    saved.model_bytes = bytes.len() as u64;
-    write_atomic(path, &bytes)?;
+    // Both files are complete in temporaries before either is renamed into place; if the
+    // model's rename fails, the data file just renamed is removed again.
+    let (model_tmp, model_bytes) = encode_temp(path, &proto)?;
+    saved.model_bytes = model_bytes;
+    if let Some((data, data_path)) = pending_data {
+        data.persist(&data_path)
+            .map_err(|e| Error::io(&data_path, e.error))?;
+    }
+    if let Err(e) = model_tmp.persist(path) {
+        if let Some(d) = &saved.external_file {
+            let _ = std::fs::remove_file(d);
+        }
+        return Err(Error::io(path, e.error));
+    }
     Ok(saved)
 }
 
 /// Writes `bytes` to `path` via a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_temp(path, bytes)?
+        .persist(path)
+        .map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Encodes `proto` straight into a temporary file beside `path`, through a small buffer:
+/// no whole-model copy in memory (peak memory stays near the input's size).
+fn encode_temp(path: &Path, proto: &ModelProto) -> Result<(tempfile::NamedTempFile, u64)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    let tmp = new_temp(&dir)?;
+    let len = proto.encoded_len() as u64;
+    let mut w = StreamBuf {
+        out: tmp.as_file(),
+        buf: Vec::with_capacity(STREAM_BUF),
+        err: None,
+    };
+    proto
+        .encode(&mut w)
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    w.flush().map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    Ok((tmp, len))
+}
+
+const STREAM_BUF: usize = 1 << 20;
+
+/// A `BufMut` that flushes to a file whenever its buffer fills; the first write error is
+/// kept and returned by `flush`.
+struct StreamBuf<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    err: Option<std::io::Error>,
+}
+
+impl<W: Write> StreamBuf<W> {
+    fn drain(&mut self) {
+        if self.err.is_none()
+            && let Err(e) = self.out.write_all(&self.buf)
+        {
+            self.err = Some(e);
+        }
+        self.buf.clear();
+    }
+
+    fn flush(mut self) -> std::io::Result<()> {
+        self.drain();
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => self.out.flush(),
+        }
+    }
+}
+
+// SAFETY: delegates to Vec<u8>'s BufMut, draining it before it would grow past STREAM_BUF.
+unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.buf.len()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller initialized `cnt` bytes of the chunk that `chunk_mut` returned.
+        unsafe { self.buf.advance_mut(cnt) };
+        if self.buf.len() >= STREAM_BUF {
+            self.drain();
+        }
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        // Large payloads (tensor data) go straight to the file instead of through the buffer.
+        if src.len() >= STREAM_BUF / 4 {
+            self.drain();
+            if self.err.is_none()
+                && let Err(e) = self.out.write_all(src)
+            {
+                self.err = Some(e);
+            }
+        } else {
+            if self.buf.capacity() - self.buf.len() < src.len() {
+                self.drain();
+            }
+            self.buf.extend_from_slice(src);
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.drain();
+        }
+        self.buf.chunk_mut()
+    }
+}
+
+/// A temporary file in `dir` with the permissions of a normally created file (tempfile's
+/// default is owner-only, which would carry over to the renamed output).
+fn new_temp(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    b.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// `bytes` in a synced temporary file in `path`'s folder, ready to be renamed to `path`.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = new_temp(&dir)?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    Ok(tmp)
 }
 
 fn check_not_protected(path: &Path, protect: &[PathBuf]) -> Result<()> {

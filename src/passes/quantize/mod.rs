@@ -1,12 +1,339 @@
 //! Dynamic int8 quantization: which nodes to rewrite (policy), the weight math, and the
-//! per-op rewriters behind one contract (rewrite.rs).
+//! per-op rewriters behind one contract (rewrite.rs), driven from here.
+//!
+//! The driver works in two phases so that rewriters only ever read the graph:
+//! 1. walk the main graph and (unless disabled) every If/Loop/Scan body, depth first in stored
+//!    order; for each node the policy takes, call its family's rewriter with the constants
+//!    visible in that scope (outer-scope initializers included) and the inferred types;
+//!    float16 nodes go through a float32 view (fp16.rs);
+//! 2. splice each replacement in place of its node (new initializers live in the graph that
+//!    holds the node, which may be a subgraph), then drop what the replaced nodes read and
+//!    nothing reads any more, in any scope (cleanup.rs).
+//!
+//! Every outcome lands in the report with the weight bytes before and after. Output is
+//! deterministic: stored order everywhere, names from one [`NameGen`].
 
+mod cleanup;
+pub mod consts;
+pub mod conv;
+pub mod fp16;
+pub mod gather;
+pub mod gemm;
 pub mod gru_rnn;
 pub mod lstm;
+pub mod matmul;
 pub mod policy;
 pub mod recurrent_build;
 pub mod recurrent_common;
 pub mod recurrent_scan;
 pub mod recurrent_weight_only;
+pub mod report;
 pub mod rewrite;
 pub mod weights;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::error::Result;
+use crate::ir::shape::{ValueType, infer_types};
+use crate::ir::{Graph, NameGen, Node, Tensor};
+use crate::model::Model;
+
+use consts::ConstScope;
+use policy::{OpKind, PolicyOptions, decide};
+use report::NodeReport;
+use rewrite::{NodeCtx, Replacement, RewriteResult};
+use weights::WeightQuantOptions;
+
+/// Everything `rewrite` is told.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeOptions {
+    pub policy: PolicyOptions,
+    pub weights: WeightQuantOptions,
+    pub per_channel: bool,
+}
+
+/// The rewriter of each family.
+pub fn rewriter_for(kind: OpKind) -> fp16::Rewriter {
+    match kind {
+        OpKind::MatMul => matmul::rewrite_matmul,
+        OpKind::Gemm => gemm::rewrite_gemm,
+        OpKind::Gather => gather::rewrite_gather,
+        OpKind::Conv => conv::rewrite_conv,
+        OpKind::Lstm => lstm::rewrite_lstm,
+        OpKind::Gru | OpKind::Rnn => gru_rnn::rewrite_gru_rnn,
+    }
+}
+
+/// Pairs of (node index, subgraph index) from the main graph down to a subgraph.
+type GraphPath = Vec<(usize, usize)>;
+
+/// A replacement waiting to be spliced in: the node `node` of the graph reached by `path`
+/// (pairs of node index and subgraph index from the main graph down).
+struct Plan {
+    path: GraphPath,
+    node: usize,
+    rep: Replacement,
+}
+
+struct Walk<'o, 'p> {
+    opts: &'o QuantizeOptions,
+    opset: i64,
+    names: NameGen,
+    /// (scope, node name) -> indices into `records` of the nodes the policy takes, in order.
+    pending: HashMap<(String, String), VecDeque<usize>>,
+    records: Vec<NodeReport>,
+    plans: Vec<Plan>,
+    /// Names the replaced nodes read: candidates for removal once nothing reads them.
+    read_by_replaced: HashSet<String>,
+    done: usize,
+    total: usize,
+    progress: &'p mut dyn FnMut(usize, usize, &str),
+}
+
+fn as_lookup<'x, F: Fn(&str) -> Option<&'x Tensor>>(
+    f: &'x F,
+) -> &'x dyn Fn(&str) -> Option<&'x Tensor> {
+    f
+}
+
+/// Quantizes `model` in place and returns one report entry per candidate node.
+/// `progress(done, total, node)` is called after each rewritten node.
+pub fn quantize(
+    model: &mut Model,
+    opts: &QuantizeOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Vec<NodeReport>> {
+    let decisions = decide(&model.graph, &opts.policy);
+    let mut pending: HashMap<(String, String), VecDeque<usize>> = HashMap::new();
+    let records: Vec<NodeReport> = decisions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if d.quantize {
+                pending
+                    .entry((d.scope.clone(), d.node.clone()))
+                    .or_default()
+                    .push_back(i);
+            }
+            NodeReport {
+                scope: d.scope.clone(),
+                node: d.node.clone(),
+                op_type: d.op_type.clone(),
+                quantized: false,
+                reason: d.reason.clone(),
+                weight_bytes_before: 0,
+                weight_bytes_after: 0,
+            }
+        })
+        .collect();
+    let total = decisions.iter().filter(|d| d.quantize).count();
+    let mut walk = Walk {
+        opts,
+        opset: model.opset("").unwrap_or(0),
+        names: NameGen::new(&model.graph),
+        pending,
+        records,
+        plans: Vec::new(),
+        read_by_replaced: HashSet::new(),
+        done: 0,
+        total,
+        progress,
+    };
+    let mut path = Vec::new();
+    walk.graph(&model.graph, None, &HashMap::new(), "", &mut path);
+    fill_skipped_bytes(&model.graph, None, "", &mut walk.records);
+
+    let Walk {
+        mut plans,
+        records,
+        mut read_by_replaced,
+        ..
+    } = walk;
+    // Splice from the last position backwards so earlier indices stay valid.
+    plans.sort_by_key(|p| std::cmp::Reverse(plan_key(p)));
+    let mut opsets: BTreeSet<(String, i64)> = BTreeSet::new();
+    // Initializers are added in walk order (deterministic), after splicing.
+    let mut additions: Vec<(GraphPath, usize, Vec<Tensor>)> = Vec::new();
+    for p in plans {
+        let g = graph_at(&mut model.graph, &p.path);
+        opsets.extend(p.rep.opsets.iter().cloned());
+        g.nodes.splice(p.node..=p.node, p.rep.nodes);
+        additions.push((p.path, p.node, p.rep.initializers));
+    }
+    additions.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (path, _, inits) in additions {
+        let g = graph_at(&mut model.graph, &path);
+        for t in inits {
+            g.add_initializer(t);
+        }
+    }
+    for (d, v) in opsets {
+        model.require_opset(&d, v);
+    }
+    cleanup::remove_unread(&mut model.graph, &mut read_by_replaced);
+    model.graph.validate(&HashSet::new())?;
+    Ok(records)
+}
+
+fn plan_key(p: &Plan) -> Vec<usize> {
+    let mut k: Vec<usize> = p.path.iter().flat_map(|&(n, s)| [n, s]).collect();
+    k.push(p.node);
+    k
+}
+
+fn graph_at<'g>(mut g: &'g mut Graph, path: &[(usize, usize)]) -> &'g mut Graph {
+    for &(n, s) in path {
+        g = &mut g.nodes[n].subgraphs[s].graph;
+    }
+    g
+}
+
+fn sub_scope(scope: &str, node: &Node, attr: &str) -> String {
+    if scope.is_empty() {
+        format!("{}/{}", node.display_name(), attr)
+    } else {
+        format!("{scope}/{}/{}", node.display_name(), attr)
+    }
+}
+
+/// Bytes of the distinct constant inputs of `node`.
+fn const_bytes(node: &Node, lookup: &dyn Fn(&str) -> Option<u64>) -> u64 {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut sum = 0;
+    for i in node.inputs() {
+        if i.is_empty() || seen.contains(&i.as_str()) {
+            continue;
+        }
+        seen.push(i);
+        sum += lookup(i).unwrap_or(0);
+    }
+    sum
+}
+
+impl Walk<'_, '_> {
+    fn graph(
+        &mut self,
+        g: &Graph,
+        parent: Option<&ConstScope>,
+        outer_types: &HashMap<String, ValueType>,
+        scope: &str,
+        path: &mut Vec<(usize, usize)>,
+    ) {
+        let consts = ConstScope::new(g, parent);
+        let types = infer_types(g, outer_types);
+        for (i, n) in g.nodes.iter().enumerate() {
+            if let Some(kind) = OpKind::of(n) {
+                let key = (scope.to_string(), n.display_name().to_string());
+                if let Some(rec) = self.pending.get_mut(&key).and_then(VecDeque::pop_front) {
+                    self.node(n, kind, &consts, &types, rec, path, i);
+                }
+            }
+            if !self.opts.policy.subgraphs {
+                continue;
+            }
+            for (si, s) in n.subgraphs.iter().enumerate() {
+                path.push((i, si));
+                let inner = sub_scope(scope, n, &s.attr);
+                self.graph(&s.graph, Some(&consts), &types, &inner, path);
+                path.pop();
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &mut self,
+        n: &Node,
+        kind: OpKind,
+        consts: &ConstScope,
+        types: &HashMap<String, ValueType>,
+        rec: usize,
+        path: &[(usize, usize)],
+        index: usize,
+    ) {
+        let get = |name: &str| consts.get(name);
+        let before = const_bytes(n, &|name| get(name).map(|t| t.byte_len() as u64));
+        let result: RewriteResult = {
+            let mut ctx = NodeCtx {
+                constants: as_lookup(&get),
+                types,
+                names: &mut self.names,
+                weights: self.opts.weights,
+                per_channel: self.opts.per_channel,
+                lstm_mode: self.opts.policy.lstm_mode,
+                opset: self.opset,
+            };
+            let inner = rewriter_for(kind);
+            if fp16::is_fp16(n, &ctx) {
+                fp16::rewrite_via_f32(n, &mut ctx, inner)
+            } else {
+                inner(n, &mut ctx)
+            }
+        };
+        let r = &mut self.records[rec];
+        r.weight_bytes_before = before;
+        match result {
+            Ok(rep) => {
+                let new: HashMap<&str, u64> = rep
+                    .initializers
+                    .iter()
+                    .map(|t| (t.name(), t.byte_len() as u64))
+                    .collect();
+                let mut after: u64 = new.values().sum();
+                // Existing constants the replacement still reads (a reused bias) count too.
+                let mut seen: HashSet<&str> = HashSet::new();
+                for m in &rep.nodes {
+                    for i in m.inputs() {
+                        if !i.is_empty() && !new.contains_key(i.as_str()) && seen.insert(i) {
+                            after += get(i).map_or(0, |t| t.byte_len() as u64);
+                        }
+                    }
+                }
+                r.weight_bytes_after = after;
+                r.quantized = true;
+                r.reason = rep.note.clone();
+                self.read_by_replaced
+                    .extend(n.inputs().iter().filter(|i| !i.is_empty()).cloned());
+                self.plans.push(Plan {
+                    path: path.to_vec(),
+                    node: index,
+                    rep,
+                });
+            }
+            Err(skip) => {
+                r.weight_bytes_after = before;
+                r.reason = skip.0;
+            }
+        }
+        self.done += 1;
+        (self.progress)(self.done, self.total, n.display_name());
+    }
+}
+
+/// Weight bytes of the nodes the policy left float (their "after" equals "before").
+fn fill_skipped_bytes(
+    g: &Graph,
+    parent: Option<&ConstScope>,
+    scope: &str,
+    records: &mut [NodeReport],
+) {
+    let consts = ConstScope::new(g, parent);
+    for n in &g.nodes {
+        if OpKind::of(n).is_some() {
+            let name = n.display_name();
+            for r in records.iter_mut() {
+                if !r.quantized && r.weight_bytes_before == 0 && r.scope == scope && r.node == name
+                {
+                    let b = const_bytes(n, &|i| consts.get(i).map(|t| t.byte_len() as u64));
+                    r.weight_bytes_before = b;
+                    r.weight_bytes_after = b;
+                    break;
+                }
+            }
+        }
+        for s in &n.subgraphs {
+            let inner = sub_scope(scope, n, &s.attr);
+            fill_skipped_bytes(&s.graph, Some(&consts), &inner, records);
+        }
+    }
+}

@@ -104,15 +104,32 @@ pub fn scale_zero_point(min: f32, max: f32, opts: &WeightQuantOptions) -> (f32, 
     (scale32, zp.clamp(qmin, qmax))
 }
 
+/// Smallest and largest value of a chunk, ignoring NaN like `f32::min`, written as selects
+/// over 16 lanes so that it compiles to packed min/max instructions.
+fn chunk_min_max(c: &[f32], init: (f32, f32)) -> (f32, f32) {
+    let mut lo = [init.0; 16];
+    let mut hi = [init.1; 16];
+    let mut it = c.chunks_exact(16);
+    for b in &mut it {
+        for k in 0..16 {
+            lo[k] = if b[k] < lo[k] { b[k] } else { lo[k] };
+            hi[k] = if b[k] > hi[k] { b[k] } else { hi[k] };
+        }
+    }
+    let (mut l, mut h) = init;
+    for &v in lo.iter().chain(it.remainder()) {
+        l = l.min(v);
+    }
+    for &v in hi.iter().chain(it.remainder()) {
+        h = h.max(v);
+    }
+    (l, h)
+}
+
 fn min_max(values: &[f32]) -> (f32, f32) {
     values
         .par_chunks(1 << 16)
-        .map(|c| {
-            c.iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                })
-        })
+        .map(|c| chunk_min_max(c, (f32::INFINITY, f32::NEG_INFINITY)))
         .reduce(
             || (f32::INFINITY, f32::NEG_INFINITY),
             |a, b| (a.0.min(b.0), a.1.max(b.1)),
@@ -132,7 +149,204 @@ fn quantize_into(values: &[f32], out: &mut [i32], scale: f32, zp: i32, qmin: i32
 }
 
 /// Quantizes `w` per tensor (`axis = None`) or per index along `axis`.
+///
+/// Per tensor, along the first axis (rows) and along the last axis (columns, the MatMul
+/// case) it works in one pass over a contiguous copy at most, writing 8-bit values directly:
+/// a 33278x512 embedding needs no buffer wider than its int8 result. Other axes go through
+/// a permuted copy.
 pub fn quantize_weight(
+    w: ArrayViewD<f32>,
+    axis: Option<usize>,
+    opts: &WeightQuantOptions,
+) -> QuantizedWeight {
+    let rank = w.ndim();
+    if rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank) {
+        return quantize_weight_permuted(w, axis, opts);
+    }
+    let shape = w.shape().to_vec();
+    let data = w.as_standard_layout();
+    let flat = data.as_slice().expect("standard layout is contiguous");
+    let (qmin, qmax) = opts.qrange();
+    // Per-element parameters come from `param_of(index)`.
+    let (scales, zero_points): (Vec<f32>, Vec<i32>) = match axis {
+        None => {
+            let (lo, hi) = if flat.is_empty() {
+                (0.0, 0.0)
+            } else {
+                min_max(flat)
+            };
+            let (s, z) = scale_zero_point(lo, hi, opts);
+            (vec![s], vec![z])
+        }
+        Some(0) => {
+            let channels = shape[0];
+            let row = flat.len() / channels.max(1);
+            if row == 0 {
+                (0..channels)
+                    .map(|_| scale_zero_point(0.0, 0.0, opts))
+                    .unzip()
+            } else {
+                flat.par_chunks(row)
+                    .with_min_len((1 << 14) / row.max(1) + 1)
+                    .map(|v| {
+                        let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
+                        scale_zero_point(lo, hi, opts)
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .unzip()
+            }
+        }
+        Some(_) => {
+            let cols = shape[rank - 1];
+            let block = (cols * 256).max(1);
+            let (lo, hi) = if cols == 0 {
+                (vec![], vec![])
+            } else {
+                flat.par_chunks(block)
+                    .map(|b| {
+                        let mut lo = vec![0f32; cols];
+                        let mut hi = vec![0f32; cols];
+                        for r in b.chunks(cols) {
+                            for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(r) {
+                                *l = l.min(x);
+                                *h = h.max(x);
+                            }
+                        }
+                        (lo, hi)
+                    })
+                    .reduce(
+                        || (vec![0f32; cols], vec![0f32; cols]),
+                        |(mut l1, mut h1), (l2, h2)| {
+                            for (a, b) in l1.iter_mut().zip(&l2) {
+                                *a = a.min(*b);
+                            }
+                            for (a, b) in h1.iter_mut().zip(&h2) {
+                                *a = a.max(*b);
+                            }
+                            (l1, h1)
+                        },
+                    )
+            };
+            lo.iter()
+                .zip(&hi)
+                .map(|(&l, &h)| scale_zero_point(l, h, opts))
+                .unzip()
+        }
+    };
+    let layout = match axis {
+        None => Layout::Tensor,
+        Some(0) => Layout::Rows(flat.len() / shape[0].max(1)),
+        Some(_) => Layout::Cols(shape[rank - 1]),
+    };
+    let p = Params {
+        scales: &scales,
+        zero_points: &zero_points,
+        qmin,
+        qmax,
+    };
+    let values = match opts.weight_type {
+        WeightType::Int8 => {
+            let mut out = vec![0i8; flat.len()];
+            fill(flat, &mut out, layout, &p, |q| q as i8);
+            QValues::I8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
+        }
+        WeightType::Uint8 => {
+            let mut out = vec![0u8; flat.len()];
+            fill(flat, &mut out, layout, &p, |q| q as u8);
+            QValues::U8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
+        }
+    };
+    QuantizedWeight {
+        values,
+        scales,
+        zero_points,
+        axis,
+    }
+}
+
+/// Which scale each element of a contiguous weight uses.
+#[derive(Clone, Copy)]
+enum Layout {
+    Tensor,
+    /// One per row of this many elements.
+    Rows(usize),
+    /// One per column of a row-major matrix with this many columns.
+    Cols(usize),
+}
+
+struct Params<'a> {
+    scales: &'a [f32],
+    zero_points: &'a [i32],
+    qmin: i32,
+    qmax: i32,
+}
+
+/// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer,
+/// ties to even (the default rounding mode), without a libm call.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `clamp(round_half_even(v / scale) + zp, qmin, qmax)`, vectorizable. Magnitudes of 2^22
+/// and more are clamped whatever their rounding, and NaN becomes 0 as `as i32` makes it.
+#[inline(always)]
+fn quantize_one(v: f32, scale: f32, zp: i32, qmin: i32, qmax: i32) -> i32 {
+    let x = v / scale;
+    let r = if x.abs() < 4_194_304.0 {
+        (x + ROUND_MAGIC) - ROUND_MAGIC
+    } else {
+        x
+    };
+    (r as i32).saturating_add(zp).clamp(qmin, qmax)
+}
+
+fn fill<T: Copy + Send>(
+    flat: &[f32],
+    out: &mut [T],
+    layout: Layout,
+    p: &Params,
+    conv: impl Fn(i32) -> T + Sync,
+) {
+    const CHUNK: usize = 1 << 16;
+    let (qmin, qmax) = (p.qmin, p.qmax);
+    match layout {
+        Layout::Tensor => {
+            let (s, z) = (p.scales[0], p.zero_points[0]);
+            out.par_chunks_mut(CHUNK)
+                .zip(flat.par_chunks(CHUNK))
+                .for_each(|(o, v)| {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = conv(quantize_one(v, s, z, qmin, qmax));
+                    }
+                });
+        }
+        Layout::Rows(row) if row > 0 => {
+            out.par_chunks_mut(row)
+                .zip(flat.par_chunks(row))
+                .zip(p.scales.par_iter().zip(p.zero_points.par_iter()))
+                .with_min_len((CHUNK / row).max(1))
+                .for_each(|((o, v), (&s, &z))| {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = conv(quantize_one(v, s, z, qmin, qmax));
+                    }
+                });
+        }
+        Layout::Cols(cols) if cols > 0 => {
+            let (ss, zs) = (&p.scales[..cols], &p.zero_points[..cols]);
+            out.par_chunks_mut(cols)
+                .zip(flat.par_chunks(cols))
+                .with_min_len((CHUNK / cols).max(1))
+                .for_each(|(o, v)| {
+                    for (((o, &v), &s), &z) in o.iter_mut().zip(v).zip(ss).zip(zs) {
+                        *o = conv(quantize_one(v, s, z, qmin, qmax));
+                    }
+                });
+        }
+        _ => {}
+    }
+}
+
+/// The general path: moves `axis` to the front, quantizes each channel, moves it back.
+fn quantize_weight_permuted(
     w: ArrayViewD<f32>,
     axis: Option<usize>,
     opts: &WeightQuantOptions,
@@ -221,6 +435,48 @@ impl QuantizedWeight {
         match &self.values {
             QValues::I8(a) => Tensor::from_array(name, &a.view()),
             QValues::U8(a) => Tensor::from_array(name, &a.view()),
+        }
+    }
+
+    /// The quantized values as an initializer, moved out without a copy (`values` is left
+    /// empty): the int8 copy of a large table is not duplicated on its way into the model.
+    pub fn take_values_tensor(&mut self, name: &str) -> Tensor {
+        // The placeholder keeps the signedness: zero_point_tensor reads it afterwards.
+        let empty = match &self.values {
+            QValues::I8(_) => QValues::I8(ArrayD::zeros(IxDyn(&[0]))),
+            QValues::U8(_) => QValues::U8(ArrayD::zeros(IxDyn(&[0]))),
+        };
+        let (dims, dtype, bytes) = match std::mem::replace(&mut self.values, empty) {
+            QValues::I8(a) if a.is_standard_layout() => {
+                let dims = a.shape().to_vec();
+                let (v, _) = a.into_raw_vec_and_offset();
+                (
+                    dims,
+                    crate::onnx::tensor_proto::DataType::Int8,
+                    bytemuck::cast_vec::<i8, u8>(v),
+                )
+            }
+            QValues::U8(a) if a.is_standard_layout() => {
+                let dims = a.shape().to_vec();
+                let (v, _) = a.into_raw_vec_and_offset();
+                (dims, crate::onnx::tensor_proto::DataType::Uint8, v)
+            }
+            other => {
+                let t = match &other {
+                    QValues::I8(a) => Tensor::from_array(name, &a.view()),
+                    QValues::U8(a) => Tensor::from_array(name, &a.view()),
+                };
+                return t;
+            }
+        };
+        Tensor {
+            proto: crate::onnx::TensorProto {
+                name: Some(name.to_string()),
+                dims: dims.iter().map(|&d| d as i64).collect(),
+                data_type: Some(dtype as i32),
+                raw_data: Some(bytes::Bytes::from(bytes)),
+                ..Default::default()
+            },
         }
     }
 
@@ -355,6 +611,80 @@ mod tests {
     }
 
     #[test]
+    fn magic_rounding_matches_round_half_even() {
+        let specials = [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            126.5,
+            127.5,
+            -127.5,
+            -128.5,
+            0.49999997,
+            4_194_303.5,
+            4_194_304.0,
+            1e9,
+            -1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.0,
+            1e-30,
+        ];
+        let mut state = 7u32;
+        let randoms = (0..100_000).map(|_| {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 600.0
+        });
+        for v in specials.into_iter().chain(randoms) {
+            for (qmin, qmax, zp) in [(-128, 127, 0), (0, 255, 128), (-64, 64, 0), (0, 255, 3)] {
+                let want = (round_half_even(v / 1.0) as i32)
+                    .saturating_add(zp)
+                    .clamp(qmin, qmax);
+                assert_eq!(quantize_one(v, 1.0, zp, qmin, qmax), want, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_paths_match_the_permuted_path() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            (state >> 8) as f32 / (1 << 24) as f32 * 4.0 - 1.5
+        };
+        let w = ArrayD::from_shape_fn(IxDyn(&[37, 300]), |_| next());
+        let w3 = ArrayD::from_shape_fn(IxDyn(&[3, 5, 7]), |_| next());
+        for o in [
+            opts(WeightType::Int8, true, false),
+            opts(WeightType::Int8, false, false),
+            opts(WeightType::Uint8, false, true),
+            opts(WeightType::Uint8, true, false),
+        ] {
+            for (a, axis) in [
+                (&w, None),
+                (&w, Some(0)),
+                (&w, Some(1)),
+                (&w3, Some(0)),
+                (&w3, Some(2)),
+                (&w3, None),
+            ] {
+                let fast = quantize_weight(a.view(), axis, &o);
+                let slow = quantize_weight_permuted(a.view(), axis, &o);
+                assert_eq!(fast, slow, "{o:?} axis {axis:?}");
+            }
+            let t = w.t();
+            assert_eq!(
+                quantize_weight(t.view(), Some(1), &o),
+                quantize_weight_permuted(t.view(), Some(1), &o)
+            );
+        }
+    }
+
+    #[test]
     fn per_channel_scales_follow_the_axis() {
         let w = arr2(&[[1.0f32, -0.5], [-2.54, 0.25]]).into_dyn();
         let q = quantize_weight(w.view(), Some(1), &WeightQuantOptions::default());
@@ -367,5 +697,18 @@ mod tests {
         );
         let deq = q.dequantize();
         assert!((deq[[1, 0]] + 2.54).abs() < 1e-6);
+        let copied = q.values_tensor("w");
+        let mut q = q;
+        assert_eq!(q.take_values_tensor("w"), copied);
+        assert_eq!(
+            q.zero_point_tensor("z", &[2]).data_type().unwrap(),
+            crate::onnx::tensor_proto::DataType::Int8
+        );
+        let mut u = quantize_weight(w.view(), None, &opts(WeightType::Uint8, false, false));
+        let _ = u.take_values_tensor("u");
+        assert_eq!(
+            u.zero_point_tensor("z", &[]).data_type().unwrap(),
+            crate::onnx::tensor_proto::DataType::Uint8
+        );
     }
 }
