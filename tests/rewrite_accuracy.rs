@@ -74,13 +74,6 @@ fn word_lm_meets_the_accuracy_and_size_bar() {
         assert!(top1 >= 0.99, "{extra:?}: top-1 agreement {top1} ({e})");
         let lstms: Vec<_> = nodes.iter().filter(|n| n["op_type"] == "LSTM").collect();
         assert_eq!(lstms.len(), 2);
-        let placeholder = lstms
-            .iter()
-            .any(|n| n["reason"].as_str().unwrap().contains("not merged yet"));
-        if placeholder {
-            eprintln!("LSTM rewriter not merged yet: size bar (>= 3.9x) not checked");
-            continue;
-        }
         for n in &lstms {
             assert_eq!(n["quantized"], true, "{n}");
         }
@@ -151,15 +144,8 @@ fn tutorial_shaped_lm_is_at_least_3_9x_smaller() {
     assert!(min_cos(&v) >= 0.999, "{v}");
     let r = read_report(&report);
     let nodes = r["nodes"].as_array().unwrap();
-    for n in nodes.iter().filter(|n| n["op_type"] != "LSTM") {
+    for n in nodes {
         assert_eq!(n["quantized"], true, "{n}");
-    }
-    if nodes
-        .iter()
-        .any(|n| n["reason"].as_str().unwrap().contains("not merged yet"))
-    {
-        eprintln!("LSTM rewriter not merged yet: size bar (>= 3.9x) not checked");
-        return;
     }
     let before = std::fs::metadata(&model).unwrap().len() as f64;
     let after = std::fs::metadata(&out).unwrap().len() as f64;

@@ -182,7 +182,7 @@ print(" ".join(str(types.get(n.input[0])) for n in m.graph.node if n.op_type == 
 }
 
 #[test]
-fn dynamo_lstm_chains_are_reported_not_silently_dropped() {
+fn dynamo_lstm_chains_are_folded_and_quantized() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("dyn.onnx");
     let report = dir.path().join("dyn.json");
@@ -196,10 +196,31 @@ fn dynamo_lstm_chains_are_reported_not_silently_dropped() {
     let lstms: Vec<_> = nodes.iter().filter(|n| n["op_type"] == "LSTM").collect();
     assert_eq!(lstms.len(), 2, "{r}");
     for n in lstms {
-        assert_eq!(n["quantized"], false);
-        assert!(!n["reason"].as_str().unwrap().is_empty(), "{n}");
+        assert_eq!(n["quantized"], true, "{n}");
     }
     // The decoder reads Transpose(decoder.weight): folded and quantized.
     let mm = nodes.iter().find(|n| n["op_type"] == "MatMul").unwrap();
     assert_eq!(mm["quantized"], true, "{mm}");
+}
+
+#[test]
+fn dynamo_export_quantizes_as_well_as_the_torchscript_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sizes = Vec::new();
+    for name in ["word_lm", "word_lm_dynamo"] {
+        let out = dir.path().join(format!("{name}.q.onnx"));
+        rewrite(
+            &fixture(&format!("{name}.onnx")),
+            &out,
+            &["--external-data"],
+        );
+        let data = dir.path().join(format!("{name}.q.onnx.data"));
+        sizes.push(std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0));
+    }
+    // Same weights, same quantization: the int8 payloads are within 2% of each other.
+    let (a, b) = (sizes[0] as f64, sizes[1] as f64);
+    assert!(
+        (a - b).abs() / a < 0.02,
+        "torchscript {a} vs dynamo {b} bytes of weights"
+    );
 }

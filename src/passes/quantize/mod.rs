@@ -103,6 +103,9 @@ pub fn quantize(
     opts: &QuantizeOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Vec<NodeReport>> {
+    // Weights that exporters compute (Slice/Concat chains over parameters, Transposes) become
+    // plain initializers first, so the policy sees them as constants.
+    crate::passes::fold_constants::fold_constants(model)?;
     let decisions = decide(&model.graph, &opts.policy);
     let mut pending: HashMap<(String, String), VecDeque<usize>> = HashMap::new();
     let records: Vec<NodeReport> = decisions
