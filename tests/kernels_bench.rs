@@ -3,8 +3,10 @@
 //! `cargo test --release --test kernels_bench -- --ignored --nocapture`.
 //! Compare ratios within one run only: the machines are noisy.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -14,16 +16,7 @@ use onnx_dynq::ir::attrs::{attr_int, attr_ints, attr_string};
 use onnx_dynq::runtime::Value;
 use onnx_dynq::runtime::ops::{BuildCtx, Registry, conv, rnn};
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ONNX_DYNQ_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
+use common::python;
 
 fn rand(shape: &[usize], seed: u64, scale: f32) -> Value {
     let mut s = seed.wrapping_mul(6364136223846793005) | 1;

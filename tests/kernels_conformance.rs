@@ -8,8 +8,10 @@
 //! `ONNX_DYNQ_PYTHON`, else `<repo>/.venv/bin/python`, else `python3`; the test fails (never
 //! skips) when python, onnx or onnxruntime is missing.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use onnx_dynq::ir::Tensor;
@@ -21,16 +23,7 @@ use prost::Message;
 /// Cases expected to fail, with the reason. Every other case must pass.
 const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ONNX_DYNQ_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
+use common::python;
 
 fn dump(mode: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");

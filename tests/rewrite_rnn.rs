@@ -8,6 +8,8 @@
 //! result with `onnx.checker` (full check) and compares its outputs with the float model's in
 //! onnxruntime.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,16 +25,7 @@ use onnx_dynq::passes::quantize::rewrite::{NodeCtx, RewriteResult};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use serde_json::Value;
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ONNX_DYNQ_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
+use common::python;
 
 fn run_python(args: &[&Path]) -> String {
     let py = python();
