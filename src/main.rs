@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod cli_inputs;
 mod cli_run;
+mod cli_verify;
 
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
@@ -30,6 +32,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Run a model with the built-in runtime and summarize its outputs.
     Run(cli_run::RunArgs),
+    /// Compare a quantized model with its float original in the built-in runtime.
+    Verify(cli_verify::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Run(a) => cli_run::run(a),
+        Command::Verify(a) => cli_verify::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
