@@ -158,9 +158,7 @@ fn matmul_op(_: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let (a, b) = (req(ins, 0)?, req(ins, 1)?);
         if let (Value::F16(x), Some(bw)) = (a, &b16) {
-            return Ok(vec![Value::F16(
-                float_mm(&x.mapv(f16::to_f32), bw)?.mapv(f16::from_f32),
-            )]);
+            return Ok(vec![Value::F16(float_mm(&x.mapv(f16::to_f32), bw)?.mapv(f16::from_f32))]);
         }
         Ok(vec![matmul(a, b)?])
     })))
