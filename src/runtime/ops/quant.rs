@@ -4,11 +4,10 @@
 //!   `scale = (max(0, max x) - min(0, min x)) / 255`,
 //!   `zp = saturate(round_half_even(0 - min(0, min x) / scale))`,
 //!   `y = saturate(round_half_even(x / scale) + zp)`. For an all-zero (or empty) input the
-//!   range is 0: the ONNX reference implementation (and its backend test cases, which we follow)
-//!   then divides by zero and yields NaN-free zeros only through its casts; we set the scale to
-//!   0 like the reference's `(0 - 0) / 255` and quantize every element to the zero point 0.
-//!   onnxruntime's kernel instead reports scale 1.0 — both dequantize to the same zeros, so the
-//!   only observable difference is the scale output itself.
+//!   range is 0: we follow the ONNX reference implementation (checked with
+//!   `onnx.reference.ReferenceEvaluator`), which reports scale 1/255 and zero point 0;
+//!   onnxruntime's kernel reports scale 1.0. Both quantize every element to 0 and dequantize to
+//!   the same zeros, so only the scale output itself differs.
 //! - `MatMulInteger` (10): A and B each int8 or uint8, optional `a_zero_point` (scalar or one per
 //!   row of A, `[M]`) and `b_zero_point` (scalar or one per column of B, `[N]`); int32 out;
 //!   numpy `matmul` broadcasting over batch dims and 1-D promotion. Every type combination runs
@@ -55,7 +54,11 @@ pub fn register(r: &mut Registry) {
 /// widened to include 0). Public for the com.microsoft ops that quantize the same way.
 pub fn dynamic_params(min: f32, max: f32) -> (f32, u8) {
     let scale = (max - min) / 255.0;
-    if scale == 0.0 || !scale.is_finite() {
+    if scale == 0.0 {
+        // Zero range (all-zero input): the ONNX reference's scale; see the module doc.
+        return (1.0 / 255.0, 0);
+    }
+    if !scale.is_finite() {
         return (scale, 0);
     }
     let zp = (0.0 - min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
@@ -70,7 +73,7 @@ pub fn dynamic_quantize(x: &[f32]) -> (Vec<u8>, f32, u8) {
         hi = hi.max(v);
     }
     let (scale, zp) = dynamic_params(lo, hi);
-    let y = if scale == 0.0 || !scale.is_finite() {
+    let y = if lo == hi || !scale.is_finite() {
         vec![zp; x.len()]
     } else {
         x.iter()
@@ -942,4 +945,125 @@ fn build_qlinear_matmul(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             Value::U8(ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| err(e.to_string()))?)
         }])
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_quantize_rounds_half_to_even_and_saturates() {
+        // Range [-1, 1.55]: scale 0.01, zp round(100) = 100.
+        let x = [-1.0f32, 0.0, 1.55, 0.025, 0.035];
+        let (y, scale, zp) = dynamic_quantize(&x);
+        assert_eq!(scale, (1.55f32 + 1.0) / 255.0);
+        assert_eq!(zp, (1.0f32 / scale).round_ties_even() as u8);
+        let want: Vec<u8> = x
+            .iter()
+            .map(|&v| ((v / scale).round_ties_even() + f32::from(zp)).clamp(0.0, 255.0) as u8)
+            .collect();
+        assert_eq!(y, want);
+        assert_eq!(y[0], 0);
+        assert_eq!(y[2], 255);
+        let (y, scale, zp) = dynamic_quantize(&[0.0; 4]);
+        assert_eq!((y, scale, zp), (vec![0; 4], 1.0 / 255.0, 0));
+    }
+
+    fn naive(
+        a: &[i32],
+        b: &[i32],
+        m: usize,
+        k: usize,
+        n: usize,
+        za: &[i32],
+        zb: &[i32],
+    ) -> Vec<i32> {
+        let pick = |z: &[i32], i: usize| match z.len() {
+            0 => 0,
+            1 => z[0],
+            _ => z[i],
+        };
+        let mut out = vec![0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|p| (a[i * k + p] - pick(za, i)) * (b[p * n + j] - pick(zb, j)))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_integer_every_type_and_zero_point_form() {
+        let (m, k, n) = (3, 5, 4);
+        let av: Vec<i32> = (0..m * k).map(|i| (i as i32 * 37) % 256).collect();
+        let bv: Vec<i32> = (0..k * n).map(|i| (i as i32 * 53 + 7) % 256).collect();
+        for a_u8 in [true, false] {
+            for b_u8 in [true, false] {
+                let mk = |v: &[i32], u8_: bool, shape: &[usize]| {
+                    if u8_ {
+                        Int8Array::U8(
+                            ArrayD::from_shape_vec(
+                                IxDyn(shape),
+                                v.iter().map(|&x| x as u8).collect(),
+                            )
+                            .unwrap(),
+                        )
+                    } else {
+                        Int8Array::I8(
+                            ArrayD::from_shape_vec(
+                                IxDyn(shape),
+                                v.iter().map(|&x| x as u8 as i8).collect(),
+                            )
+                            .unwrap(),
+                        )
+                    }
+                };
+                let a = mk(&av, a_u8, &[m, k]);
+                let b = mk(&bv, b_u8, &[k, n]);
+                let as_i = |v: &[i32], u8_: bool| -> Vec<i32> {
+                    v.iter()
+                        .map(|&x| if u8_ { x } else { i32::from(x as u8 as i8) })
+                        .collect()
+                };
+                let (ai, bi) = (as_i(&av, a_u8), as_i(&bv, b_u8));
+                let zas: [Vec<i32>; 3] =
+                    [vec![], vec![as_i(&[3], a_u8)[0]], as_i(&[1, 200, 5], a_u8)];
+                let zbs: [Vec<i32>; 3] = [
+                    vec![],
+                    vec![as_i(&[250], b_u8)[0]],
+                    as_i(&[0, 9, 130, 255], b_u8),
+                ];
+                for za in &zas {
+                    for zb in &zbs {
+                        let got = matmul_integer(&a, za, &b, zb, None).unwrap();
+                        assert_eq!(got.shape(), &[m, n]);
+                        assert_eq!(
+                            got.iter().copied().collect::<Vec<_>>(),
+                            naive(&ai, &bi, m, k, n, za, zb),
+                            "a_u8={a_u8} b_u8={b_u8} za={za:?} zb={zb:?}"
+                        );
+                    }
+                }
+                // Batch broadcasting: [2, 1, m, k] x [3, k, n] -> [2, 3, m, n].
+                let a4 = mk(
+                    &[av.clone(), av.iter().map(|x| (x + 1) % 256).collect()].concat(),
+                    a_u8,
+                    &[2, 1, m, k],
+                );
+                let b3 = mk(
+                    &[bv.clone(), bv.clone(), bv.clone()].concat(),
+                    b_u8,
+                    &[3, k, n],
+                );
+                let got = matmul_integer(&a4, &[], &b3, &[], None).unwrap();
+                assert_eq!(got.shape(), &[2, 3, m, n]);
+                let a1 = as_i(&av.iter().map(|x| (x + 1) % 256).collect::<Vec<_>>(), a_u8);
+                let want = naive(&a1, &bi, m, k, n, &[], &[]);
+                let last: Vec<i32> = got.iter().copied().skip(5 * m * n).collect();
+                assert_eq!(last, want);
+            }
+        }
+    }
 }
