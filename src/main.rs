@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-mod cli_run;
-#[path = "cli/rewrite.rs"]
-mod rewrite_cmd;
+mod cli;
+
+use cli::{rewrite as rewrite_cmd, run as cli_run, verify as cli_verify};
 
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
@@ -34,6 +34,8 @@ enum Command {
     Rewrite(rewrite_cmd::RewriteArgs),
     /// Run a model with the built-in runtime and summarize its outputs.
     Run(cli_run::RunArgs),
+    /// Compare a quantized model with its float original in the built-in runtime.
+    Verify(cli_verify::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect(a),
         Command::Rewrite(a) => rewrite_cmd::run(a),
         Command::Run(a) => cli_run::run(a),
+        Command::Verify(a) => cli_verify::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
 
-use super::PolicyArgs;
+use crate::PolicyArgs;
 
 /// Models at least this big get a progress bar (when stderr is a terminal).
 const PROGRESS_BYTES: u64 = 32 << 20;

@@ -12,6 +12,8 @@ pub mod data;
 pub mod elementwise;
 pub mod linalg;
 pub mod normalization;
+pub mod quant;
+pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
 pub mod util;
@@ -122,6 +124,8 @@ pub fn register_all(r: &mut Registry) {
     control_flow::register(r);
     rnn::register(r);
     conv::register(r);
+    quant::register(r);
+    quant_ms::register(r);
 }
 
 /// The registry sessions use: every family, built once.
