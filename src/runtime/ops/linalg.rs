@@ -244,6 +244,65 @@ fn gemm_op(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     })))
 }
 
+/// `MatMul(A, B)` followed by `Add` with a 1-D bias `[N]` (the decoder of an exported
+/// `Linear`), planned by the session as one step with inputs `[A, B, bias]`. For f32 with a
+/// 2-D B and a standard-layout A, the output starts as the broadcast bias and the GEMM
+/// accumulates into it (beta = 1): one pass over the output instead of a product and then an
+/// add. Any other case runs `matmul` then `Add` with numpy broadcasting, so the step means
+/// exactly what the two nodes meant.
+pub fn matmul_add_op() -> Box<dyn Op> {
+    Box::new(FnOp(|ins: &[Option<&Value>]| {
+        let (a, b, bias) = (req(ins, 0)?, req(ins, 1)?, req(ins, 2)?);
+        if let (Value::F32(x), Value::F32(y), Value::F32(c)) = (a, b, bias)
+            && let Some(out) = matmul_bias_f32(x, y, c)?
+        {
+            return Ok(vec![Value::F32(out)]);
+        }
+        let p = matmul(a, b)?;
+        Ok(vec![super::elementwise::binary(
+            super::elementwise::Bin::Add,
+            &p,
+            bias,
+        )?])
+    }))
+}
+
+/// The fused case of [`matmul_add_op`]; `None` when the operands are not of that form.
+fn matmul_bias_f32(
+    a: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    bias: &ArrayD<f32>,
+) -> Result<Option<ArrayD<f32>>> {
+    if a.ndim() < 2 || b.ndim() != 2 || bias.ndim() != 1 || !a.is_standard_layout() {
+        return Ok(None);
+    }
+    let k = a.shape()[a.ndim() - 1];
+    let (k2, n) = (b.shape()[0], b.shape()[1]);
+    let (Some(bias_s), true) = (bias.as_slice(), k == k2 && bias.len() == n) else {
+        return Ok(None);
+    };
+    let rows: usize = a.shape()[..a.ndim() - 1].iter().product();
+    let mut out_shape = a.shape().to_vec();
+    *out_shape.last_mut().expect("rank >= 2") = n;
+    let mut data = Vec::with_capacity(rows * n);
+    for _ in 0..rows {
+        data.extend_from_slice(bias_s);
+    }
+    let mut out2 = Array2::from_shape_vec((rows, n), data).map_err(|e| err(e.to_string()))?;
+    let a2 = a
+        .view()
+        .into_shape_with_order((rows, k))
+        .map_err(|e| err(e.to_string()))?;
+    let b2 = b
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| err(e.to_string()))?;
+    gemm(1.0, &a2, &b2, 1.0, &mut out2.view_mut());
+    out2.into_shape_with_order(IxDyn(&out_shape))
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
+}
+
 pub fn register(r: &mut Registry) {
     r.register("", "MatMul", matmul_op);
     r.register("", "Gemm", gemm_op);
