@@ -355,6 +355,55 @@ mod tests {
         );
     }
 
+    /// The fused step must equal MatMul then Add, in the fused layout (3-D A, 2-D B, bias [N])
+    /// and in the fallback ones (bias broadcast from [1], f64).
+    #[test]
+    fn matmul_add_matches_matmul_then_add() {
+        use crate::runtime::ops::elementwise::{Bin, binary};
+        let a = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |d| {
+            (d[0] * 7 + d[1] * 3 + d[2]) as f32 * 0.25 - 1.0
+        });
+        let b = ArrayD::from_shape_fn(IxDyn(&[4, 5]), |d| (d[0] * 5 + d[1]) as f32 * 0.5 - 2.0);
+        let cases = [
+            (
+                Value::F32(a.clone()),
+                Value::F32(b.clone()),
+                Value::F32(ArrayD::from_shape_fn(IxDyn(&[5]), |d| d[0] as f32 - 2.5)),
+            ),
+            (
+                Value::F32(a.clone()),
+                Value::F32(b.clone()),
+                Value::F32(ArrayD::from_elem(IxDyn(&[1]), 3.0)),
+            ),
+            (
+                Value::F64(a.mapv(f64::from)),
+                Value::F64(b.mapv(f64::from)),
+                Value::F64(ArrayD::from_elem(IxDyn(&[5]), -1.5)),
+            ),
+        ];
+        let op = matmul_add_op();
+        for (x, y, c) in cases {
+            let want = binary(Bin::Add, &matmul(&x, &y).unwrap(), &c).unwrap();
+            let got = op.run(&[Some(&x), Some(&y), Some(&c)]).unwrap().remove(0);
+            assert_eq!(got.shape(), want.shape());
+            match (got, want) {
+                (Value::F32(g), Value::F32(w)) => {
+                    for (p, q) in g.iter().zip(w.iter()) {
+                        assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{p} vs {q}");
+                    }
+                }
+                (Value::F64(g), Value::F64(w)) => assert_eq!(g, w),
+                _ => panic!("type changed"),
+            }
+        }
+        // A bias of the wrong length is a broadcast error, as for the Add alone.
+        let bad = Value::F32(ArrayD::zeros(IxDyn(&[3])));
+        assert!(
+            op.run(&[Some(&Value::F32(a)), Some(&Value::F32(b)), Some(&bad)])
+                .is_err()
+        );
+    }
+
     #[test]
     fn gemm_transposes_and_bias() {
         let a = array![[1.0f32, 3.0], [2.0, 4.0]].into_dyn(); // A^T = [[1,2],[3,4]]
