@@ -244,6 +244,65 @@ fn gemm_op(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     })))
 }
 
+/// `MatMul(A, B)` followed by `Add` with a 1-D bias `[N]` (the decoder of an exported
+/// `Linear`), planned by the session as one step with inputs `[A, B, bias]`. For f32 with a
+/// 2-D B and a standard-layout A, the output starts as the broadcast bias and the GEMM
+/// accumulates into it (beta = 1): one pass over the output instead of a product and then an
+/// add. Any other case runs `matmul` then `Add` with numpy broadcasting, so the step means
+/// exactly what the two nodes meant.
+pub fn matmul_add_op() -> Box<dyn Op> {
+    Box::new(FnOp(|ins: &[Option<&Value>]| {
+        let (a, b, bias) = (req(ins, 0)?, req(ins, 1)?, req(ins, 2)?);
+        if let (Value::F32(x), Value::F32(y), Value::F32(c)) = (a, b, bias)
+            && let Some(out) = matmul_bias_f32(x, y, c)?
+        {
+            return Ok(vec![Value::F32(out)]);
+        }
+        let p = matmul(a, b)?;
+        Ok(vec![super::elementwise::binary(
+            super::elementwise::Bin::Add,
+            &p,
+            bias,
+        )?])
+    }))
+}
+
+/// The fused case of [`matmul_add_op`]; `None` when the operands are not of that form.
+fn matmul_bias_f32(
+    a: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    bias: &ArrayD<f32>,
+) -> Result<Option<ArrayD<f32>>> {
+    if a.ndim() < 2 || b.ndim() != 2 || bias.ndim() != 1 || !a.is_standard_layout() {
+        return Ok(None);
+    }
+    let k = a.shape()[a.ndim() - 1];
+    let (k2, n) = (b.shape()[0], b.shape()[1]);
+    let (Some(bias_s), true) = (bias.as_slice(), k == k2 && bias.len() == n) else {
+        return Ok(None);
+    };
+    let rows: usize = a.shape()[..a.ndim() - 1].iter().product();
+    let mut out_shape = a.shape().to_vec();
+    *out_shape.last_mut().expect("rank >= 2") = n;
+    let mut data = Vec::with_capacity(rows * n);
+    for _ in 0..rows {
+        data.extend_from_slice(bias_s);
+    }
+    let mut out2 = Array2::from_shape_vec((rows, n), data).map_err(|e| err(e.to_string()))?;
+    let a2 = a
+        .view()
+        .into_shape_with_order((rows, k))
+        .map_err(|e| err(e.to_string()))?;
+    let b2 = b
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| err(e.to_string()))?;
+    gemm(1.0, &a2, &b2, 1.0, &mut out2.view_mut());
+    out2.into_shape_with_order(IxDyn(&out_shape))
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
+}
+
 pub fn register(r: &mut Registry) {
     r.register("", "MatMul", matmul_op);
     r.register("", "Gemm", gemm_op);
@@ -293,6 +352,55 @@ mod tests {
         assert_eq!(
             matmul(&a, &b).unwrap(),
             Value::I64(array![[17i64], [39]].into_dyn())
+        );
+    }
+
+    /// The fused step must equal MatMul then Add, in the fused layout (3-D A, 2-D B, bias [N])
+    /// and in the fallback ones (bias broadcast from [1], f64).
+    #[test]
+    fn matmul_add_matches_matmul_then_add() {
+        use crate::runtime::ops::elementwise::{Bin, binary};
+        let a = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |d| {
+            (d[0] * 7 + d[1] * 3 + d[2]) as f32 * 0.25 - 1.0
+        });
+        let b = ArrayD::from_shape_fn(IxDyn(&[4, 5]), |d| (d[0] * 5 + d[1]) as f32 * 0.5 - 2.0);
+        let cases = [
+            (
+                Value::F32(a.clone()),
+                Value::F32(b.clone()),
+                Value::F32(ArrayD::from_shape_fn(IxDyn(&[5]), |d| d[0] as f32 - 2.5)),
+            ),
+            (
+                Value::F32(a.clone()),
+                Value::F32(b.clone()),
+                Value::F32(ArrayD::from_elem(IxDyn(&[1]), 3.0)),
+            ),
+            (
+                Value::F64(a.mapv(f64::from)),
+                Value::F64(b.mapv(f64::from)),
+                Value::F64(ArrayD::from_elem(IxDyn(&[5]), -1.5)),
+            ),
+        ];
+        let op = matmul_add_op();
+        for (x, y, c) in cases {
+            let want = binary(Bin::Add, &matmul(&x, &y).unwrap(), &c).unwrap();
+            let got = op.run(&[Some(&x), Some(&y), Some(&c)]).unwrap().remove(0);
+            assert_eq!(got.shape(), want.shape());
+            match (got, want) {
+                (Value::F32(g), Value::F32(w)) => {
+                    for (p, q) in g.iter().zip(w.iter()) {
+                        assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{p} vs {q}");
+                    }
+                }
+                (Value::F64(g), Value::F64(w)) => assert_eq!(g, w),
+                _ => panic!("type changed"),
+            }
+        }
+        // A bias of the wrong length is a broadcast error, as for the Add alone.
+        let bad = Value::F32(ArrayD::zeros(IxDyn(&[3])));
+        assert!(
+            op.run(&[Some(&Value::F32(a)), Some(&Value::F32(b)), Some(&bad)])
+                .is_err()
         );
     }
 
