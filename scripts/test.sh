@@ -14,4 +14,4 @@ if [ -z "${ONNX_DYNQ_PYTHON:-}" ]; then
   export ONNX_DYNQ_PYTHON="$PWD/$venv/bin/python"
 fi
 
-cargo test --all-targets "$@"
+cargo test --all-targets --features tract "$@"
