@@ -12,10 +12,10 @@
 //! ConvInteger rejects that, so per-channel asymmetric weights (whose zero points differ) fall
 //! back to one scale for the tensor.
 
+use super::int_product::{dynamic_quantize, rescale};
 use super::matmul::check_opset;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
 use super::weights::{QValues, quantize_weight};
-use crate::ir::attrs::attr_int;
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
@@ -96,22 +96,13 @@ pub fn rewrite_conv(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         QValues::U8(_) => Tensor::from_vec(&w_zp, &[], vec![q.zero_points[0] as u8]),
     });
 
-    let x_q = names.fresh(&format!("{x}_quantized"));
-    let x_scale = names.fresh(&format!("{x}_scale"));
-    let x_zp = names.fresh(&format!("{x}_zero_point"));
-    out.nodes.push(Node::new(
-        names.fresh(&format!("{stem}_quant")),
-        "DynamicQuantizeLinear",
-        "",
-        vec![x.to_string()],
-        vec![x_q.clone(), x_scale.clone(), x_zp.clone()],
-    ));
+    let xq = dynamic_quantize(&mut out, names, &stem, x);
     let int_out = names.fresh(&format!("{y}_int32"));
     let mut ci = Node::new(
         names.fresh(&format!("{stem}_ConvInteger")),
         "ConvInteger",
         "",
-        vec![x_q, w_q, x_zp, w_zp],
+        vec![xq.q, w_q, xq.zero_point, w_zp],
         vec![int_out.clone()],
     );
     for a in COPIED_ATTRS {
@@ -120,25 +111,7 @@ pub fn rewrite_conv(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         }
     }
     out.nodes.push(ci);
-    let cast_out = names.fresh(&format!("{y}_float"));
-    out.nodes.push(
-        Node::new(
-            names.fresh(&format!("{stem}_cast")),
-            "Cast",
-            "",
-            vec![int_out],
-            vec![cast_out.clone()],
-        )
-        .with_attr(attr_int("to", DataType::Float as i64)),
-    );
-    let scale = names.fresh(&format!("{y}_scale"));
-    out.nodes.push(Node::new(
-        names.fresh(&format!("{stem}_scale_mul")),
-        "Mul",
-        "",
-        vec![x_scale, w_scale],
-        vec![scale.clone()],
-    ));
+    let (cast_out, scale) = rescale(&mut out, names, &stem, y, int_out, xq.scale, w_scale);
     match bias {
         None => out.nodes.push(Node::new(
             stem,

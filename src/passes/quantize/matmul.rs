@@ -15,11 +15,11 @@
 //! second input are what onnxruntime's MatMulIntegerToFloat fusion matches. The last node
 //! writes the original output and carries the original node's name.
 
+use super::int_product::{dynamic_quantize, rescale};
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
 use super::weights::{WeightType, quantize_weight};
-use crate::ir::attrs::attr_int;
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
@@ -64,43 +64,16 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
     out.initializers.push(q.zero_point_tensor(&w_zp, &shape));
 
     let stem = &l.node_name;
-    let a_q = names.fresh(&format!("{}_quantized", l.a));
-    let a_scale = names.fresh(&format!("{}_scale", l.a));
-    let a_zp = names.fresh(&format!("{}_zero_point", l.a));
-    out.nodes.push(Node::new(
-        names.fresh(&format!("{stem}_quant")),
-        "DynamicQuantizeLinear",
-        "",
-        vec![l.a.clone()],
-        vec![a_q.clone(), a_scale.clone(), a_zp.clone()],
-    ));
+    let a = dynamic_quantize(out, names, stem, &l.a);
     let int_out = names.fresh(&format!("{}_int32", l.output));
     out.nodes.push(Node::new(
         names.fresh(&format!("{stem}_MatMulInteger")),
         "MatMulInteger",
         "",
-        vec![a_q, w_q, a_zp, w_zp],
+        vec![a.q, w_q, a.zero_point, w_zp],
         vec![int_out.clone()],
     ));
-    let cast_out = names.fresh(&format!("{}_float", l.output));
-    out.nodes.push(
-        Node::new(
-            names.fresh(&format!("{stem}_cast")),
-            "Cast",
-            "",
-            vec![int_out],
-            vec![cast_out.clone()],
-        )
-        .with_attr(attr_int("to", DataType::Float as i64)),
-    );
-    let scale = names.fresh(&format!("{}_scale", l.output));
-    out.nodes.push(Node::new(
-        names.fresh(&format!("{stem}_scale_mul")),
-        "Mul",
-        "",
-        vec![a_scale, w_scale],
-        vec![scale.clone()],
-    ));
+    let (cast_out, scale) = rescale(out, names, stem, &l.output, int_out, a.scale, w_scale);
     let bias_name = match (l.bias, l.bias_name) {
         (_, Some(n)) => Some(n),
         (Some(b), None) => {

@@ -20,6 +20,7 @@ pub mod fp16;
 pub mod gather;
 pub mod gemm;
 pub mod gru_rnn;
+pub mod int_product;
 pub mod lstm;
 pub mod matmul;
 pub mod policy;
