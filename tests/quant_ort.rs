@@ -63,7 +63,7 @@ fn check_fixture(name: &str, per_channel: bool) {
         .collect();
     let ort = onnx_dynq::npy::read_npz(&out).unwrap();
     let model = onnx_dynq::load(&dst).unwrap();
-    let s = Session::new(&model, &Options { threads: 1 }).unwrap();
+    let s = Session::new(&model, &Options::with_threads(1)).unwrap();
     let got = s.run(feed).unwrap();
     for (n, v) in &got {
         let float = data

@@ -64,7 +64,7 @@ fn every_fixture_matches_torch_and_onnxruntime() {
         let fixture = stem(&path);
         let sample: Sample = fixture_io::sample(&path, true);
         let model = onnx_dynq::load(&path).unwrap();
-        let outs = Session::new(&model, &Options { threads: 1 })
+        let outs = Session::new(&model, &Options::with_threads(1))
             .and_then(|s| s.run(fixture_io::feeds(&s, &sample)));
         let outs = match outs {
             Ok(o) => o,

@@ -39,7 +39,7 @@ fn check(name: &str, tol: f64) {
         .filter_map(|(k, v)| k.strip_prefix("output.").map(|n| (n, v)))
         .collect();
     for threads in [1, 2] {
-        let s = Session::new(&model, &Options { threads }).unwrap();
+        let s = Session::new(&model, &Options::with_threads(threads)).unwrap();
         let out = s.run(feed.clone()).unwrap();
         assert_eq!(out.len(), want.len());
         for (n, v) in &out {

@@ -385,7 +385,7 @@ fn thread_counts_give_the_same_matmul() {
     });
     let mut res = Vec::new();
     for threads in [1, 2] {
-        let s = Session::new(&m, &Options { threads }).unwrap();
+        let s = Session::new(&m, &Options::with_threads(threads)).unwrap();
         res.push(
             run1(&s, vec![("a", f32v(a.clone())), ("b", f32v(b.clone()))])
                 .remove(0)

@@ -107,7 +107,7 @@ fn every_fixture_tract_runs_matches_the_runtime() {
         let fixture = stem(&path);
         let sample = fixture_io::sample(&path, false);
         let model = onnx_dynq::load(&path).unwrap();
-        let session = Session::new(&model, &Options { threads: 1 }).unwrap();
+        let session = Session::new(&model, &Options::with_threads(1)).unwrap();
         let feeds = fixture_io::feeds(&session, &sample);
         let ours = session
             .run(feeds.clone())

@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Also time each op type (one extra run) and report the totals, slowest first.
     #[arg(long)]
     profile: bool,
+    /// Run every node on its own (no plan-time kernel fusion), to measure what fusion buys.
+    #[arg(long)]
+    no_kernel_fusion: bool,
 }
 
 /// Per-output summary: shape, dtype, min, max, mean (NaNs skipped by min/max, counted).
@@ -106,6 +109,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         &model,
         &Options {
             threads: args.threads,
+            no_kernel_fusion: args.no_kernel_fusion,
         },
     )?;
     let feed = build_feed(&args.feed, &session)?;

@@ -33,6 +33,19 @@ use super::value::Value;
 pub struct Options {
     /// Worker threads for kernels; 0 uses rayon's global pool.
     pub threads: usize,
+    /// Skip plan-time kernel fusion (Linear + bias + activation into one kernel), so that
+    /// benchmarks can time the unfused graph.
+    pub no_kernel_fusion: bool,
+}
+
+impl Options {
+    /// Default options with the given thread count.
+    pub fn with_threads(threads: usize) -> Self {
+        Options {
+            threads,
+            ..Default::default()
+        }
+    }
 }
 
 /// A graph input the caller feeds, with its declared type when the model gives one.
@@ -484,7 +497,9 @@ impl<'r> Planner<'r> {
         }
         let num_slots = self.consts.len();
         let graph_outs: HashSet<usize> = outputs.iter().map(|&(_, s)| s).collect();
-        fuse_matmul_bias(&mut steps, &self.consts, &graph_outs);
+        if !self.options.no_kernel_fusion {
+            fuse_matmul_bias(&mut steps, &self.consts, &graph_outs);
+        }
         // Lifetimes: a slot dies after its last reader; a step output nobody reads dies at once.
         let keep: HashSet<usize> = outputs
             .iter()
