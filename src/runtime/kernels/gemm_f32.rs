@@ -7,14 +7,59 @@
 //! 33-37 ms (the decoder of a word LM at batch 1, where `matrixmultiply` has no gemv path),
 //! 35x256x33278 21.9 ms vs 28.1 ms. Transposed operands are passed as strides, never copied.
 //!
+//! For a constant B (weights), [`PackedB`] + [`gemm_packed`] pack B once and fuse a bias and
+//! activation into the output loop (module `packed`); this file's [`gemm`] serves everything
+//! else.
+//!
 //! Threading: products of at least [`PARALLEL_MIN_FLOPS`] multiply-adds use the current rayon
 //! pool (the session installs its own pool when a thread count is set); smaller ones stay on the
 //! calling thread, where splitting costs more than it saves.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod packed;
+#[cfg(test)]
+mod packed_tests;
+mod scalar;
+
+pub use packed::{Act, Epilogue, Isa, PackedB, gemm_packed};
+
 /// Below this many multiply-adds (m·n·k) a product runs on one thread.
 pub const PARALLEL_MIN_FLOPS: usize = 1 << 23;
+
+/// Outputs at least this large (bytes) ask the kernel for transparent huge pages.
+const HUGE_BUFFER_BYTES: usize = 4 << 20;
+
+/// A zeroed `len`-float buffer for a large output that the caller writes in full.
+///
+/// Why: a multi-MB output (the logits of a word LM are 46 MB at batch 10) is a fresh `mmap` on
+/// every run, and first-touch page faults on 4 KB pages (one per 1024 floats, each zeroed by
+/// the kernel) cost a fifth of such a run. On Linux, buffers of 4 MB and more are advised as
+/// huge-page candidates (`MADV_HUGEPAGE`, as numpy does for its large arrays), which cuts the
+/// faults by 512x where the system allows transparent huge pages; elsewhere, or when the
+/// advice is refused, this is a plain zeroed allocation (calloc: fresh pages are not written).
+pub fn output_buffer(len: usize) -> Vec<f32> {
+    let v = vec![0f32; len];
+    #[cfg(target_os = "linux")]
+    if len * std::mem::size_of::<f32>() >= HUGE_BUFFER_BYTES {
+        const PAGE: usize = 4096;
+        let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (v.as_ptr() as usize + len * std::mem::size_of::<f32>()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside the allocation `v` owns; MADV_HUGEPAGE changes no
+            // contents (zero pages stay zero), only how future faults are served. A failure is
+            // harmless and ignored.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
+}
 
 /// Element types the kernel multiplies.
 pub trait GemmElem: Copy + 'static + num_traits::Zero + num_traits::One {}
