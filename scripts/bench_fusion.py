@@ -26,7 +26,7 @@ def mlp(path: Path, form: str, batch: int, width: int, layers: int = 3) -> dict:
     rng = np.random.default_rng(0)
     inits, nodes, x = [], [], "x"
     for i in range(layers):
-        w = rng.uniform(-1, 1, (width, width)).astype(np.float32) / np.sqrt(width)
+        w = (rng.uniform(-1, 1, (width, width)) / np.sqrt(width)).astype(np.float32)
         b = rng.uniform(-0.1, 0.1, (width,)).astype(np.float32)
         inits.append(numpy_helper.from_array(b, f"b{i}"))
         if form == "gemm":

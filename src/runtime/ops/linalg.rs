@@ -400,7 +400,7 @@ impl Linear {
             return None;
         }
         let m = a2.nrows();
-        // The kernel writes every element.
+        // The kernel writes every element (the buffer may be a recycled one).
         let mut out = output_buffer(m * n);
         let epi = Epilogue {
             bias: self.bias.as_deref(),

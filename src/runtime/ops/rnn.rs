@@ -35,7 +35,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ir::Node;
-use crate::runtime::kernels::gemm_f32::{Act, Epilogue, PackedB, gemm_packed};
+use crate::runtime::kernels::gemm_f32::{
+    Act, Epilogue, PackedB, gemm_packed, output_buffer, recycle,
+};
 use crate::runtime::value::Value;
 
 use super::{BuildCtx, Op, Registry};
@@ -776,7 +778,9 @@ impl Steps<'_> {
     /// `X·Wᵀ + bias` for all steps at once: `[seq·batch, G·H]`.
     fn project_input(&self) -> Array2<f32> {
         let (rows, n) = (self.seq * self.batch, self.w.wp.n());
-        let mut xw = Array2::<f32>::zeros((rows, n));
+        // The kernel writes every element (the buffer may be a recycled one).
+        let mut xw = Array2::from_shape_vec((rows, n), output_buffer(rows * n))
+            .expect("the buffer has rows * n floats");
         let epi = Epilogue {
             bias: self.w.xbias.as_slice(),
             act: Act::None,
@@ -868,6 +872,7 @@ impl Steps<'_> {
                     .copy_from_slice(h_row);
             }
         }
+        recycle(xw.into_raw_vec_and_offset().0);
         DirOut { y, h: hs, c: cs }
     }
 
@@ -947,6 +952,7 @@ impl Steps<'_> {
                     .copy_from_slice(h_row);
             }
         }
+        recycle(xw.into_raw_vec_and_offset().0);
         let c = Array2::zeros((self.batch, h));
         DirOut { y, h: hs, c }
     }
@@ -978,6 +984,7 @@ impl Steps<'_> {
                     .copy_from_slice(h_row);
             }
         }
+        recycle(xw.into_raw_vec_and_offset().0);
         let c = Array2::zeros((self.batch, h));
         DirOut { y, h: hs, c }
     }
