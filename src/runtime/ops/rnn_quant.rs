@@ -203,10 +203,36 @@ fn quantize_dispatch(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
     quantize_into(x, scale, zp, out);
 }
 
+/// [`quantize_into`] eight values at a time, as MLAS's kernel does it: `vdivps`, clamp with
+/// `vmaxps`/`vminps` (NaN becomes the lower bound), `vcvtps2dq` (round half to even in the
+/// default rounding mode), add the zero point.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn quantize_avx2(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
-    quantize_into(x, scale, zp, out);
+    use std::arch::x86_64::*;
+    let n = x.len().min(out.len());
+    let body = n / 8 * 8;
+    let z = f32::from(zp);
+    let vs = _mm256_set1_ps(scale);
+    let vlo = _mm256_set1_ps(-z);
+    let vhi = _mm256_set1_ps(255.0 - z);
+    let vz = _mm256_set1_epi32(i32::from(zp));
+    let mut i = 0;
+    while i < body {
+        // SAFETY: i + 8 <= n <= x.len(); unaligned load.
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        let q = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, vs), vlo), vhi);
+        let q = _mm256_add_epi32(_mm256_cvtps_epi32(q), vz);
+        let mut lanes = [0i32; 8];
+        // SAFETY: `lanes` holds 8 i32; unaligned store.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), q) };
+        for (o, &l) in out[i..i + 8].iter_mut().zip(&lanes) {
+            // In 0..=255 by the clamp.
+            *o = l as u8;
+        }
+        i += 8;
+    }
+    quantize_into(&x[body..n], scale, zp, &mut out[body..n]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,6 +289,8 @@ struct QuantLstm {
     n_outputs: usize,
     /// Packed at plan time when W, R and their scales and zero points are constant.
     weights: Option<Vec<DirWeights>>,
+    /// The input projections' buffer, kept between runs.
+    scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 fn build(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
@@ -320,6 +348,7 @@ fn build(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         want_y: outs.first().is_some_and(|o| !o.is_empty()),
         n_outputs: outs.len().min(3),
         weights: None,
+        scratch: Default::default(),
     };
     let c = |i: usize| ctx.const_inputs.get(i).copied().flatten();
     if let (Some(w), Some(r), Some(ws), Some(wz), Some(rs), Some(rz)) =
@@ -573,24 +602,31 @@ impl QuantLstm {
                 acts: self.acts[di],
                 reverse: self.reverse[di],
                 batch,
-                seq,
                 lens: &lens,
                 bias: bias.map(|b| &b[di * 2 * g..(di + 1) * 2 * g]),
                 peep: peep.map(|p| &p[di * 3 * h..(di + 1) * 3 * h]),
             };
-            let out = dir.run(
-                &xq,
-                x_scale,
-                x_zp,
+            // The gates buffer is reused across runs (a fresh multi-MB buffer per run costs
+            // page faults); a concurrent run of the same op allocates its own.
+            let mut local = Vec::new();
+            let mut guard = self.scratch.try_lock();
+            let gates = match guard.as_deref_mut() {
+                Ok(v) => v,
+                Err(_) => &mut local,
+            };
+            dir.run(
+                (&xq, x_scale, x_zp),
                 h0.map(|v| &v[di * bh..(di + 1) * bh]),
                 c0.map(|v| &v[di * bh..(di + 1) * bh]),
+                gates,
+                Out {
+                    y: &mut y,
+                    dirs: d,
+                    di,
+                    h: &mut yh[di * bh..(di + 1) * bh],
+                    c: &mut yc[di * bh..(di + 1) * bh],
+                },
             )?;
-            for t in 0..seq {
-                y[(t * d + di) * bh..(t * d + di + 1) * bh]
-                    .copy_from_slice(&out.y[t * bh..(t + 1) * bh]);
-            }
-            yh[di * bh..(di + 1) * bh].copy_from_slice(&out.h);
-            yc[di * bh..(di + 1) * bh].copy_from_slice(&out.c);
         }
         let arr = |shape: &[usize], v: Vec<f32>| -> Result<Value> {
             Ok(Value::F32(
@@ -623,7 +659,6 @@ struct Dir<'a> {
     acts: [Act; 3],
     reverse: bool,
     batch: usize,
-    seq: usize,
     lens: &'a [usize],
     /// `[Wb (4H), Rb (4H)]`.
     bias: Option<&'a [f32]>,
@@ -631,25 +666,29 @@ struct Dir<'a> {
     peep: Option<&'a [f32]>,
 }
 
-/// One direction's results: `y [seq, batch, H]`, final `h`, `c [batch, H]`.
-struct DirOut {
-    y: Vec<f32>,
-    h: Vec<f32>,
-    c: Vec<f32>,
+/// Where one direction writes: its slot of `Y [seq, dirs, batch, H]` and its final states
+/// `[batch, H]` (all zero on entry).
+struct Out<'a> {
+    y: &'a mut [f32],
+    dirs: usize,
+    di: usize,
+    h: &'a mut [f32],
+    c: &'a mut [f32],
 }
 
 impl Dir<'_> {
+    /// Runs the direction on X quantized as `(data, scale, zero point)`; `gates` is scratch.
     fn run(
         &self,
-        xq: &[u8],
-        x_scale: f32,
-        x_zp: u8,
+        (xq, x_scale, x_zp): (&[u8], f32, u8),
         h0: Option<&[f32]>,
         c0: Option<&[f32]>,
-    ) -> Result<DirOut> {
+        gates: &mut Vec<f32>,
+        out: Out,
+    ) -> Result<()> {
         let h = self.op.hidden;
         let g = 4 * h;
-        let (batch, seq) = (self.batch, self.seq);
+        let batch = self.batch;
         let bh = batch * h;
         let input = self.w.w.k();
         let rows = xq.len() / input.max(1);
@@ -657,23 +696,20 @@ impl Dir<'_> {
 
         // Input projection of every computed step: [rows, 4H], scaled, no bias (onnxruntime
         // adds the bias with the clip, after the recurrent product).
-        let mut gates = vec![0f32; rows * g];
+        // Every element is written by the GEMM: stale contents do not matter.
+        gates.resize(rows * g, 0.0);
         let epi = Epilogue {
             b_scales: &self.w.w_scales,
             bias: None,
             relu: false,
         };
-        gemm_u8i8_f32(
-            xq, rows, input, x_zp, x_scale, &self.w.w, &epi, &mut gates, 1,
-        )?;
+        gemm_u8i8_f32(xq, rows, input, x_zp, x_scale, &self.w.w, &epi, gates, 1)?;
 
         // The combined bias Wb + Rb per gate.
         let bias: Option<Vec<f32>> = self.bias.map(|b| (0..g).map(|j| b[j] + b[j + g]).collect());
         let mut hs = h0.map_or_else(|| vec![0f32; bh], <[f32]>::to_vec);
         let mut cs = c0.map_or_else(|| vec![0f32; bh], <[f32]>::to_vec);
-        let mut y = vec![0f32; seq * bh];
-        let mut h_final = vec![0f32; bh];
-        let mut c_final = vec![0f32; bh];
+        let (y_stride, y_off) = (out.dirs * bh, out.di * bh);
         let mut hq = vec![0u8; bh];
         let mut hr = vec![0f32; batch * g];
         let epi_r = Epilogue {
@@ -708,18 +744,15 @@ impl Dir<'_> {
                     hrow,
                     bias.as_deref(),
                 );
-                y[(t * batch + b) * h..(t * batch + b + 1) * h].copy_from_slice(hrow);
+                let yo = t * y_stride + y_off + b * h;
+                out.y[yo..yo + h].copy_from_slice(hrow);
                 if step + 1 == len {
-                    h_final[b * h..(b + 1) * h].copy_from_slice(hrow);
-                    c_final[b * h..(b + 1) * h].copy_from_slice(crow);
+                    out.h[b * h..(b + 1) * h].copy_from_slice(hrow);
+                    out.c[b * h..(b + 1) * h].copy_from_slice(crow);
                 }
             }
         }
-        Ok(DirOut {
-            y,
-            h: h_final,
-            c: c_final,
-        })
+        Ok(())
     }
 }
 
@@ -832,6 +865,233 @@ fn gates_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::attrs::{attr_int, attr_string};
+    use ndarray::Array3;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn f32v(shape: &[usize], v: Vec<f32>) -> Value {
+        Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+    }
+
+    fn node(
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<crate::onnx::AttributeProto>,
+    ) -> Node {
+        let mut n = Node::new(
+            name,
+            op,
+            if op == "LSTM" { "" } else { "com.microsoft" },
+            inputs.iter().map(|s| s.to_string()).collect(),
+            vec!["Y".into(), "Y_h".into(), "Y_c".into()],
+        );
+        for a in attrs {
+            n = n.with_attr(a);
+        }
+        n
+    }
+
+    fn build_op(n: &Node, consts: Vec<Option<&Value>>) -> Result<Box<dyn Op>> {
+        let mut r = Registry::default();
+        register(&mut r);
+        super::super::rnn::register(&mut r);
+        let b = r.get(n.domain(), n.op_type()).expect("registered");
+        b(
+            n,
+            &BuildCtx {
+                opset: 1,
+                const_inputs: consts,
+            },
+        )
+    }
+
+    /// The quantized op stays close to the float LSTM run on its dequantized weights, in every
+    /// direction, with peepholes, initial states and sequence lengths; planned (constant
+    /// weights) and unplanned runs agree exactly.
+    #[test]
+    fn close_to_the_float_lstm_on_dequantized_weights() {
+        let (seq, batch, inp, h) = (6, 3, 12, 8);
+        let g = 4 * h;
+        for dirn in ["forward", "reverse", "bidirectional"] {
+            let d = if dirn == "bidirectional" { 2 } else { 1 };
+            // int8 weights [D, in, 4H] / [D, H, 4H] with per-row scales.
+            let wq: Vec<i8> = values(d * inp * g, 1)
+                .iter()
+                .map(|v| (v * 127.0) as i8)
+                .collect();
+            let rq: Vec<i8> = values(d * h * g, 2)
+                .iter()
+                .map(|v| (v * 127.0) as i8)
+                .collect();
+            let ws: Vec<f32> = values(d * g, 3).iter().map(|v| 0.002 + 0.001 * v).collect();
+            let rs: Vec<f32> = values(d * g, 4).iter().map(|v| 0.003 + 0.001 * v).collect();
+            // Float W [D, 4H, in] and R [D, 4H, H]: dequantized and transposed.
+            let deq = |q: &[i8], s: &[f32], k: usize| -> Vec<f32> {
+                let mut out = vec![0f32; d * g * k];
+                for di in 0..d {
+                    for kk in 0..k {
+                        for n in 0..g {
+                            out[(di * g + n) * k + kk] =
+                                f32::from(q[(di * k + kk) * g + n]) * s[di * g + n];
+                        }
+                    }
+                }
+                out
+            };
+            let wf = f32v(&[d, g, inp], deq(&wq, &ws, inp));
+            let rf = f32v(&[d, g, h], deq(&rq, &rs, h));
+            let x = f32v(&[seq, batch, inp], values(seq * batch * inp, 5));
+            let bias = f32v(
+                &[d, 2 * g],
+                values(d * 2 * g, 6).iter().map(|v| v * 0.3).collect(),
+            );
+            let lens = Value::I32(ArrayD::from_shape_vec(IxDyn(&[batch]), vec![6, 2, 4]).unwrap());
+            let h0 = f32v(&[d, batch, h], values(d * batch * h, 7));
+            let c0 = f32v(&[d, batch, h], values(d * batch * h, 8));
+            let p = f32v(
+                &[d, 3 * h],
+                values(d * 3 * h, 9).iter().map(|v| v * 0.5).collect(),
+            );
+            let w = Value::I8(ArrayD::from_shape_vec(IxDyn(&[d, inp, g]), wq).unwrap());
+            let r = Value::I8(ArrayD::from_shape_vec(IxDyn(&[d, h, g]), rq).unwrap());
+            let ws = f32v(&[d, g], ws);
+            let rs = f32v(&[d, g], rs);
+            let zp = Value::I8(ArrayD::zeros(IxDyn(&[d, g])));
+            let attrs = || {
+                vec![
+                    attr_int("hidden_size", h as i64),
+                    attr_string("direction", dirn),
+                ]
+            };
+            let names = [
+                "X", "W", "R", "B", "L", "H0", "C0", "P", "WS", "WZ", "RS", "RZ",
+            ];
+            let qn = node("q", "DynamicQuantizeLSTM", &names, attrs());
+            let ins = [&x, &w, &r, &bias, &lens, &h0, &c0, &p, &ws, &zp, &rs, &zp].map(Some);
+            let mut consts = vec![None; 12];
+            for i in [1, 2, 8, 9, 10, 11] {
+                consts[i] = ins[i];
+            }
+            let planned = build_op(&qn, consts).unwrap().run(&ins).unwrap();
+            let unplanned = build_op(&qn, vec![None; 12]).unwrap().run(&ins).unwrap();
+            assert_eq!(planned, unplanned);
+            let fnode = node("f", "LSTM", &names[..8], attrs());
+            let fins = [&x, &wf, &rf, &bias, &lens, &h0, &c0, &p].map(Some);
+            let float = build_op(&fnode, vec![None; 8]).unwrap().run(&fins).unwrap();
+            for (q, f) in planned.iter().zip(&float) {
+                assert_eq!(q.shape(), f.shape());
+                let (q, f) = (q.as_f32().unwrap(), f.as_f32().unwrap());
+                let worst = q
+                    .iter()
+                    .zip(f)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 0.03, "{dirn}: max |quant - float| {worst}");
+            }
+            // Steps past a row's length are zero.
+            let y: Array3<f32> = planned[0]
+                .as_f32()
+                .unwrap()
+                .index_axis(ndarray::Axis(1), 0)
+                .to_owned()
+                .into_dimensionality()
+                .unwrap();
+            assert!(y.slice(ndarray::s![2.., 1, ..]).iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let h = 4;
+        let x = f32v(&[2, 1, 3], values(6, 1));
+        let w = Value::I8(ArrayD::zeros(IxDyn(&[1, 3, 4 * h])));
+        let r = Value::I8(ArrayD::zeros(IxDyn(&[1, h, 4 * h])));
+        let s = f32v(&[1], vec![0.1]);
+        let z = Value::I8(ArrayD::zeros(IxDyn(&[1])));
+        let names = ["X", "W", "R", "", "", "", "", "", "WS", "WZ", "RS", "RZ"];
+        let n = node(
+            "q",
+            "DynamicQuantizeLSTM",
+            &names,
+            vec![attr_int("hidden_size", h as i64)],
+        );
+        let op = build_op(&n, vec![None; 12]).unwrap();
+        let ok = [
+            Some(&x),
+            Some(&w),
+            Some(&r),
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(&s),
+            Some(&z),
+            Some(&s),
+            Some(&z),
+        ];
+        assert_eq!(op.run(&ok).unwrap().len(), 3);
+        let mut bad = ok;
+        let r_bad = Value::I8(ArrayD::zeros(IxDyn(&[1, h + 1, 4 * h])));
+        bad[2] = Some(&r_bad);
+        assert!(
+            op.run(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("R has shape")
+        );
+        let mut bad = ok;
+        let zu = Value::U8(ArrayD::zeros(IxDyn(&[1])));
+        bad[9] = Some(&zu);
+        assert!(
+            op.run(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("different types")
+        );
+        let mut bad = ok;
+        let x_bad = f32v(&[2, 1, 5], values(10, 2));
+        bad[0] = Some(&x_bad);
+        assert!(op.run(&bad).unwrap_err().to_string().contains("input size"));
+        let mut bad = ok;
+        let lens = Value::I32(ArrayD::from_elem(IxDyn(&[1]), 3));
+        bad[4] = Some(&lens);
+        assert!(
+            op.run(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("sequence length 3")
+        );
+        // Per-row int8 zero points must be zero (as onnxruntime requires).
+        let s_pc = f32v(&[1, 4 * h], vec![0.1; 4 * h]);
+        let mut zv = vec![0i8; 4 * h];
+        zv[3] = 1;
+        let z_pc = Value::I8(ArrayD::from_shape_vec(IxDyn(&[1, 4 * h]), zv).unwrap());
+        let mut bad = ok;
+        bad[8] = Some(&s_pc);
+        bad[9] = Some(&z_pc);
+        assert!(
+            op.run(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("must be zero")
+        );
+        let n = node("q", "DynamicQuantizeLSTM", &names, vec![]);
+        assert!(build_op(&n, vec![None; 12]).is_err());
+    }
 
     #[test]
     fn quant_params_follow_onnxruntime() {
@@ -862,6 +1122,25 @@ mod tests {
         assert_eq!(mlas_logistic(-100.0), mlas_logistic(-18.0));
         assert!(mlas_logistic(-100.0) >= 0.0);
         assert!((mlas_tanh(100.0) - 1.0).abs() < 1e-6);
+    }
+
+    /// The dispatched (SIMD) quantizer equals the scalar one on every length and odd values.
+    #[test]
+    fn quantize_paths_agree() {
+        let mut x = values(1003, 11);
+        x.iter_mut().for_each(|v| *v *= 3.0);
+        x[5] = f32::NAN;
+        x[17] = 1e30;
+        x[18] = -1e30;
+        x[19] = 0.5;
+        for n in [0, 1, 7, 8, 9, 64, 1003] {
+            for (scale, zp) in [(3.0f32 / 255.0, 128u8), (0.01, 0), (1.0, 255), (0.5, 3)] {
+                let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+                quantize_into(&x[..n], scale, zp, &mut a);
+                quantize_dispatch(&x[..n], scale, zp, &mut b);
+                assert_eq!(a, b, "n {n} scale {scale} zp {zp}");
+            }
+        }
     }
 
     #[test]
