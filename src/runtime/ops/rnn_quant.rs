@@ -46,11 +46,17 @@
 //! - `sequence_lens`: rows past their length output zeros in `Y`; `Y_h`/`Y_c` hold the state at
 //!   the row's last step, zeros for a row of length 0.
 //!
+//! - A row of length 0 when `Y` is not an output: onnxruntime's next steps then read that row
+//!   from an output buffer it never wrote; we use the initial state there (the row's own
+//!   outputs are zeros either way, only the shared h scale of the other rows can differ).
+//!
 //! # Execution
 //! W and R are packed once at plan time ([`PackedB`]) when constant. Per direction: one int8
-//! GEMM ([`gemm_u8i8_f32`]) for the input projection of all steps, and per step one
-//! `[batch, H] x [H, 4H]` int8 GEMM for the recurrence, with the scales applied in the GEMM's
-//! epilogue.
+//! GEMM ([`gemm_u8i8_f32`]) for the input projection of all steps (into a buffer the op keeps
+//! between runs), and per step one `[batch, H] x [H, 4H]` int8 GEMM for the recurrence, with
+//! the scales applied in the GEMM's epilogue; quantization and gate math are vectorized
+//! (AVX2/FMA when the CPU has them, else the same arithmetic in scalar code, same results).
+//! Results are written straight into `Y`, `Y_h`, `Y_c`.
 
 use ndarray::{ArrayD, IxDyn};
 
