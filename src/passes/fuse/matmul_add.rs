@@ -1,0 +1,110 @@
+//! `MatMul` + `Add` of a constant bias: one Linear unit.
+//!
+//! - 2-D: `Gemm(A, B, C)` (opset 11+, where C is optional and unidirectionally broadcast to
+//!   `[M, N]`), when A and B have rank 2, the element type is a float type Gemm takes, and the
+//!   bias has rank <= 2 with each dim 1 or equal to `[M, N]`'s. The Gemm keeps the MatMul's
+//!   name (so `--exclude`/`--include` by that name keep working) and writes the Add's output.
+//! - Otherwise (A with batch or sequence dims): the MatMul stays, and the Add is put in the
+//!   form the quantizer and the runtime's fused Linear kernels expect: the product first and a
+//!   1-D `[N]` bias second (exporters write `Add(bias, x)`; a `[1, .., 1, N]` bias becomes a
+//!   zero-copy `[N]` view when that cannot change the output's rank). The quantized MatMul's
+//!   rescale Mul then feeds this Add directly. Fires only when something changes.
+
+use crate::error::Result;
+use crate::ir::shape::Dim;
+use crate::ir::{Graph, NameGen, Node, Tensor};
+use crate::onnx::tensor_proto::DataType;
+use crate::passes::pattern::{self, Edit, From, Match, MatchCtx, Pattern, Step};
+
+use super::{Pass, PassEnv};
+
+pub const PASS: Pass = Pass {
+    name: "matmul_add",
+    run,
+};
+
+const PATTERN: Pattern = Pattern {
+    steps: &[
+        Step::op(&["MatMul"]),
+        Step::op(&["Add"]).from(From::Any).check(has_const_input),
+    ],
+};
+
+fn has_const_input(n: &Node, cx: &MatchCtx) -> bool {
+    n.inputs().iter().any(|i| cx.constant(i).is_some())
+}
+
+/// Whether `bias` dims broadcast unidirectionally to `[m, n]` (Gemm's C).
+fn gemm_bias_ok(bias: &[i64], m: &Dim, n: i64) -> bool {
+    match bias {
+        [] => true,
+        [c] => *c == 1 || *c == n,
+        [r, c] => (*c == 1 || *c == n) && (*r == 1 || m.known() == Some(*r)),
+        _ => false,
+    }
+}
+
+fn rewrite(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
+    let (mi, ai) = (m.at(0)?, m.at(1)?);
+    let (mm, add) = (&cx.graph.nodes[mi], &cx.graph.nodes[ai]);
+    let y = mm.outputs().first()?;
+    let pos = add.inputs().iter().position(|i| i == y)?;
+    let bias_name = add.input(1 - pos)?;
+    if bias_name == y {
+        return None;
+    }
+    let bias = cx.constant(bias_name)?;
+    let dt = bias.data_type().ok()?;
+    if !matches!(dt, DataType::Float | DataType::Float16 | DataType::Double) {
+        return None;
+    }
+    let a_shape = cx.type_of(mm.input(0)?)?.shape.clone();
+    let b_shape = cx.type_of(mm.input(1)?)?.shape.clone();
+    let out_shape = cx.type_of(y).and_then(|t| t.shape.clone());
+    if let (Some(a), Some(b)) = (&a_shape, &b_shape)
+        && a.len() == 2
+        && b.len() == 2
+        && cx.opset >= 11
+        && let Some(n) = b[1].known()
+        && gemm_bias_ok(bias.dims(), &a[0], n)
+    {
+        let gemm = Node::new(
+            mm.name(),
+            "Gemm",
+            "",
+            vec![
+                mm.input(0)?.to_string(),
+                mm.input(1)?.to_string(),
+                bias_name.to_string(),
+            ],
+            vec![add.outputs().first()?.clone()],
+        );
+        return Some(Edit::default().put(mi, vec![gemm]).remove(ai));
+    }
+    // N-D: bias second, as a vector.
+    let dims = bias.dims();
+    let n = *dims.last()?;
+    let is_row = dims.len() > 1 && dims[..dims.len() - 1].iter().all(|&d| d == 1);
+    let out_rank = out_shape.as_ref().map(Vec::len);
+    let mut edit = Edit::default();
+    let new_bias = if is_row && out_rank.is_some_and(|r| r >= dims.len()) {
+        let name = names.fresh(&format!("{bias_name}_vector"));
+        let mut t = bias.proto.clone();
+        t.name = Some(name.clone());
+        t.dims = vec![n];
+        edit.initializers.push(Tensor::new(t).ok()?);
+        name
+    } else {
+        bias_name.to_string()
+    };
+    if pos == 0 && new_bias == bias_name {
+        return None;
+    }
+    let mut new_add = add.clone();
+    new_add.proto.input = vec![y.clone(), new_bias];
+    Some(edit.put(ai, vec![new_add]))
+}
+
+fn run(g: &mut Graph, env: &PassEnv, names: &mut NameGen) -> Result<usize> {
+    pattern::apply(g, env.opset, env.outer_types, names, &PATTERN, rewrite)
+}
