@@ -114,6 +114,9 @@ pub struct MatchCtx<'g> {
     /// Known values of small integer tensors (shape vectors), possibly symbolic.
     pub values: HashMap<String, Vec<Dim>>,
     overridable: HashSet<&'g str>,
+    /// Constants of enclosing graphs visible here (only analyses use them: a rewrite needs
+    /// the tensor, which lives in another graph).
+    pub outer_constants: HashSet<String>,
 }
 
 impl<'g> MatchCtx<'g> {
@@ -134,7 +137,26 @@ impl<'g> MatchCtx<'g> {
             types,
             values,
             overridable,
+            outer_constants: HashSet::new(),
         }
+    }
+
+    /// Whether `name` is a constant here or in an enclosing graph.
+    pub fn is_constant(&self, name: &str) -> bool {
+        self.constant(name).is_some() || self.outer_constants.contains(name)
+    }
+
+    /// Names of the constants a subgraph of this graph can see.
+    pub fn constants_for_subgraphs(&self) -> HashSet<String> {
+        let mut c = self.outer_constants.clone();
+        c.extend(
+            self.graph
+                .initializers
+                .keys()
+                .filter(|k| !self.overridable.contains(k.as_str()))
+                .cloned(),
+        );
+        c
     }
 
     /// The constant tensor `name` names in this graph, if it is one.

@@ -508,3 +508,103 @@ fn fusing_is_deterministic_and_idempotent() {
     let mut again = a.clone();
     assert_eq!(fuse(&mut again).unwrap().total(), 0);
 }
+
+fn branch(nodes: Vec<Node>, output: &str) -> Graph {
+    let mut g = Graph::from_proto(GraphProto {
+        name: Some(format!("g_{output}")),
+        output: vec![vi(output, &[-1, 4])],
+        ..Default::default()
+    })
+    .unwrap();
+    g.nodes = nodes;
+    g
+}
+
+fn if_node(then_g: Graph, else_g: Graph) -> Node {
+    use crate::ir::Subgraph;
+    use crate::onnx::{AttributeProto, attribute_proto::AttributeType};
+    let attr = |name: &str| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Graph as i32),
+        ..Default::default()
+    };
+    let mut n = n("If", &["cond"], &["y"])
+        .with_attr(attr("then_branch"))
+        .with_attr(attr("else_branch"));
+    n.subgraphs = vec![
+        Subgraph {
+            attr: "then_branch".into(),
+            index: None,
+            graph: then_g,
+        },
+        Subgraph {
+            attr: "else_branch".into(),
+            index: None,
+            graph: else_g,
+        },
+    ];
+    n
+}
+
+#[test]
+fn passes_run_inside_if_branches_and_keep_branch_outputs() {
+    let then_g = branch(
+        vec![
+            n("Identity", &["a"], &["t1"]),
+            n("Relu", &["t1"], &["t_out"]),
+        ],
+        "t_out",
+    );
+    // A pass-through of an outer value: the branch output must stay.
+    let else_g = branch(vec![n("Identity", &["a"], &["e_out"])], "e_out");
+    for cond in [true, false] {
+        let c = Case {
+            inputs: vec![("x", vec![-1, 4])],
+            outputs: vec!["y"],
+            nodes: vec![
+                n("MatMul", &["x", "w4"], &["a"]),
+                if_node(then_g.clone(), else_g.clone()),
+            ],
+            inits: vec![
+                w("w4", &[4, 4], 1),
+                Tensor::from_vec("cond", &[], vec![cond]),
+            ],
+            opset: 17,
+        };
+        let (m, k) = c.fuse();
+        assert_eq!(k["remove_identity"], 1);
+        let s = &m.graph.nodes[1].subgraphs;
+        let ops = |g: &Graph| {
+            g.nodes
+                .iter()
+                .map(|n| n.op_type().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ops(&s[0].graph), ["Relu"]);
+        assert_eq!(s[0].graph.nodes[0].inputs(), ["a"]);
+        assert_eq!(ops(&s[1].graph), ["Identity"]);
+    }
+}
+
+#[test]
+fn identity_read_from_inside_a_branch_is_renamed_there() {
+    let then_g = branch(vec![n("Relu", &["i"], &["t_out"])], "t_out");
+    let else_g = branch(vec![n("Neg", &["i"], &["e_out"])], "e_out");
+    let c = Case {
+        inputs: vec![("x", vec![-1, 4])],
+        outputs: vec!["y"],
+        nodes: vec![
+            n("MatMul", &["x", "w4"], &["a"]),
+            n("Identity", &["a"], &["i"]),
+            if_node(then_g, else_g),
+        ],
+        inits: vec![
+            w("w4", &[4, 4], 1),
+            Tensor::from_vec("cond", &[], vec![false]),
+        ],
+        opset: 17,
+    };
+    let (m, k) = c.fuse();
+    assert_eq!(k["remove_identity"], 1);
+    assert_eq!(m.graph.nodes[1].subgraphs[1].graph.nodes[0].inputs(), ["a"]);
+}

@@ -6,7 +6,7 @@
 //! `inspect` and the rewrite report show the counts; the report labels each quantized
 //! MatMul/Gemm with its unit ("Linear+bias+Relu").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -28,7 +28,7 @@ pub struct UnitCounts {
 
 const UNIT: Pattern = Pattern {
     steps: &[
-        Step::op(&["MatMul", "Gemm"]).consts(&[1]),
+        Step::op(&["MatMul", "Gemm"]).check(const_weight),
         Step::op(&["Add"])
             .from(From::Any)
             .optional()
@@ -39,8 +39,12 @@ const UNIT: Pattern = Pattern {
     ],
 };
 
+fn const_weight(n: &Node, cx: &MatchCtx) -> bool {
+    n.input(1).is_some_and(|w| cx.is_constant(w))
+}
+
 fn const_bias(n: &Node, cx: &MatchCtx) -> bool {
-    n.inputs().iter().any(|i| cx.constant(i).is_some())
+    n.inputs().iter().any(|i| cx.is_constant(i))
 }
 
 fn fusable_activation(n: &Node, cx: &MatchCtx) -> bool {
@@ -71,20 +75,34 @@ fn label(cx: &MatchCtx, i: usize) -> Option<String> {
 /// graph), mapped to node name -> unit label, for every Linear unit.
 pub fn unit_labels(g: &Graph, opset: i64) -> HashMap<(String, String), String> {
     let mut out = HashMap::new();
-    walk(g, opset, &HashMap::new(), "", &mut |scope, node, l| {
-        out.insert((scope.to_string(), node.to_string()), l);
-    });
+    walk(
+        g,
+        opset,
+        &HashMap::new(),
+        &HashSet::new(),
+        "",
+        &mut |scope, node, l| {
+            out.insert((scope.to_string(), node.to_string()), l);
+        },
+    );
     out
 }
 
 /// Counts the Linear units of every form.
 pub fn count_units(g: &Graph, opset: i64) -> UnitCounts {
     let mut c = UnitCounts::default();
-    walk(g, opset, &HashMap::new(), "", &mut |_, _, l: String| {
-        c.linear += 1;
-        c.with_bias += l.contains("+bias") as usize;
-        c.with_activation += (l.matches('+').count() > l.contains("+bias") as usize) as usize;
-    });
+    walk(
+        g,
+        opset,
+        &HashMap::new(),
+        &HashSet::new(),
+        "",
+        &mut |_, _, l: String| {
+            c.linear += 1;
+            c.with_bias += l.contains("+bias") as usize;
+            c.with_activation += (l.matches('+').count() > l.contains("+bias") as usize) as usize;
+        },
+    );
     c
 }
 
@@ -92,10 +110,13 @@ fn walk(
     g: &Graph,
     opset: i64,
     outer: &HashMap<String, crate::ir::shape::ValueType>,
+    outer_constants: &HashSet<String>,
     scope: &str,
     f: &mut dyn FnMut(&str, &str, String),
 ) {
-    let cx = MatchCtx::new(g, opset, outer);
+    let mut cx = MatchCtx::new(g, opset, outer);
+    cx.outer_constants = outer_constants.clone();
+    let inner_constants = cx.constants_for_subgraphs();
     for (i, n) in g.nodes.iter().enumerate() {
         if let Some(l) = label(&cx, i) {
             f(scope, n.display_name(), l);
@@ -106,7 +127,7 @@ fn walk(
             } else {
                 format!("{scope}/{}/{}", n.display_name(), s.attr)
             };
-            walk(&s.graph, opset, &cx.types, &inner, f);
+            walk(&s.graph, opset, &cx.types, &inner_constants, &inner, f);
         }
     }
 }

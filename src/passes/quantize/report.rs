@@ -68,23 +68,8 @@ impl QuantizeReport {
             .filter(|n| n.quantized)
             .filter_map(|n| n.unit.as_deref())
             .collect();
-        let mut fused = String::new();
-        if let Some(f) = &self.fusion {
-            fused = format!("fused: {}; ", f.summary());
-        }
-        if !units.is_empty() {
-            let act = units
-                .iter()
-                .filter(|u| u.matches('+').count() > u.contains("+bias") as usize)
-                .count();
-            fused.push_str(&format!(
-                "{} Linear unit(s) quantized ({} with activation); ",
-                units.len(),
-                act
-            ));
-        }
-        format!(
-            "{fused}quantized {} node(s), skipped {}; weights {} -> {}; file {} -> {}; {:.2} s",
+        let mut s = format!(
+            "quantized {} node(s), skipped {}; weights {} -> {}; file {} -> {}; {:.2} s",
             t.nodes_quantized,
             t.nodes_skipped,
             human_bytes(t.weight_bytes_before),
@@ -92,7 +77,22 @@ impl QuantizeReport {
             human_bytes(t.file_bytes_before),
             human_bytes(t.file_bytes_after),
             t.seconds
-        )
+        );
+        if !units.is_empty() {
+            let act = units
+                .iter()
+                .filter(|u| u.matches('+').count() > u.contains("+bias") as usize)
+                .count();
+            s.push_str(&format!(
+                "; {} Linear unit(s) ({} with activation)",
+                units.len(),
+                act
+            ));
+        }
+        if let Some(f) = &self.fusion {
+            s.push_str(&format!("; fused: {}", f.summary()));
+        }
+        s
     }
 }
 
