@@ -223,3 +223,149 @@ fn inspect_shows_fire_counts() {
     // inspect does not change the op histogram: it reports the model as stored.
     assert_eq!(v["op_histogram"]["BatchNormalization"], 2);
 }
+
+/// Writes a noisy model (argv: path, opset) with one instance of everything the passes fold:
+/// Identity, Dropout, MatMul + Add(bias first) in 2-D and 3-D, Transpose of a weight, Clip as
+/// ReLU and as ReLU6, Conv (grouped, no bias) + BatchNormalization, a cancelling Transpose
+/// pair, Unsqueeze + Squeeze, Flatten + Reshape, and a Shape -> Gather chain on a known dim.
+const NOISY_PY: &str = r#"
+import sys, numpy as np, onnx
+from onnx import helper as h, TensorProto as T, numpy_helper as nh
+out, opset = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+def init(name, a): return nh.from_array(np.asarray(a), name)
+inits = [
+    init("w1", rng.standard_normal((8, 6)).astype(np.float32)),
+    init("b1", rng.standard_normal((6,)).astype(np.float32)),
+    init("w2t", rng.standard_normal((5, 6)).astype(np.float32)),
+    init("b2", rng.standard_normal((1, 1, 5)).astype(np.float32)),
+    init("zero", np.array(0, np.float32)), init("six", np.array(6, np.float32)),
+    init("cw", rng.standard_normal((4, 1, 3, 3)).astype(np.float32)),
+    init("s", rng.standard_normal((4,)).astype(np.float32)),
+    init("bb", rng.standard_normal((4,)).astype(np.float32)),
+    init("mean", rng.standard_normal((4,)).astype(np.float32)),
+    init("var", (rng.random((4,)) + 0.5).astype(np.float32)),
+    init("i1", np.array(1, np.int64)), init("ax0", np.array([0], np.int64)),
+    init("ax1", np.array([1], np.int64)), init("shp", np.array([-1, 16], np.int64)),
+]
+def unsq(x, y, axes):
+    if opset >= 13: return h.make_node("Unsqueeze", [x, axes], [y])
+    return h.make_node("Unsqueeze", [x], [y], axes=[int(nh.to_array([i for i in inits if i.name == axes][0])[0])])
+def sq(x, y, axes):
+    if opset >= 13: return h.make_node("Squeeze", [x, axes], [y])
+    return h.make_node("Squeeze", [x], [y], axes=[int(nh.to_array([i for i in inits if i.name == axes][0])[0])])
+clip = (h.make_node("Clip", ["g1", "zero"], ["r1"]) if opset >= 11 else h.make_node("Clip", ["g1"], ["r1"], min=0.0))
+nodes = [
+    # 2-D Linear: Identity, MatMul + Add(bias first), Clip(min 0) -> Gemm + Relu
+    h.make_node("Identity", ["x"], ["xi"]),
+    h.make_node("MatMul", ["xi", "w1"], ["m1"]),
+    h.make_node("Add", ["b1", "m1"], ["g1"]),
+    clip,
+    h.make_node("Dropout", ["r1"], ["d1"]),
+    # 3-D Linear: Unsqueeze, Transpose(W) -> MatMul, Add([1,1,N]) , ReLU6
+    unsq("d1", "u1", "ax0"),
+    h.make_node("Transpose", ["w2t"], ["w2"], perm=[1, 0]),
+    h.make_node("MatMul", ["u1", "w2"], ["m2"]),
+    h.make_node("Add", ["m2", "b2"], ["a2"]),
+    (h.make_node("Clip", ["a2", "zero", "six"], ["y1"]) if opset >= 11 else h.make_node("Clip", ["a2"], ["y1"], min=0.0, max=6.0)),
+    # Conv (no bias, 2 groups) + BN, then Transpose pair and a Reshape chain
+    h.make_node("Conv", ["img", "cw"], ["c"], group=2, pads=[1, 1, 1, 1]),
+    h.make_node("BatchNormalization", ["c", "s", "bb", "mean", "var"], ["bn"], epsilon=1e-3),
+    h.make_node("Transpose", ["bn"], ["t1"], perm=[0, 2, 3, 1]),
+    h.make_node("Transpose", ["t1"], ["t2"], perm=[0, 3, 1, 2]),
+    unsq("t2", "t3", "ax1"),
+    sq("t3", "t4", "ax1"),
+    h.make_node("Flatten", ["t4"], ["f"]),
+    h.make_node("Reshape", ["f", "shp"], ["y2"]),
+    # Shape chain with a symbolic batch: Gather(Shape(x), 1) is known
+    h.make_node("Shape", ["x"], ["sh"]),
+    h.make_node("Gather", ["sh", "i1"], ["k"]),
+    unsq("k", "ku", "ax0"),
+    h.make_node("Cast", ["ku"], ["y3"], to=T.INT64),
+]
+g = h.make_graph(nodes, "noisy",
+    [h.make_tensor_value_info("x", T.FLOAT, ["N", 8]), h.make_tensor_value_info("img", T.FLOAT, [1, 2, 4, 4])],
+    [h.make_tensor_value_info("y1", T.FLOAT, None), h.make_tensor_value_info("y2", T.FLOAT, None), h.make_tensor_value_info("y3", T.INT64, None)],
+    inits)
+m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+m.ir_version = 7
+m = onnx.shape_inference.infer_shapes(m)
+onnx.checker.check_model(m, full_check=True)
+onnx.save(m, out)
+print("ok")
+"#;
+
+/// Checks the fused model (argv[2]) fully, compares it with the original (argv[1]) in
+/// onnxruntime (no graph optimizations) to 1e-5 relative, and prints its op types as JSON.
+const SAME_IN_ORT_PY: &str = r#"
+import json, sys, numpy as np, onnx, onnxruntime as ort
+a, b = sys.argv[1], sys.argv[2]
+onnx.checker.check_model(b, full_check=True)
+m = onnx.load(b)
+print(json.dumps([n.op_type for n in m.graph.node]))
+rng = np.random.default_rng(1)
+feeds = {"x": rng.standard_normal((3, 8)).astype(np.float32), "img": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+so = ort.SessionOptions(); so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+ra = ort.InferenceSession(a, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+rb = ort.InferenceSession(b, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+for x, y in zip(ra, rb):
+    assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape)
+    d = float(np.abs(x.astype(np.float64) - y).max()); s = float(np.abs(x).max())
+    assert d <= 1e-5 * max(s, 1e-12), (d, s)
+"#;
+
+#[test]
+fn noisy_models_fuse_into_valid_onnx_that_onnxruntime_runs_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    for opset in ["11", "13", "17"] {
+        let src = dir.path().join(format!("noisy{opset}.onnx"));
+        let dst = dir.path().join(format!("fused{opset}.onnx"));
+        common::py(NOISY_PY, &[src.to_str().unwrap(), opset]);
+        let o = common::cli(&["fuse", src.to_str().unwrap(), dst.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = common::py(
+            SAME_IN_ORT_PY,
+            &[src.to_str().unwrap(), dst.to_str().unwrap()],
+        );
+        let ops: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(
+            ops,
+            [
+                "Gemm",
+                "Relu",
+                "Unsqueeze",
+                "MatMul",
+                "Add",
+                "Clip",
+                "Conv",
+                "Reshape"
+            ],
+            "opset {opset}"
+        );
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("2 Linear unit(s), 2 with bias, 2 with activation"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn fuse_output_is_byte_identical_across_runs_with_external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::fixture("word_lm_dynamo.onnx");
+    let mut files = Vec::new();
+    for k in 0..2 {
+        let sub = dir.path().join(format!("run{k}"));
+        std::fs::create_dir(&sub).unwrap();
+        let out = sub.join("fused.onnx");
+        let o = common::cli(&["fuse", src.to_str().unwrap(), out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut bytes = std::fs::read(&out).unwrap();
+        if let Ok(d) = std::fs::read(sub.join("fused.onnx.data")) {
+            bytes.extend(d);
+        }
+        files.push(bytes);
+    }
+    assert!(files[0] == files[1]);
+}

@@ -37,7 +37,7 @@ pub type Check = fn(&Node, &MatchCtx) -> bool;
 /// One node of a pattern.
 #[derive(Clone, Copy)]
 pub struct Step {
-    /// Accepted op types (default ONNX domain).
+    /// Accepted op types (default ONNX domain); empty accepts any.
     pub ops: &'static [&'static str],
     /// Where it reads the previous step's output (ignored on the first step).
     pub from: From,
@@ -193,7 +193,7 @@ impl<'g> MatchCtx<'g> {
     fn step_accepts(&self, step: &Step, i: usize) -> bool {
         let n = &self.graph.nodes[i];
         n.domain().is_empty()
-            && step.ops.contains(&n.op_type())
+            && (step.ops.is_empty() || step.ops.contains(&n.op_type()))
             && step
                 .consts
                 .iter()
@@ -295,10 +295,23 @@ pub fn apply(
 ) -> Result<usize> {
     let edits: Vec<Edit> = {
         let cx = MatchCtx::new(g, opset, outer_types);
-        cx.find(pattern)
-            .iter()
-            .filter_map(|m| rewrite(&cx, m, names))
-            .collect()
+        // An edit may also change a node outside its match (a bypass renames the producer's
+        // output); one touching a node an earlier edit of this sweep touched waits for the
+        // next sweep.
+        let mut touched: HashSet<usize> = HashSet::new();
+        let mut edits = Vec::new();
+        for m in cx.find(pattern) {
+            if let Some(e) = rewrite(&cx, &m, names) {
+                let mut idx: Vec<usize> = e.replace.iter().map(|(i, _)| *i).collect();
+                idx.extend(m.matched());
+                if idx.iter().any(|i| touched.contains(i)) {
+                    continue;
+                }
+                touched.extend(idx);
+                edits.push(e);
+            }
+        }
+        edits
     };
     let n = edits.len();
     if n > 0 {

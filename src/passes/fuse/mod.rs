@@ -15,6 +15,7 @@
 pub mod activation;
 pub mod bypass;
 pub mod conv_bn;
+pub mod dead;
 pub mod fold;
 pub mod identity;
 pub mod matmul_add;
@@ -54,6 +55,7 @@ pub const PASSES: &[Pass] = &[
     conv_bn::PASS,
     matmul_add::PASS,
     activation::PASS,
+    dead::PASS,
 ];
 
 /// Rounds of the whole sequence before the manager stops even if passes still fire.

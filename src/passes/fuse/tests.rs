@@ -608,3 +608,14 @@ fn identity_read_from_inside_a_branch_is_renamed_there() {
     assert_eq!(k["remove_identity"], 1);
     assert_eq!(m.graph.nodes[1].subgraphs[1].graph.nodes[0].inputs(), ["a"]);
 }
+
+#[test]
+fn unread_nodes_are_removed_but_not_graph_outputs() {
+    let c = linear(
+        vec![n("Relu", &["a"], &["y"]), n("Neg", &["a"], &["unused"])],
+        vec!["y"],
+    );
+    let (m, k) = c.fuse();
+    assert_eq!(k["remove_dead"], 1);
+    assert_eq!(ops(&m), ["MatMul", "Relu"]);
+}
