@@ -9,8 +9,9 @@ use clap::Args;
 
 use onnx_dynq::model::{ExternalDataMode, SaveOptions};
 use onnx_dynq::passes::fold_constants::fold_constants;
-use onnx_dynq::passes::fuse::fuse;
 use onnx_dynq::passes::fuse::units::unit_labels;
+use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
+use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
@@ -129,7 +130,12 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         fold_constants(&mut model)?;
         None
     } else {
-        Some(fuse(&mut model)?)
+        // Gemm from MatMul + Add only when both families get the same treatment.
+        let ops = &opts.policy.ops;
+        let options = FuseOptions {
+            matmul_to_gemm: ops.contains(&OpKind::MatMul) == ops.contains(&OpKind::Gemm),
+        };
+        Some(fuse_with(&mut model, options)?)
     };
     let units = unit_labels(&model.graph, model.opset("").unwrap_or(0));
     let mut nodes = quantize(&mut model, &opts, &mut progress)?;

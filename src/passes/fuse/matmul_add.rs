@@ -4,6 +4,8 @@
 //!   `[M, N]`), when A and B have rank 2, the element type is a float type Gemm takes, and the
 //!   bias has rank <= 2 with each dim 1 or equal to `[M, N]`'s. The Gemm keeps the MatMul's
 //!   name (so `--exclude`/`--include` by that name keep working) and writes the Add's output.
+//!   Off when [`FuseOptions::matmul_to_gemm`](super::FuseOptions) is false: then 2-D is
+//!   handled like N-D.
 //! - Otherwise (A with batch or sequence dims): the MatMul stays, and the Add is put in the
 //!   form the quantizer and the runtime's fused Linear kernels expect: the product first and a
 //!   1-D `[N]` bias second (exporters write `Add(bias, x)`; a `[1, .., 1, N]` bias becomes a
@@ -44,7 +46,15 @@ fn gemm_bias_ok(bias: &[i64], m: &Dim, n: i64) -> bool {
     }
 }
 
-fn rewrite(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
+fn rewrite_any(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
+    rewrite(cx, m, names, true)
+}
+
+fn rewrite_nd(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
+    rewrite(cx, m, names, false)
+}
+
+fn rewrite(cx: &MatchCtx, m: &Match, names: &mut NameGen, to_gemm: bool) -> Option<Edit> {
     let (mi, ai) = (m.at(0)?, m.at(1)?);
     let (mm, add) = (&cx.graph.nodes[mi], &cx.graph.nodes[ai]);
     let y = mm.outputs().first()?;
@@ -61,7 +71,8 @@ fn rewrite(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
     let a_shape = cx.type_of(mm.input(0)?)?.shape.clone();
     let b_shape = cx.type_of(mm.input(1)?)?.shape.clone();
     let out_shape = cx.type_of(y).and_then(|t| t.shape.clone());
-    if let (Some(a), Some(b)) = (&a_shape, &b_shape)
+    if to_gemm
+        && let (Some(a), Some(b)) = (&a_shape, &b_shape)
         && a.len() == 2
         && b.len() == 2
         && cx.opset >= 11
@@ -106,5 +117,10 @@ fn rewrite(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
 }
 
 fn run(g: &mut Graph, env: &PassEnv, names: &mut NameGen) -> Result<usize> {
+    let rewrite = if env.options.matmul_to_gemm {
+        rewrite_any
+    } else {
+        rewrite_nd
+    };
     pattern::apply(g, env.opset, env.outer_types, names, &PATTERN, rewrite)
 }

@@ -32,10 +32,27 @@ use crate::ir::shape::{ValueType, infer_types};
 use crate::ir::{Graph, NameGen};
 use crate::model::Model;
 
+/// Choices the caller makes about the passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseOptions {
+    /// Turn 2-D MatMul + Add into Gemm. `rewrite` turns it off when `--ops` takes only one of
+    /// MatMul and Gemm, so that fusion never moves a node into or out of the chosen families.
+    pub matmul_to_gemm: bool,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            matmul_to_gemm: true,
+        }
+    }
+}
+
 /// What a pass sees besides the graph it edits.
 pub struct PassEnv<'a> {
     /// Default-domain opset of the model.
     pub opset: i64,
+    pub options: FuseOptions,
     /// Types of the values of enclosing scopes (empty for the main graph).
     pub outer_types: &'a HashMap<String, ValueType>,
 }
@@ -97,8 +114,13 @@ impl FuseReport {
     }
 }
 
-/// Runs every pass to a fixpoint on the model's graph and subgraphs.
+/// Runs every pass to a fixpoint on the model's graph and subgraphs, with default options.
 pub fn fuse(model: &mut Model) -> Result<FuseReport> {
+    fuse_with(model, FuseOptions::default())
+}
+
+/// [`fuse`] with explicit options.
+pub fn fuse_with(model: &mut Model, options: FuseOptions) -> Result<FuseReport> {
     let opset = model.opset("").unwrap_or(1);
     let mut names = NameGen::new(&model.graph);
     let mut counts = vec![0usize; PASSES.len()];
@@ -107,7 +129,12 @@ pub fn fuse(model: &mut Model) -> Result<FuseReport> {
         rounds += 1;
         let mut fired = 0;
         for (k, p) in PASSES.iter().enumerate() {
-            let n = run_everywhere(p, &mut model.graph, opset, &HashMap::new(), &mut names)?;
+            let env = PassEnv {
+                opset,
+                options,
+                outer_types: &HashMap::new(),
+            };
+            let n = run_everywhere(p, &mut model.graph, &env, &mut names)?;
             counts[k] += n;
             fired += n;
         }
@@ -131,23 +158,17 @@ pub fn fuse(model: &mut Model) -> Result<FuseReport> {
 }
 
 /// Runs one pass on `g`, then on its subgraphs with `g`'s types as their outer scope.
-fn run_everywhere(
-    p: &Pass,
-    g: &mut Graph,
-    opset: i64,
-    outer: &HashMap<String, ValueType>,
-    names: &mut NameGen,
-) -> Result<usize> {
-    let env = PassEnv {
-        opset,
-        outer_types: outer,
-    };
-    let mut n = (p.run)(g, &env, names)?;
+fn run_everywhere(p: &Pass, g: &mut Graph, env: &PassEnv, names: &mut NameGen) -> Result<usize> {
+    let mut n = (p.run)(g, env, names)?;
     if g.nodes.iter().any(|n| !n.subgraphs.is_empty()) {
-        let types = infer_types(g, outer);
+        let types = infer_types(g, env.outer_types);
+        let inner = PassEnv {
+            outer_types: &types,
+            ..*env
+        };
         for node in &mut g.nodes {
             for s in &mut node.subgraphs {
-                n += run_everywhere(p, &mut s.graph, opset, &types, names)?;
+                n += run_everywhere(p, &mut s.graph, &inner, names)?;
             }
         }
     }

@@ -619,3 +619,16 @@ fn unread_nodes_are_removed_but_not_graph_outputs() {
     assert_eq!(k["remove_dead"], 1);
     assert_eq!(ops(&m), ["MatMul", "Relu"]);
 }
+
+#[test]
+fn matmul_add_stays_matmul_when_gemm_conversion_is_off() {
+    let c = linear(vec![n("Add", &["b", "a"], &["y"])], vec!["y"]);
+    let mut m = c.model();
+    let opts = super::FuseOptions {
+        matmul_to_gemm: false,
+    };
+    let r = super::fuse_with(&mut m, opts).unwrap();
+    assert_eq!(counts(&r)["matmul_add"], 1);
+    assert_eq!(ops(&m), ["MatMul", "Add"]);
+    assert_eq!(m.graph.nodes[1].inputs(), ["a", "b"]);
+}
