@@ -404,6 +404,20 @@ fn rename_reads(n: &mut Node, resolve: &dyn Fn(&str) -> String) {
     }
 }
 
+/// True when a nested subgraph of `g` defines `value` itself (shadowing the outer name), so
+/// that renaming outer readers to `value` would capture them.
+pub fn is_defined_in_subgraphs(g: &Graph, value: &str) -> bool {
+    let mut found = false;
+    for n in &g.nodes {
+        for s in &n.subgraphs {
+            s.graph.visit(&mut |sg: &Graph| {
+                found |= sg.defined_names().contains(value);
+            });
+        }
+    }
+    found
+}
+
 /// True when a nested subgraph of `g` names `value` among its outputs (a pass-through of an
 /// outer value): renaming `value` there would rename a subgraph output, so passes avoid it.
 pub fn is_subgraph_output(g: &Graph, value: &str) -> bool {

@@ -7,13 +7,17 @@
 //! the chain stays.
 
 use crate::ir::Source;
-use crate::passes::pattern::{Edit, MatchCtx, is_subgraph_output};
+use crate::passes::pattern::{Edit, MatchCtx, is_defined_in_subgraphs, is_subgraph_output};
 
 /// The edit removing nodes `chain` (in order; the first reads `x`, the last writes `y`).
 pub fn bypass(cx: &MatchCtx, chain: &[usize], x: &str, y: &str) -> Option<Edit> {
     let g = cx.graph;
     // A subgraph output naming `y` would be left dangling by a rename of readers.
     if x.is_empty() || y.is_empty() || is_subgraph_output(g, y) {
+        return None;
+    }
+    let has_subgraphs = g.nodes.iter().any(|n| !n.subgraphs.is_empty());
+    if has_subgraphs && is_defined_in_subgraphs(g, x) {
         return None;
     }
     let mut edit = Edit::default();
