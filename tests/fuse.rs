@@ -369,3 +369,52 @@ fn fuse_output_is_byte_identical_across_runs_with_external_data() {
     }
     assert!(files[0] == files[1]);
 }
+
+#[test]
+fn quantized_linear_relu_units_end_in_bias_then_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let report = dir.path().join("r.json");
+    let o = common::rewrite(
+        &common::fixture("mlp.onnx"),
+        &out,
+        &[
+            "--report",
+            report.to_str().unwrap(),
+            "--min-weight-elements",
+            "1",
+            "--min-inner-dim",
+            "1",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("3 Linear unit(s) (2 with activation)"),
+        "{stdout}"
+    );
+    let r = common::read_report(&report);
+    let units: Vec<&str> = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["unit"].as_str())
+        .collect();
+    assert_eq!(
+        units,
+        ["Linear+bias+Relu", "Linear+bias+Relu", "Linear+bias"]
+    );
+    // Each Relu reads the bias Add, which reads the rescale Mul of the Cast int32 product.
+    let m = onnx_dynq::load(&out).unwrap();
+    let g = &m.graph;
+    let producers = g.producers();
+    let op_of = |v: &str| g.nodes[producers[v].0].op_type().to_string();
+    let relus: Vec<_> = g.nodes.iter().filter(|n| n.op_type() == "Relu").collect();
+    assert_eq!(relus.len(), 2);
+    for relu in relus {
+        let add = &g.nodes[producers[relu.input(0).unwrap()].0];
+        assert_eq!(add.op_type(), "Add");
+        assert_eq!(op_of(add.input(0).unwrap()), "Mul");
+        let mul = &g.nodes[producers[add.input(0).unwrap()].0];
+        assert_eq!(op_of(mul.input(0).unwrap()), "Cast");
+    }
+}

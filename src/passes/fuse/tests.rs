@@ -632,3 +632,24 @@ fn matmul_add_stays_matmul_when_gemm_conversion_is_off() {
     assert_eq!(ops(&m), ["MatMul", "Add"]);
     assert_eq!(m.graph.nodes[1].inputs(), ["a", "b"]);
 }
+
+#[test]
+fn leaky_relu_after_a_gemm_is_a_unit_with_activation() {
+    let c = Case {
+        inputs: vec![("x", vec![-1, 4])],
+        outputs: vec!["y"],
+        nodes: vec![
+            n("Gemm", &["x", "w", "b"], &["a"]),
+            n("LeakyRelu", &["a"], &["y"]).with_attr(attr_float("alpha", 0.1)),
+        ],
+        inits: vec![w("w", &[4, 5], 1), w("b", &[5], 2)],
+        opset: 17,
+    };
+    let labels = super::units::unit_labels(&c.model().graph, 17);
+    assert_eq!(
+        labels[&(String::new(), "Gemm_a".to_string())],
+        "Linear+bias+LeakyRelu"
+    );
+    let u = super::units::count_units(&c.model().graph, 17);
+    assert_eq!((u.linear, u.with_bias, u.with_activation), (1, 1, 1));
+}
