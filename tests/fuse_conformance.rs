@@ -109,6 +109,7 @@ fn fusion_keeps_every_backend_node_case() {
     assert!(!cases.is_empty());
     let (mut compared, mut fired_in) = (0, 0);
     let mut failures = Vec::new();
+    let fused_dir = tempfile::tempdir().unwrap();
     let mut per_pass: std::collections::BTreeMap<String, usize> = Default::default();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
@@ -125,6 +126,10 @@ fn fusion_keeps_every_backend_node_case() {
         };
         if report.total() > 0 {
             fired_in += 1;
+            let dst = fused_dir.path().join(format!("{name}.onnx"));
+            if let Err(e) = onnx_dynq::save(&fused, &dst, &Default::default()) {
+                failures.push(format!("{name}: saving the fused model failed: {e}"));
+            }
         }
         for p in &report.passes {
             *per_pass.entry(p.pass.clone()).or_insert(0) += p.fired;
@@ -157,4 +162,71 @@ fn fusion_keeps_every_backend_node_case() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(compared > 700, "only {compared} cases compared");
     assert!(fired_in > 50, "passes fired in only {fired_in} cases");
+    let out = py_check(fused_dir.path(), &dir);
+    println!("{}", out.trim());
+}
+
+/// Every fused model (argv[1]/NAME.onnx) of a case whose original passes the checker must
+/// pass `check_model(full_check=True)`, and where onnxruntime runs the original it must run
+/// the fused one with the same outputs (1e-5 relative; 1e-3 for float16, whose constant
+/// folds may round differently by one ulp).
+const CHECK_PY: &str = r#"
+import glob, os, sys, numpy as np, onnx, onnxruntime as ort
+from onnx import numpy_helper
+ort.set_default_logger_severity(3)
+fused_dir, cases = sys.argv[1], sys.argv[2]
+bad, ran = [], 0
+so = ort.SessionOptions(); so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+for f in sorted(glob.glob(os.path.join(fused_dir, "*.onnx"))):
+    name = os.path.basename(f)[:-5]
+    d = os.path.join(cases, name)
+    try:
+        onnx.checker.check_model(os.path.join(d, "model.onnx"), full_check=True)
+    except Exception:
+        continue
+    try:
+        onnx.checker.check_model(f, full_check=True)
+    except Exception as e:
+        bad.append(f"{name}: check_model: {e}"); continue
+    try:
+        s0 = ort.InferenceSession(os.path.join(d, "model.onnx"), so, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for k, i in enumerate(s0.get_inputs()):
+            t = onnx.TensorProto(); t.ParseFromString(open(os.path.join(d, f"input_{k}.pb"), "rb").read())
+            feeds[i.name] = numpy_helper.to_array(t)
+        want = s0.run(None, feeds)
+    except Exception:
+        continue
+    try:
+        got = ort.InferenceSession(f, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+        for a, b in zip(want, got):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+            if a.dtype.kind == "f":
+                rtol = 1e-3 if a.dtype == np.float16 else 1e-5
+                assert np.allclose(a, b, rtol=rtol, atol=1e-6, equal_nan=True), float(np.nanmax(np.abs(a.astype(np.float64) - b)))
+            else:
+                assert (a == b).all()
+        ran += 1
+    except Exception as e:
+        bad.append(f"{name}: onnxruntime: {e}")
+assert not bad, "\n".join(bad)
+assert ran > 100, ran
+print(f"{ran} fused models agree with their originals in onnxruntime")
+"#;
+
+fn py_check(fused: &Path, cases: &Path) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(CHECK_PY)
+        .arg(fused)
+        .arg(cases)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python ({}): {e}", python().display()));
+    assert!(
+        out.status.success(),
+        "python check of the fused cases failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
