@@ -24,7 +24,7 @@ use crate::ir::{Graph, NameGen, Node, Tensor};
 
 /// Which input of a step's node reads the previous step's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum From {
+pub enum Slot {
     /// Any input position (Add, Mul: either side).
     Any,
     /// Exactly this input position.
@@ -40,7 +40,7 @@ pub struct Step {
     /// Accepted op types (default ONNX domain); empty accepts any.
     pub ops: &'static [&'static str],
     /// Where it reads the previous step's output (ignored on the first step).
-    pub from: From,
+    pub from: Slot,
     /// Input positions that must be constants.
     pub consts: &'static [usize],
     pub check: Option<Check>,
@@ -51,13 +51,13 @@ impl Step {
     pub const fn op(ops: &'static [&'static str]) -> Self {
         Step {
             ops,
-            from: From::Input(0),
+            from: Slot::Input(0),
             consts: &[],
             check: None,
             optional: false,
         }
     }
-    pub const fn from(mut self, f: From) -> Self {
+    pub const fn from(mut self, f: Slot) -> Self {
         self.from = f;
         self
     }
@@ -212,8 +212,8 @@ impl<'g> MatchCtx<'g> {
         let r = self.sole_reader(out)?;
         let reader = &self.graph.nodes[r];
         let reads_here = match step.from {
-            From::Any => reader.inputs().iter().any(|i| i == out),
-            From::Input(k) => reader.input(k) == Some(out.as_str()),
+            Slot::Any => reader.inputs().iter().any(|i| i == out),
+            Slot::Input(k) => reader.input(k) == Some(out.as_str()),
         };
         (reads_here && self.step_accepts(step, r)).then_some(r)
     }
@@ -472,7 +472,7 @@ mod tests {
     const LINEAR: Pattern = Pattern {
         steps: &[
             Step::op(&["MatMul"]).consts(&[1]),
-            Step::op(&["Add"]).from(From::Any).consts(&[]).optional(),
+            Step::op(&["Add"]).from(Slot::Any).consts(&[]).optional(),
             Step::op(&["Relu"]),
         ],
     };

@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::ir::{Graph, NameGen, Node};
-use crate::passes::pattern::{self, Edit, From, Match, MatchCtx, Pattern, Step};
+use crate::passes::pattern::{self, Edit, Match, MatchCtx, Pattern, Slot, Step};
 
 use super::{Pass, PassEnv};
 
@@ -20,8 +20,8 @@ pub const PASS: Pass = Pass {
 const PATTERN: Pattern = Pattern {
     steps: &[
         Step::op(&["MatMul", "Gemm"]),
-        Step::op(&["Add"]).from(From::Any).optional(),
-        Step::op(&["Clip", "Max"]).from(From::Any).check(is_relu),
+        Step::op(&["Add"]).from(Slot::Any).optional(),
+        Step::op(&["Clip", "Max"]).from(Slot::Any).check(is_relu),
     ],
 };
 

@@ -14,7 +14,7 @@
 use crate::error::Result;
 use crate::ir::{Graph, NameGen, Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
-use crate::passes::pattern::{self, Edit, From, Match, MatchCtx, Pattern, Step};
+use crate::passes::pattern::{self, Edit, Match, MatchCtx, Pattern, Slot, Step};
 
 use super::{Pass, PassEnv};
 
@@ -27,7 +27,7 @@ const PATTERN: Pattern = Pattern {
     steps: &[
         Step::op(&["Conv"]).consts(&[1]).check(conv_ok),
         Step::op(&["BatchNormalization"])
-            .from(From::Input(0))
+            .from(Slot::Input(0))
             .consts(&[1, 2, 3, 4])
             .check(bn_ok),
     ],

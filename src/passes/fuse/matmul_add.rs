@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::ir::shape::Dim;
 use crate::ir::{Graph, NameGen, Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
-use crate::passes::pattern::{self, Edit, From, Match, MatchCtx, Pattern, Step};
+use crate::passes::pattern::{self, Edit, Match, MatchCtx, Pattern, Slot, Step};
 
 use super::{Pass, PassEnv};
 
@@ -28,7 +28,7 @@ pub const PASS: Pass = Pass {
 const PATTERN: Pattern = Pattern {
     steps: &[
         Step::op(&["MatMul"]),
-        Step::op(&["Add"]).from(From::Any).check(has_const_input),
+        Step::op(&["Add"]).from(Slot::Any).check(has_const_input),
     ],
 };
 

@@ -13,7 +13,7 @@
 
 use crate::error::Result;
 use crate::ir::{Graph, NameGen, Node};
-use crate::passes::pattern::{self, Edit, From, Match, MatchCtx, Pattern, Step};
+use crate::passes::pattern::{self, Edit, Match, MatchCtx, Pattern, Slot, Step};
 
 use super::bypass::bypass;
 use super::{Pass, PassEnv};
@@ -33,14 +33,14 @@ const RESHAPES: Pattern = Pattern {
 const TRANSPOSES: Pattern = Pattern {
     steps: &[
         Step::op(&["Transpose"]),
-        Step::op(&["Transpose"]).from(From::Input(0)),
+        Step::op(&["Transpose"]).from(Slot::Input(0)),
     ],
 };
 
 const SQUEEZES: Pattern = Pattern {
     steps: &[
         Step::op(&["Squeeze", "Unsqueeze"]),
-        Step::op(&["Squeeze", "Unsqueeze"]).from(From::Input(0)),
+        Step::op(&["Squeeze", "Unsqueeze"]).from(Slot::Input(0)),
     ],
 };
 

@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::ir::{Graph, NameGen};
-use crate::passes::pattern::{self, Edit, From, Match, MatchCtx, Pattern, Step};
+use crate::passes::pattern::{self, Edit, Match, MatchCtx, Pattern, Slot, Step};
 use crate::runtime::Value;
 use crate::runtime::ops::data::transpose_value;
 
@@ -22,7 +22,7 @@ pub const PASS: Pass = Pass {
 const PATTERN: Pattern = Pattern {
     steps: &[
         Step::op(&["Transpose"]).consts(&[0]),
-        Step::op(&["MatMul"]).from(From::Input(1)),
+        Step::op(&["MatMul"]).from(Slot::Input(1)),
     ],
 };
 

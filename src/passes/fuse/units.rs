@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::ir::{Graph, Node};
-use crate::passes::pattern::{From, MatchCtx, Pattern, Step};
+use crate::passes::pattern::{MatchCtx, Pattern, Slot, Step};
 
 use super::activation::clip_bounds;
 
@@ -30,7 +30,7 @@ const UNIT: Pattern = Pattern {
     steps: &[
         Step::op(&["MatMul", "Gemm"]).check(const_weight),
         Step::op(&["Add"])
-            .from(From::Any)
+            .from(Slot::Any)
             .optional()
             .check(const_bias),
         Step::op(&["Relu", "LeakyRelu", "Clip"])
