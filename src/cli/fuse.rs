@@ -1,15 +1,13 @@
 //! `onnx-dynq fuse IN OUT`: the cleanup and fusion passes alone (no quantization), saved the
 //! way `rewrite` saves (atomically, the input protected, external data as the input had it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use onnx_dynq::model::{ExternalDataMode, SaveOptions};
 use onnx_dynq::passes::fuse::fuse;
-
-use super::rewrite::same_file;
 
 #[derive(Args)]
 pub struct FuseArgs {
@@ -70,4 +68,11 @@ pub fn run(args: &FuseArgs) -> Result<()> {
         u.with_activation
     );
     Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }

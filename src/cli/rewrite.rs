@@ -181,7 +181,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
