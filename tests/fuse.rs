@@ -227,7 +227,8 @@ fn inspect_shows_fire_counts() {
 /// Writes a noisy model (argv: path, opset) with one instance of everything the passes fold:
 /// Identity, Dropout, MatMul + Add(bias first) in 2-D and 3-D, Transpose of a weight, Clip as
 /// ReLU and as ReLU6, Conv (grouped, no bias) + BatchNormalization, a cancelling Transpose
-/// pair, Unsqueeze + Squeeze, Flatten + Reshape, and a Shape -> Gather chain on a known dim.
+/// pair, Unsqueeze + Squeeze, Flatten + Reshape, a Shape -> Gather chain on a known dim, and
+/// (opset 11+) a Gemm without C followed by a bias Add.
 const NOISY_PY: &str = r#"
 import sys, numpy as np, onnx
 from onnx import helper as h, TensorProto as T, numpy_helper as nh
@@ -283,9 +284,15 @@ nodes = [
     unsq("k", "ku", "ax0"),
     h.make_node("Cast", ["ku"], ["y3"], to=T.INT64),
 ]
+outs = [h.make_tensor_value_info("y1", T.FLOAT, None), h.make_tensor_value_info("y2", T.FLOAT, None), h.make_tensor_value_info("y3", T.INT64, None)]
+if opset >= 11:
+    # Gemm without C (optional from opset 11) + Add of a [1, N] bias
+    inits += [init("w3", rng.standard_normal((3, 8)).astype(np.float32)), init("b3", rng.standard_normal((1, 3)).astype(np.float32))]
+    nodes += [h.make_node("Gemm", ["x", "w3"], ["g3"], transB=1, alpha=0.5, beta=2.0), h.make_node("Add", ["g3", "b3"], ["y4"])]
+    outs.append(h.make_tensor_value_info("y4", T.FLOAT, None))
 g = h.make_graph(nodes, "noisy",
     [h.make_tensor_value_info("x", T.FLOAT, ["N", 8]), h.make_tensor_value_info("img", T.FLOAT, [1, 2, 4, 4])],
-    [h.make_tensor_value_info("y1", T.FLOAT, None), h.make_tensor_value_info("y2", T.FLOAT, None), h.make_tensor_value_info("y3", T.INT64, None)],
+    outs,
     inits)
 m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
 m.ir_version = 7
@@ -339,6 +346,7 @@ fn noisy_models_fuse_into_valid_onnx_that_onnxruntime_runs_the_same() {
         "Clip",
         "Conv",
         "Reshape",
+        "Gemm",
     ];
     for opset in ["10", "11", "13", "17"] {
         let src = dir.path().join(format!("noisy{opset}.onnx"));
@@ -354,10 +362,12 @@ fn noisy_models_fuse_into_valid_onnx_that_onnxruntime_runs_the_same() {
         let want: &[&str] = if opset == "10" { &before_11 } else { &from_11 };
         assert_eq!(ops, want, "opset {opset}");
         let text = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            text.contains("2 Linear unit(s), 2 with bias, 2 with activation"),
-            "{text}"
-        );
+        let units = if opset == "10" {
+            "2 Linear unit(s), 2 with bias, 2 with activation"
+        } else {
+            "3 Linear unit(s), 3 with bias, 2 with activation"
+        };
+        assert!(text.contains(units), "{text}");
     }
 }
 

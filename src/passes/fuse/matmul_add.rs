@@ -11,6 +11,8 @@
 //!   1-D `[N]` bias second (exporters write `Add(bias, x)`; a `[1, .., 1, N]` bias becomes a
 //!   zero-copy `[N]` view when that cannot change the output's rank). The quantized MatMul's
 //!   rescale Mul then feeds this Add directly. Fires only when something changes.
+//! - A `Gemm` without C followed by such an Add gets the bias as its C (beta reset to 1, as
+//!   beta only ever scaled C), opset 11+ where C is optional.
 
 use crate::error::Result;
 use crate::ir::shape::Dim;
@@ -31,6 +33,45 @@ const PATTERN: Pattern = Pattern {
         Step::op(&["Add"]).from(Slot::Any).check(has_const_input),
     ],
 };
+
+const GEMM_ADD: Pattern = Pattern {
+    steps: &[
+        Step::op(&["Gemm"]).check(no_c),
+        Step::op(&["Add"]).from(Slot::Any).check(has_const_input),
+    ],
+};
+
+fn no_c(n: &Node, cx: &MatchCtx) -> bool {
+    cx.opset >= 11 && n.input(2).is_none()
+}
+
+fn gemm_bias(cx: &MatchCtx, m: &Match, _: &mut NameGen) -> Option<Edit> {
+    let (gi, ai) = (m.at(0)?, m.at(1)?);
+    let (gemm, add) = (&cx.graph.nodes[gi], &cx.graph.nodes[ai]);
+    let y = gemm.outputs().first()?;
+    let pos = add.inputs().iter().position(|i| i == y)?;
+    let bias_name = add.input(1 - pos)?;
+    let bias = cx.constant(bias_name)?;
+    if !matches!(
+        bias.data_type().ok()?,
+        DataType::Float | DataType::Float16 | DataType::Double
+    ) {
+        return None;
+    }
+    let out = cx.type_of(y)?.shape.clone()?;
+    let [m_dim, n_dim] = out.as_slice() else {
+        return None;
+    };
+    if !gemm_bias_ok(bias.dims(), m_dim, n_dim.known()?) {
+        return None;
+    }
+    let mut fused = gemm.clone();
+    fused.proto.input.truncate(2);
+    fused.proto.input.push(bias_name.to_string());
+    fused.proto.attribute.retain(|a| a.name() != "beta");
+    fused.proto.output = vec![add.outputs().first()?.clone()];
+    Some(Edit::default().put(gi, vec![fused]).remove(ai))
+}
 
 fn has_const_input(n: &Node, cx: &MatchCtx) -> bool {
     n.inputs().iter().any(|i| cx.constant(i).is_some())
@@ -122,5 +163,6 @@ fn run(g: &mut Graph, env: &PassEnv, names: &mut NameGen) -> Result<usize> {
     } else {
         rewrite_nd
     };
-    pattern::apply(g, env.opset, env.outer_types, names, &PATTERN, rewrite)
+    let n = pattern::apply(g, env.opset, env.outer_types, names, &PATTERN, rewrite)?;
+    Ok(n + pattern::apply(g, env.opset, env.outer_types, names, &GEMM_ADD, gemm_bias)?)
 }

@@ -653,3 +653,31 @@ fn leaky_relu_after_a_gemm_is_a_unit_with_activation() {
     let u = super::units::count_units(&c.model().graph, 17);
     assert_eq!((u.linear, u.with_bias, u.with_activation), (1, 1, 1));
 }
+
+#[test]
+fn gemm_without_c_takes_a_following_bias_add() {
+    let mk = |bias_dims: &[usize]| Case {
+        inputs: vec![("x", vec![3, 4])],
+        outputs: vec!["y"],
+        nodes: vec![
+            n("Gemm", &["x", "w"], &["a"])
+                .with_attr(attr_int("transB", 1))
+                .with_attr(attr_float("alpha", 0.5))
+                .with_attr(attr_float("beta", 3.0)),
+            n("Add", &["b", "a"], &["y"]),
+        ],
+        inits: vec![w("w", &[5, 4], 1), w("b", bias_dims, 2)],
+        opset: 13,
+    };
+    for dims in [&[5][..], &[1, 5], &[3, 5], &[3, 1]] {
+        let (m, k) = mk(dims).fuse();
+        assert_eq!(k["matmul_add"], 1, "{dims:?}");
+        assert_eq!(ops(&m), ["Gemm"]);
+        assert_eq!(m.graph.nodes[0].inputs(), ["x", "w", "b"]);
+        assert_eq!(m.graph.nodes[0].attr::<f32>("beta").unwrap(), None);
+    }
+    // A bias that broadcasts the output to a higher rank is not Gemm's C.
+    let (m, k) = mk(&[1, 1, 5]).fuse();
+    assert_eq!(k["matmul_add"], 0);
+    assert_eq!(ops(&m), ["Gemm", "Add"]);
+}
