@@ -226,7 +226,7 @@ fn inspect_shows_fire_counts() {
 
 /// Writes a noisy model (argv: path, opset) with one instance of everything the passes fold:
 /// Identity, Dropout, MatMul + Add(bias first) in 2-D and 3-D, Transpose of a weight, Clip as
-/// ReLU and as ReLU6, Conv (grouped, no bias) + BatchNormalization, a cancelling Transpose
+/// ReLU and as ReLU6, Conv (grouped, no bias) + BatchNormalization + Add, a cancelling Transpose
 /// pair, Unsqueeze + Squeeze, Flatten + Reshape, a Shape -> Gather chain on a known dim, and
 /// (opset 11+) a Gemm without C followed by a bias Add.
 const NOISY_PY: &str = r#"
@@ -246,6 +246,7 @@ inits = [
     init("bb", rng.standard_normal((4,)).astype(np.float32)),
     init("mean", rng.standard_normal((4,)).astype(np.float32)),
     init("var", (rng.random((4,)) + 0.5).astype(np.float32)),
+    init("cadd", rng.standard_normal((1, 4, 1, 1)).astype(np.float32)),
     init("i1", np.array(1, np.int64)), init("ax0", np.array([0], np.int64)),
     init("ax1", np.array([1], np.int64)), init("shp", np.array([-1, 16], np.int64)),
 ]
@@ -272,7 +273,8 @@ nodes = [
     # Conv (no bias, 2 groups) + BN, then Transpose pair and a Reshape chain
     h.make_node("Conv", ["img", "cw"], ["c"], group=2, pads=[1, 1, 1, 1]),
     h.make_node("BatchNormalization", ["c", "s", "bb", "mean", "var"], ["bn"], epsilon=1e-3),
-    h.make_node("Transpose", ["bn"], ["t1"], perm=[0, 2, 3, 1]),
+    h.make_node("Add", ["cadd", "bn"], ["bna"]),
+    h.make_node("Transpose", ["bna"], ["t1"], perm=[0, 2, 3, 1]),
     h.make_node("Transpose", ["t1"], ["t2"], perm=[0, 3, 1, 2]),
     unsq("t2", "t3", "ax1"),
     sq("t3", "t4", "ax1"),

@@ -14,6 +14,7 @@
 
 pub mod activation;
 pub mod bypass;
+pub mod conv_add;
 pub mod conv_bn;
 pub mod dead;
 pub mod fold;
@@ -70,6 +71,7 @@ pub const PASSES: &[Pass] = &[
     fold::PASS,
     shape_chain::PASS,
     conv_bn::PASS,
+    conv_add::PASS,
     matmul_add::PASS,
     activation::PASS,
     dead::PASS,

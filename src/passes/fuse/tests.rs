@@ -681,3 +681,30 @@ fn gemm_without_c_takes_a_following_bias_add() {
     assert_eq!(k["matmul_add"], 0);
     assert_eq!(ops(&m), ["Gemm", "Add"]);
 }
+
+#[test]
+fn conv_takes_a_per_channel_add_as_its_bias() {
+    let mk = |dims: &[usize], bias: bool| {
+        let mut c = conv_bn(1, bias);
+        c.nodes[1] = n("Add", &["k", "c"], &["bn"]);
+        c.inits.push(w("k", dims, 11));
+        c
+    };
+    for (dims, bias) in [
+        (&[1, 6, 1, 1][..], true),
+        (&[6, 1, 1], false),
+        (&[1], true),
+        (&[1, 1, 1, 1], false),
+    ] {
+        let (m, k) = mk(dims, bias).fuse();
+        assert_eq!(k["conv_add"], 1, "{dims:?}");
+        assert_eq!(ops(&m), ["Conv", "Relu"]);
+    }
+    // [5] broadcasts along the width, [1, 6, 1, 1, 1] raises the rank, [1, 6, 5, 1] varies
+    // along the height: not a bias.
+    for dims in [&[5][..], &[1, 6, 1, 1, 1], &[1, 6, 5, 1]] {
+        let (m, k) = mk(dims, true).fuse();
+        assert_eq!(k["conv_add"], 0, "{dims:?}");
+        assert_eq!(ops(&m), ["Conv", "Add", "Relu"]);
+    }
+}
