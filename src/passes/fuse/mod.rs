@@ -11,6 +11,16 @@
 //! Invariants every pass keeps: graph inputs and outputs keep their names; a value another
 //! node or a subgraph still reads is never removed; value_info entries of values that no
 //! longer exist are dropped; new nodes are standard ONNX valid at the model's opset.
+//!
+//! The Linear units the passes leave (what the quantizer rewrites and the runtime's fused
+//! kernels look for): `Gemm(A, W, C)` in 2-D, or `MatMul(A, W)` then `Add(product, bias [N])`
+//! in N-D, each read by its next node alone and optionally followed by `Relu`, `LeakyRelu` or
+//! `Clip(0, 6)`. After quantization the bias Add (Gemm's C) and the activation follow the
+//! rescale `Mul` directly. [`units`] finds them.
+//!
+//! Adding a pass: a file with a [`Pattern`](super::pattern::Pattern), a rewrite returning an
+//! [`Edit`](super::pattern::Edit), and `pub const PASS: Pass` whose `run` calls
+//! [`pattern::apply`](super::pattern::apply); then list it in [`PASSES`].
 
 pub mod activation;
 pub mod bypass;
