@@ -6,7 +6,6 @@
 //! by a node of this graph, read only by the chain, and not a graph output itself; otherwise
 //! the chain stays.
 
-use crate::ir::Source;
 use crate::passes::pattern::{Edit, MatchCtx, is_defined_in_subgraphs, is_subgraph_output};
 
 /// The edit removing nodes `chain` (in order; the first reads `x`, the last writes `y`).
@@ -28,9 +27,8 @@ pub fn bypass(cx: &MatchCtx, chain: &[usize], x: &str, y: &str) -> Option<Edit> 
         edit.renames.push((y.to_string(), x.to_string()));
         return Some(edit);
     }
-    let Some(Source::Node(p, o)) = g.source(x) else {
-        return None;
-    };
+    // Produced by a node of this graph (not an input, initializer or outer value).
+    let &(p, o) = cx.producers.get(x)?;
     if g.is_output(x) || cx.readers(x) != [chain[0]] {
         return None;
     }
