@@ -16,6 +16,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use onnx_dynq::model::{ExternalDataMode, SaveOptions};
+use onnx_dynq::passes::fold_constants::fold_constants;
+use onnx_dynq::passes::fuse::units::unit_labels;
+use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
+use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
@@ -58,6 +62,9 @@ pub struct RewriteArgs {
     /// Allow OUT to be IN (or to overwrite IN's external data).
     #[arg(long)]
     overwrite_input: bool,
+    /// Skip the cleanup and fusion passes (constant folding still runs).
+    #[arg(long)]
+    no_fuse: bool,
     /// Write a JSON report: every candidate node, quantized or skipped with the reason.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -153,7 +160,22 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             b.set_message(node.to_string());
         }
     };
-    let nodes = quantize(&mut model, &opts, &mut progress)?;
+    let fusion = if args.no_fuse {
+        fold_constants(&mut model)?;
+        None
+    } else {
+        // Gemm from MatMul + Add only when both families get the same treatment.
+        let ops = &opts.policy.ops;
+        let options = FuseOptions {
+            matmul_to_gemm: ops.contains(&OpKind::MatMul) == ops.contains(&OpKind::Gemm),
+        };
+        Some(fuse_with(&mut model, options)?)
+    };
+    let units = unit_labels(&model.graph, model.opset("").unwrap_or(0));
+    let mut nodes = quantize(&mut model, &opts, &mut progress)?;
+    for n in &mut nodes {
+        n.unit = units.get(&(n.scope.clone(), n.node.clone())).cloned();
+    }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -177,6 +199,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         input: args.input.display().to_string(),
         output: args.output.display().to_string(),
         nodes,
+        fusion,
         ..Default::default()
     };
     report.sum_nodes();
