@@ -363,3 +363,17 @@ fn fused_step_falls_back_for_other_inputs() {
     let e = s.run(feed).unwrap_err().to_string();
     assert!(e.contains("MatMul_mm+Add_y") && e.contains("inner"), "{e}");
 }
+
+/// The same for a fused Gemm: a 3-D A is Gemm's own error.
+#[test]
+fn fused_gemm_falls_back_to_gemm_errors() {
+    let mut c = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("Gemm"))
+        .unwrap();
+    c.x = vec![2, 11, 70];
+    let s = session(&c, false);
+    let feed = HashMap::from([("x".to_string(), Value::F32(arr(&[2, 11, 70], 1)))]);
+    let e = s.run(feed).unwrap_err().to_string();
+    assert!(e.contains("Gemm_z+Relu_y") && e.contains("2-D"), "{e}");
+}

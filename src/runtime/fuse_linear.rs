@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use crate::error::Result;
 use crate::ir::{Graph, Node};
 use crate::runtime::kernels::gemm_f32::Act;
-use crate::runtime::ops::linalg::Linear;
+use crate::runtime::ops::linalg::{self, Linear};
 use crate::runtime::ops::{BuildCtx, FnOp, Op};
 use crate::runtime::value::Value;
 
@@ -125,7 +125,7 @@ pub(super) fn fuse_matmul_bias(
         }
     };
     let mut drop_steps = HashSet::new();
-    for i in 0..steps.len() {
+    'chains: for i in 0..steps.len() {
         let st = &steps[i];
         if !st.onnx_domain || !(st.op_type == "MatMul" || st.op_type == "Gemm") {
             continue;
@@ -216,11 +216,21 @@ pub(super) fn fuse_matmul_bias(
                     })
                     .collect()
             };
-            let placeholder: Box<dyn Op> = Box::new(FnOp(|_: &[Option<&Value>]| Ok(vec![])));
-            stages.push(Stage {
-                op: std::mem::replace(&mut st.op, placeholder),
-                inputs: ins,
-            });
+            // The product's fallback is the unpacked op, so the weight is not kept packed
+            // twice; the later stages keep their own ops.
+            let op = match (stages.is_empty(), st.op_type.as_str()) {
+                (true, "MatMul") => linalg::unpacked_matmul_op(),
+                (true, _) => match linalg::unpacked_gemm_op(node) {
+                    Ok(op) => op,
+                    Err(_) => continue 'chains,
+                },
+                (false, _) => {
+                    let placeholder: Box<dyn Op> =
+                        Box::new(FnOp(|_: &[Option<&Value>]| Ok(vec![])));
+                    std::mem::replace(&mut st.op, placeholder)
+                }
+            };
+            stages.push(Stage { op, inputs: ins });
             prev_out = st.outputs[0];
             names.push(st.node.clone());
             types.push(st.op_type.clone());

@@ -237,8 +237,24 @@ fn gemm_attrs(node: &Node) -> Result<(f32, f32, bool, bool)> {
 }
 
 fn gemm_op(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
+    gemm_op_with(node, Linear::gemm(node, ctx)?)
+}
+
+/// MatMul without a packed weight: the general path only. The session's fused Linear steps
+/// keep it as their fallback, so the weight is not held packed twice.
+pub fn unpacked_matmul_op() -> Box<dyn Op> {
+    Box::new(FnOp(|ins: &[Option<&Value>]| {
+        Ok(vec![matmul(req(ins, 0)?, req(ins, 1)?)?])
+    }))
+}
+
+/// Gemm without a packed weight (see [`unpacked_matmul_op`]).
+pub fn unpacked_gemm_op(node: &Node) -> Result<Box<dyn Op>> {
+    gemm_op_with(node, None)
+}
+
+fn gemm_op_with(node: &Node, linear: Option<Linear>) -> Result<Box<dyn Op>> {
     let p = gemm_attrs(node)?;
-    let linear = Linear::gemm(node, ctx)?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let (a, b, c) = (req(ins, 0)?, req(ins, 1)?, opt(ins, 2));
         if let Some(out) = linear.as_ref().and_then(|l| l.run(a)) {
