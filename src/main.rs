@@ -127,6 +127,7 @@ fn inspect(args: &InspectArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    onnx_dynq::runtime::alloc::keep_large_buffers();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),

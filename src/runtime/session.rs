@@ -28,6 +28,8 @@ use crate::model::Model;
 use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
 
+mod fuse_int8;
+
 /// How a session runs.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -500,6 +502,15 @@ impl<'r> Planner<'r> {
         if !self.options.no_kernel_fusion {
             fuse_matmul_bias(&mut steps, &self.consts, &graph_outs);
         }
+        fuse_int8::fuse_int8_linear(
+            &mut steps,
+            &self.consts,
+            &graph_outs,
+            graph,
+            &self.slots,
+            self.opsets,
+            self.options,
+        );
         // Lifetimes: a slot dies after its last reader; a step output nobody reads dies at once.
         let keep: HashSet<usize> = outputs
             .iter()

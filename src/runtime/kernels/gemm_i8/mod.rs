@@ -20,9 +20,10 @@
 //! with zero point `zb - 128`. So every combination runs on the fast kernels.
 //!
 //! [`gemm_u8i8_f32`] fuses the dequantization,
-//! `out[m,n] = f32(C[m,n]) * (a_scale * b_scale[n]) + bias[n]`, then `max(·, 0)` when `relu`
-//! is set. Every kernel evaluates that expression in the same order with separate multiply and
-//! add (no FMA), so all paths agree bit for bit.
+//! `out[m,n] = f32(C[m,n]) * (a_scale * b_scale[n]) + bias[n]`, then an optional
+//! [`Activation`] (ReLU, Clip, LeakyRelu) with the semantics of the ONNX ops the runtime
+//! implements (see [`Activation::apply`]). Every kernel evaluates that expression in the same
+//! order with separate multiply and add (no FMA), so all paths agree bit for bit.
 //!
 //! # Kernels
 //! Chosen at run time from the CPU ([`Isa::best`]) when B is packed; B's layout is the chosen
@@ -37,12 +38,12 @@
 //!
 //! # Example
 //! ```
-//! use onnx_dynq::runtime::kernels::gemm_i8::{Epilogue, PackedB, gemm_u8i8_f32};
+//! use onnx_dynq::runtime::kernels::gemm_i8::{Activation, Epilogue, PackedB, gemm_u8i8_f32};
 //! // B: int8 weights [K=3, N=2], symmetric (no zero point); packed once.
 //! let b = PackedB::from_i8(&[1, -2, 3, 4, -5, 6], 3, 2, &[]).unwrap();
 //! // A: one row of uint8 activations with zero point 10.
 //! let a = [11u8, 12, 13];
-//! let epi = Epilogue { b_scales: &[0.5], bias: Some(&[1.0, -1.0]), relu: true };
+//! let epi = Epilogue { b_scales: &[0.5], bias: Some(&[1.0, -1.0]), act: Activation::Relu };
 //! let mut out = [0f32; 2];
 //! gemm_u8i8_f32(&a, 1, 3, 10, 0.1, &b, &epi, &mut out, 1).unwrap();
 //! // (1·1 + 2·3 + 3·(-5)) · 0.1 · 0.5 + 1 = 0.6; (1·(-2) + 2·4 + 3·6) · 0.05 - 1 = 0.2
@@ -154,8 +155,50 @@ pub struct Epilogue<'a> {
     pub b_scales: &'a [f32],
     /// Added after scaling, one per output column (len N).
     pub bias: Option<&'a [f32]>,
-    /// Clamp negative outputs to 0 (ReLU).
-    pub relu: bool,
+    /// Applied last.
+    pub act: Activation,
+}
+
+/// The activation a fused epilogue applies after scale and bias, with the exact semantics of
+/// the runtime's ONNX ops (so a fused Linear + activation equals the unfused nodes bit for bit):
+/// - `Relu`: `max(x, 0)` as Rust's `f32::max` (NaN gives 0).
+/// - `Clip { min, max }`: `x < min ? min : x`, then `x > max ? max : x` (NaN stays NaN; an
+///   absent bound is ±infinity).
+/// - `LeakyRelu { alpha }`: `x < 0 ? x * alpha : x`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Activation {
+    #[default]
+    None,
+    Relu,
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+}
+
+impl Activation {
+    /// The scalar definition every SIMD path reproduces.
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu => relu_f32(v),
+            Activation::Clip { min, max } => {
+                let v = if v < min { min } else { v };
+                if v > max { max } else { v }
+            }
+            Activation::LeakyRelu { alpha } => {
+                if v < 0.0 {
+                    v * alpha
+                } else {
+                    v
+                }
+            }
+        }
+    }
 }
 
 /// A for [`matmul_integer`]: data `[M, K]` row-major with its zero points (len 0 = none,
@@ -173,7 +216,7 @@ pub enum AInput<'a> {
 }
 
 /// Multiplies u8 A `[m, k]` (zero point `a_zero_point`, scale `a_scale`) by the packed B and
-/// writes float `out [m, n]` through the fused scale/bias/ReLU epilogue.
+/// writes float `out [m, n]` through the fused scale/bias/activation epilogue.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_u8i8_f32(
     a: &[u8],
@@ -186,7 +229,43 @@ pub fn gemm_u8i8_f32(
     out: &mut [f32],
     threads: usize,
 ) -> Result<()> {
-    check_shapes(a.len(), m, k, b, out.len())?;
+    let (ptr, len) = (out.as_mut_ptr(), out.len());
+    // SAFETY: ptr/len come from a live mutable slice.
+    unsafe {
+        gemm_f32_raw(
+            a,
+            m,
+            k,
+            a_zero_point,
+            a_scale,
+            b,
+            epilogue,
+            ptr,
+            len,
+            threads,
+        )
+    }
+}
+
+/// [`gemm_u8i8_f32`] on a raw output of `out_len` floats, which it only writes (so it may be
+/// uninitialized); on success all `m * n` elements are written.
+///
+/// # Safety
+/// `out` must be valid for writes of `out_len` floats and not aliased during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32_raw(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_point: u8,
+    a_scale: f32,
+    b: &PackedB,
+    epilogue: &Epilogue,
+    out: *mut f32,
+    out_len: usize,
+    threads: usize,
+) -> Result<()> {
+    check_shapes(a.len(), m, k, b, out_len)?;
     let n = b.n();
     if epilogue.b_scales.len() != 1 && epilogue.b_scales.len() != n {
         return Err(err(format!(
@@ -204,14 +283,53 @@ pub fn gemm_u8i8_f32(
     }
     let za = [i32::from(a_zero_point)];
     let out = Out::F32 {
-        ptr: out.as_mut_ptr(),
+        ptr: out,
         a_scale,
         b_scales: epilogue.b_scales,
         bias: epilogue.bias,
-        relu: epilogue.relu,
+        act: epilogue.act,
     };
     run(a, m, k, &za, b, out, threads);
     Ok(())
+}
+
+/// Like [`gemm_u8i8_f32`], into a new `[m, n]` vector that is written once by the kernel
+/// (never zero-filled first: for a large output the fill costs as much as the epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_f32_vec(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_point: u8,
+    a_scale: f32,
+    b: &PackedB,
+    epilogue: &Epilogue,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    let len = m
+        .checked_mul(b.n())
+        .ok_or_else(|| err(format!("output {m}x{} overflows", b.n())))?;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let ptr = v.spare_capacity_mut().as_mut_ptr().cast::<f32>();
+    // SAFETY: the pointer covers the vector's `len` allocated (uninitialized) floats, which
+    // the kernels only write. On success all m * n of them are written (every kernel covers
+    // every row and every column of every panel), so the length may be set.
+    unsafe {
+        gemm_f32_raw(
+            a,
+            m,
+            k,
+            a_zero_point,
+            a_scale,
+            b,
+            epilogue,
+            ptr,
+            len,
+            threads,
+        )?;
+        v.set_len(len);
+    }
+    Ok(v)
 }
 
 /// Raw `MatMulInteger` on u8 A `[m, k]` with zero points per tensor (len 1) or per row (len m):
@@ -314,7 +432,7 @@ pub(crate) enum Out<'a> {
         a_scale: f32,
         b_scales: &'a [f32],
         bias: Option<&'a [f32]>,
-        relu: bool,
+        act: Activation,
     },
 }
 
@@ -376,7 +494,7 @@ impl Job<'_> {
                 a_scale,
                 b_scales,
                 bias,
-                relu,
+                act,
             } => {
                 let bs = if b_scales.len() == 1 {
                     b_scales[0]
@@ -387,16 +505,15 @@ impl Job<'_> {
                 if let Some(bias) = bias {
                     v += bias[col];
                 }
-                if relu {
-                    v = relu_f32(v);
-                }
+                v = act.apply(v);
                 unsafe { *ptr.add(idx) = v };
             }
         }
     }
 }
 
-/// ReLU with `maxps` semantics (NaN and -0.0 give +0.0), so scalar and SIMD paths agree.
+/// ReLU with `maxps(v, 0)` semantics (NaN and -0.0 give +0.0), so scalar and SIMD paths
+/// agree; numerically equal to the Relu op's `f32::max(v, 0)` (which may keep -0.0).
 #[inline(always)]
 pub(crate) fn relu_f32(v: f32) -> f32 {
     if v > 0.0 { v } else { 0.0 }
