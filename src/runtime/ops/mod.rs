@@ -17,6 +17,7 @@ pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
+pub mod rnn_quant;
 pub mod util;
 
 use std::collections::HashMap;
@@ -124,6 +125,7 @@ pub fn register_all(r: &mut Registry) {
     normalization::register(r);
     control_flow::register(r);
     rnn::register(r);
+    rnn_quant::register(r);
     conv::register(r);
     quant::register(r);
     quant_ms::register(r);
