@@ -9,9 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use onnx_dynq::runtime::kernels::gemm_i8::{
-    Activation, Epilogue, Isa, PackedB, gemm_u8i8_f32, gemm_u8i8_i32,
-};
+use onnx_dynq::runtime::kernels::gemm_i8::{Epilogue, Isa, PackedB, gemm_u8i8_f32, gemm_u8i8_i32};
 
 const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("seq 35", 35, 256, 1024),
@@ -173,7 +171,7 @@ fn main() {
         let epi = Epilogue {
             b_scales: &scales,
             bias: Some(&bias),
-            act: Activation::Relu,
+            relu: true,
         };
         let mut out_f32 = vec![0f32; m * n];
         let t = time_it(|| {

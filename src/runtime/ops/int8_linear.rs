@@ -16,7 +16,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
 use crate::runtime::Value;
-use crate::runtime::kernels::gemm_i8::{Activation, Epilogue, PackedB, gemm_u8i8_f32_vec};
+use crate::runtime::kernels::gemm_i8::{ActEpilogue, Activation, PackedB, gemm_u8i8_f32_vec};
 use crate::runtime::kernels::quantize_u8::dynamic_quantize_into;
 
 use super::Op;
@@ -97,7 +97,7 @@ impl Int8Linear {
             )));
         }
         let m: usize = lead.iter().product();
-        let epi = Epilogue {
+        let epi = ActEpilogue {
             b_scales: &self.b_scales,
             bias: self.bias.as_deref(),
             act: self.act,

@@ -38,12 +38,12 @@
 //!
 //! # Example
 //! ```
-//! use onnx_dynq::runtime::kernels::gemm_i8::{Activation, Epilogue, PackedB, gemm_u8i8_f32};
+//! use onnx_dynq::runtime::kernels::gemm_i8::{Epilogue, PackedB, gemm_u8i8_f32};
 //! // B: int8 weights [K=3, N=2], symmetric (no zero point); packed once.
 //! let b = PackedB::from_i8(&[1, -2, 3, 4, -5, 6], 3, 2, &[]).unwrap();
 //! // A: one row of uint8 activations with zero point 10.
 //! let a = [11u8, 12, 13];
-//! let epi = Epilogue { b_scales: &[0.5], bias: Some(&[1.0, -1.0]), act: Activation::Relu };
+//! let epi = Epilogue { b_scales: &[0.5], bias: Some(&[1.0, -1.0]), relu: true };
 //! let mut out = [0f32; 2];
 //! gemm_u8i8_f32(&a, 1, 3, 10, 0.1, &b, &epi, &mut out, 1).unwrap();
 //! // (1·1 + 2·3 + 3·(-5)) · 0.1 · 0.5 + 1 = 0.6; (1·(-2) + 2·4 + 3·6) · 0.05 - 1 = 0.2
@@ -148,15 +148,41 @@ impl Isa {
     }
 }
 
-/// The float epilogue of [`gemm_u8i8_f32`].
+/// The float epilogue of [`gemm_u8i8_f32`]: scale, bias, optional ReLU. Its general form,
+/// with any [`Activation`], is [`ActEpilogue`].
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a> {
     /// B's scales: one per tensor (len 1) or one per output column (len N).
     pub b_scales: &'a [f32],
     /// Added after scaling, one per output column (len N).
     pub bias: Option<&'a [f32]>,
+    /// Clamp negative outputs to 0 (ReLU).
+    pub relu: bool,
+}
+
+/// The float epilogue of [`gemm_u8i8_f32_act`] and [`gemm_u8i8_f32_vec`].
+#[derive(Clone, Copy, Debug)]
+pub struct ActEpilogue<'a> {
+    /// B's scales: one per tensor (len 1) or one per output column (len N).
+    pub b_scales: &'a [f32],
+    /// Added after scaling, one per output column (len N).
+    pub bias: Option<&'a [f32]>,
     /// Applied last.
     pub act: Activation,
+}
+
+impl<'a> From<&Epilogue<'a>> for ActEpilogue<'a> {
+    fn from(e: &Epilogue<'a>) -> Self {
+        ActEpilogue {
+            b_scales: e.b_scales,
+            bias: e.bias,
+            act: if e.relu {
+                Activation::Relu
+            } else {
+                Activation::None
+            },
+        }
+    }
 }
 
 /// The activation a fused epilogue applies after scale and bias, with the exact semantics of
@@ -216,7 +242,7 @@ pub enum AInput<'a> {
 }
 
 /// Multiplies u8 A `[m, k]` (zero point `a_zero_point`, scale `a_scale`) by the packed B and
-/// writes float `out [m, n]` through the fused scale/bias/activation epilogue.
+/// writes float `out [m, n]` through the fused scale/bias/ReLU epilogue.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_u8i8_f32(
     a: &[u8],
@@ -226,6 +252,23 @@ pub fn gemm_u8i8_f32(
     a_scale: f32,
     b: &PackedB,
     epilogue: &Epilogue,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<()> {
+    let epi = ActEpilogue::from(epilogue);
+    gemm_u8i8_f32_act(a, m, k, a_zero_point, a_scale, b, &epi, out, threads)
+}
+
+/// [`gemm_u8i8_f32`] with any [`Activation`] in the epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_f32_act(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_point: u8,
+    a_scale: f32,
+    b: &PackedB,
+    epilogue: &ActEpilogue,
     out: &mut [f32],
     threads: usize,
 ) -> Result<()> {
@@ -247,7 +290,7 @@ pub fn gemm_u8i8_f32(
     }
 }
 
-/// [`gemm_u8i8_f32`] on a raw output of `out_len` floats, which it only writes (so it may be
+/// [`gemm_u8i8_f32_act`] on a raw output of `out_len` floats, which it only writes (so it may be
 /// uninitialized); on success all `m * n` elements are written.
 ///
 /// # Safety
@@ -260,7 +303,7 @@ unsafe fn gemm_f32_raw(
     a_zero_point: u8,
     a_scale: f32,
     b: &PackedB,
-    epilogue: &Epilogue,
+    epilogue: &ActEpilogue,
     out: *mut f32,
     out_len: usize,
     threads: usize,
@@ -293,7 +336,7 @@ unsafe fn gemm_f32_raw(
     Ok(())
 }
 
-/// Like [`gemm_u8i8_f32`], into a new `[m, n]` vector that is written once by the kernel
+/// Like [`gemm_u8i8_f32_act`], into a new `[m, n]` vector that is written once by the kernel
 /// (never zero-filled first: for a large output the fill costs as much as the epilogue).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_u8i8_f32_vec(
@@ -303,7 +346,7 @@ pub fn gemm_u8i8_f32_vec(
     a_zero_point: u8,
     a_scale: f32,
     b: &PackedB,
-    epilogue: &Epilogue,
+    epilogue: &ActEpilogue,
     threads: usize,
 ) -> Result<Vec<f32>> {
     let len = m

@@ -55,7 +55,7 @@ fn widen<T: Copy + Into<i64>>(v: &[T]) -> Vec<i64> {
 }
 
 /// The float epilogue, in the documented evaluation order.
-fn reference_f32(acc: &[i32], n: usize, a_scale: f32, epi: &Epilogue) -> Vec<f32> {
+fn reference_f32(acc: &[i32], n: usize, a_scale: f32, epi: &ActEpilogue) -> Vec<f32> {
     acc.iter()
         .enumerate()
         .map(|(i, &v)| {
@@ -243,13 +243,27 @@ fn float_epilogue_is_bit_identical_across_paths() {
                     Activation::LeakyRelu { alpha: -1.5 },
                 ),
             ] {
-                let epi = Epilogue {
+                let epi = ActEpilogue {
                     b_scales: scales,
                     bias,
                     act,
                 };
                 let mut out = vec![f32::NAN; m * n];
-                gemm_u8i8_f32(&a, m, k, za, 0.037, &packed, &epi, &mut out, 1).unwrap();
+                gemm_u8i8_f32_act(&a, m, k, za, 0.037, &packed, &epi, &mut out, 1).unwrap();
+                // The vector form writes the same values.
+                let v = gemm_u8i8_f32_vec(&a, m, k, za, 0.037, &packed, &epi, 1).unwrap();
+                assert!(v.iter().zip(&out).all(|(x, y)| x.to_bits() == y.to_bits()));
+                // The ReLU shorthand is the same epilogue.
+                if matches!(act, Activation::None | Activation::Relu) {
+                    let legacy = Epilogue {
+                        b_scales: scales,
+                        bias,
+                        relu: act == Activation::Relu,
+                    };
+                    let mut o2 = vec![f32::NAN; m * n];
+                    gemm_u8i8_f32(&a, m, k, za, 0.037, &packed, &legacy, &mut o2, 1).unwrap();
+                    assert!(o2.iter().zip(&out).all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
                 let want = reference_f32(&acc, n, 0.037, &epi);
                 let same = out
                     .iter()
@@ -298,13 +312,13 @@ fn activations_agree_on_special_values() {
             },
             LEAKY,
         ] {
-            let epi = Epilogue {
+            let epi = ActEpilogue {
                 b_scales: &[0.001],
                 bias: Some(&bias),
                 act,
             };
             let mut out = vec![0f32; m * n];
-            gemm_u8i8_f32(&a, m, k, 5, 0.5, &packed, &epi, &mut out, 1).unwrap();
+            gemm_u8i8_f32_act(&a, m, k, 5, 0.5, &packed, &epi, &mut out, 1).unwrap();
             let want = reference_f32(&acc, n, 0.5, &epi);
             for (i, (x, y)) in out.iter().zip(&want).enumerate() {
                 assert!(
@@ -437,13 +451,13 @@ fn bad_shapes_are_errors() {
     let epi = Epilogue {
         b_scales: &[1.0, 2.0],
         bias: None,
-        act: Activation::None,
+        relu: false,
     };
     assert!(gemm_u8i8_f32(&[1; 4], 2, 2, 0, 1.0, &b, &epi, &mut outf, 1).is_err());
     let epi = Epilogue {
         b_scales: &[1.0],
         bias: Some(&[0.0; 2]),
-        act: Activation::None,
+        relu: false,
     };
     assert!(gemm_u8i8_f32(&[1; 4], 2, 2, 0, 1.0, &b, &epi, &mut outf, 1).is_err());
     assert!(PackedB::from_i8(&[1; 5], 2, 3, &[]).is_err());
