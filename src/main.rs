@@ -129,8 +129,10 @@ fn inspect(args: &InspectArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    onnx_dynq::runtime::alloc::keep_large_buffers();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Verify(_)) {
+        onnx_dynq::runtime::alloc::keep_large_buffers();
+    }
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Rewrite(a) => rewrite_cmd::run(a),

@@ -14,8 +14,9 @@
 
 /// Makes glibc serve every allocation from one heap arena without mmap'd blocks and keep
 /// freed memory (trim threshold 1 GiB). Process-wide; call it once at start-up, before any
-/// thread is started, in a program that runs models repeatedly (the CLI does). The cost is
-/// memory: the heap does not shrink after a large model's run. A no-op on other C libraries.
+/// thread is started, in a program that runs models repeatedly (the CLI's `run` and `verify`
+/// do; `rewrite` does not, so its peak memory is unaffected). The cost is memory: the heap
+/// does not shrink after a large model's run. A no-op on other C libraries.
 pub fn keep_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
