@@ -38,11 +38,27 @@ fn max_abs(v: &Value) -> f64 {
     to_f64(v).iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-/// Runs `model` fused; returns the worst |ours - ORT| / float scale and the fused step names.
+/// Runs `model` fused (checking it equals the unfused run exactly); returns the worst
+/// |ours - ORT| / float scale and the fused step names.
 fn check(model: &Path, s: &Sample) -> (f64, Vec<String>) {
     let m = onnx_dynq::load(model).unwrap();
     let session = Session::new(&m, &Options::with_threads(1)).unwrap();
     let (outs, times) = session.run_profiled(feeds(&session, s)).unwrap();
+    let plain = Session::new(
+        &m,
+        &Options {
+            threads: 1,
+            no_kernel_fusion: true,
+        },
+    )
+    .unwrap();
+    let unfused = plain.run(feeds(&plain, s)).unwrap();
+    assert_eq!(
+        outs,
+        unfused,
+        "{}: fused differs from unfused",
+        model.display()
+    );
     let mut worst = 0.0f64;
     for (name, got) in &outs {
         let want = s
@@ -77,6 +93,7 @@ fn rewritten_fixtures_match_onnxruntime_with_fusion() {
     let mut report = Vec::new();
     for name in [
         "mlp",
+        "mlp_fp16",
         "word_lm",
         "word_lm_dynamo",
         "bilstm",
@@ -88,8 +105,12 @@ fn rewritten_fixtures_match_onnxruntime_with_fusion() {
             let s = sample(&model, true);
             let (worst, fused) = check(&model, &s);
             report.push(format!("{name}/{tag}: {worst:.1e}, fused {fused:?}"));
+            // float16 outputs and intermediates: one DynamicQuantizeLinear rounding flip after
+            // a float16 rounding difference moves an output by a few float16 ulps (the same
+            // with fusion off; the exact fused = unfused check above still holds).
+            let tol = if name.ends_with("fp16") { 1e-2 } else { 1e-4 };
             assert!(
-                worst <= 1e-4,
+                worst <= tol,
                 "{name}/{tag}: ours vs onnxruntime {worst:.2e} of the float scale\n{}",
                 report.join("\n")
             );
