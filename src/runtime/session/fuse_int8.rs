@@ -132,15 +132,15 @@ pub(super) fn fuse_int8_linear(
     for c in chains {
         let last = *c.steps.iter().max().unwrap_or(&0);
         let op_type = c.names.join("+");
-        steps[last] = Step {
-            op: Box::new(c.op),
-            node: steps[last].node.clone(),
-            op_type,
-            inputs: c.inputs,
-            outputs: vec![Some(c.output)],
-            frees: Vec::new(),
-            onnx_domain: false,
-        };
+        // The last node's step becomes the fused one (its name and any other bookkeeping
+        // fields are kept).
+        let st = &mut steps[last];
+        st.op = Box::new(c.op);
+        st.op_type = op_type;
+        st.inputs = c.inputs;
+        st.outputs = vec![Some(c.output)];
+        st.frees = Vec::new();
+        st.onnx_domain = false;
         drop_steps.extend(c.steps.into_iter().filter(|&s| s != last));
     }
     let mut k = 0;
