@@ -29,6 +29,9 @@ use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
 
 mod fuse_int8;
+#[path = "fuse_linear.rs"]
+mod fuse_linear;
+use fuse_linear::fuse_matmul_bias;
 
 /// How a session runs.
 #[derive(Clone, Debug, Default)]
@@ -78,6 +81,8 @@ struct Step {
     frees: Vec<usize>,
     /// The node is in the default ONNX domain (fusion only touches those).
     onnx_domain: bool,
+    /// The node's index in the planned graph's `nodes`.
+    node_index: usize,
 }
 
 /// A planned graph.
@@ -297,7 +302,11 @@ impl Session {
                 });
             }
             for &s in &step.frees {
-                slots[s] = Slot::Empty;
+                // A dead f32 intermediate's buffer can serve a later output (see
+                // `kernels::gemm_f32::recycle`): fewer fresh pages, so fewer page faults.
+                if let Slot::Own(Value::F32(a)) = std::mem::replace(&mut slots[s], Slot::Empty) {
+                    super::kernels::gemm_f32::recycle(a.into_raw_vec_and_offset().0);
+                }
             }
         }
         let mut outs = Vec::with_capacity(self.outputs.len());
@@ -323,65 +332,6 @@ impl Session {
             outs.push(v);
         }
         Ok(outs)
-    }
-}
-
-/// Runtime fusion (planning only; the graph is not changed): a `MatMul` whose output is read
-/// only by an `Add` with a constant 1-D bias becomes one step computing `A·B + bias` (see
-/// [`super::ops::linalg::matmul_add_op`]) that writes the Add's output slot; the Add step is
-/// dropped. The product is then never materialized on its own.
-fn fuse_matmul_bias(steps: &mut Vec<Step>, consts: &[Option<Value>], graph_outs: &HashSet<usize>) {
-    let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (i, st) in steps.iter().enumerate() {
-        for &s in st.inputs.iter().flatten() {
-            readers.entry(s).or_default().push(i);
-        }
-    }
-    let mut drop_steps = HashSet::new();
-    for i in 0..steps.len() {
-        let st = &steps[i];
-        if !(st.onnx_domain && st.op_type == "MatMul" && st.inputs.len() == 2) {
-            continue;
-        }
-        let [Some(o)] = st.outputs[..] else { continue };
-        if graph_outs.contains(&o) {
-            continue;
-        }
-        let Some(&[j]) = readers.get(&o).map(Vec::as_slice) else {
-            continue;
-        };
-        let add = &steps[j];
-        if !(add.onnx_domain && add.op_type == "Add" && add.outputs.len() == 1) {
-            continue;
-        }
-        let bias = match add.inputs[..] {
-            [Some(x), Some(c)] | [Some(c), Some(x)] if x == o && c != o => c,
-            _ => continue,
-        };
-        let is_1d = consts[bias].as_ref().is_some_and(|v| v.shape().len() == 1);
-        let Some(out) = add.outputs[0] else { continue };
-        if !is_1d {
-            continue;
-        }
-        let (a, b) = (st.inputs[0], st.inputs[1]);
-        let fused = Step {
-            op: super::ops::linalg::matmul_add_op(),
-            node: format!("{}+{}", st.node, add.node),
-            op_type: "MatMul+Add".to_string(),
-            inputs: vec![a, b, Some(bias)],
-            outputs: vec![Some(out)],
-            frees: Vec::new(),
-            onnx_domain: false,
-        };
-        steps[i] = fused;
-        drop_steps.insert(j);
-    }
-    if !drop_steps.is_empty() {
-        let mut k = 0;
-        steps.retain(|_| {
-            k += 1;
-            !drop_steps.contains(&(k - 1))
-        });
     }
 }
 
@@ -486,7 +436,8 @@ impl<'r> Planner<'r> {
         let mut steps: Vec<Step> = Vec::new();
         for &ni in &order {
             let node = &graph.nodes[ni];
-            if let Some(step) = self.plan_node(node)? {
+            if let Some(mut step) = self.plan_node(node)? {
+                step.node_index = ni;
                 steps.push(step);
             }
         }
@@ -500,7 +451,8 @@ impl<'r> Planner<'r> {
         let num_slots = self.consts.len();
         let graph_outs: HashSet<usize> = outputs.iter().map(|&(_, s)| s).collect();
         if !self.options.no_kernel_fusion {
-            fuse_matmul_bias(&mut steps, &self.consts, &graph_outs);
+            let opset = self.opsets.get("").copied().unwrap_or(1);
+            fuse_matmul_bias(graph, &mut steps, &self.consts, &graph_outs, opset);
         }
         fuse_int8::fuse_int8_linear(
             &mut steps,
@@ -657,6 +609,7 @@ impl<'r> Planner<'r> {
             outputs,
             frees: Vec::new(),
             onnx_domain: domain.is_empty(),
+            node_index: 0,
         }))
     }
 }

@@ -7,14 +7,122 @@
 //! 33-37 ms (the decoder of a word LM at batch 1, where `matrixmultiply` has no gemv path),
 //! 35x256x33278 21.9 ms vs 28.1 ms. Transposed operands are passed as strides, never copied.
 //!
+//! For a constant B (weights), [`PackedB`] + [`gemm_packed`] pack B once and fuse a bias and
+//! activation into the output loop (module `packed`); this file's [`gemm`] serves everything
+//! else.
+//!
 //! Threading: products of at least [`PARALLEL_MIN_FLOPS`] multiply-adds use the current rayon
 //! pool (the session installs its own pool when a thread count is set); smaller ones stay on the
 //! calling thread, where splitting costs more than it saves.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod packed;
+#[cfg(test)]
+mod packed_tests;
+mod scalar;
+
+pub use packed::{Act, Epilogue, Isa, PackedB, gemm_packed};
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    #[test]
+    fn recycled_buffers_are_reused_by_size() {
+        let v = vec![1f32; RECYCLE_MIN * 3];
+        let p = v.as_ptr();
+        recycle(v);
+        // Too small a request for that buffer (it would waste more than half): fresh, zeroed.
+        let small = output_buffer(RECYCLE_MIN);
+        assert!(small.iter().all(|&x| x == 0.0) && small.as_ptr() != p);
+        let again = output_buffer(RECYCLE_MIN * 2);
+        assert_eq!((again.as_ptr(), again.len()), (p, RECYCLE_MIN * 2));
+        // Tiny buffers are not kept.
+        recycle(vec![0f32; 8]);
+        assert_eq!(RECYCLED.with(|r| r.borrow().len()), 0);
+    }
+}
+
 /// Below this many multiply-adds (m·n·k) a product runs on one thread.
 pub const PARALLEL_MIN_FLOPS: usize = 1 << 23;
+
+/// Outputs at least this large (bytes) ask the kernel for transparent huge pages.
+const HUGE_BUFFER_BYTES: usize = 4 << 20;
+/// Buffers at least this large (floats) are worth keeping for reuse.
+const RECYCLE_MIN: usize = 16 << 10;
+/// At most this many recycled buffers, and this many floats in all, per thread.
+const RECYCLE_MAX_COUNT: usize = 16;
+const RECYCLE_MAX_FLOATS: usize = 64 << 20;
+
+thread_local! {
+    static RECYCLED: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Offers a dead buffer for reuse by a later [`output_buffer`] call on this thread (the
+/// session hands over intermediate values when their last reader is done). Small buffers and
+/// any beyond the per-thread bound are simply freed.
+pub fn recycle(v: Vec<f32>) {
+    if v.capacity() < RECYCLE_MIN {
+        return;
+    }
+    RECYCLED.with(|r| {
+        let mut r = r.borrow_mut();
+        let held: usize = r.iter().map(Vec::capacity).sum();
+        if r.len() < RECYCLE_MAX_COUNT && held + v.capacity() <= RECYCLE_MAX_FLOATS {
+            r.push(v);
+        }
+    });
+}
+
+/// A `len`-float buffer for an output that the caller overwrites in full: its contents are
+/// unspecified (zeros, or a recycled buffer's old values).
+///
+/// Why: a multi-MB output is otherwise a fresh `mmap` (or fresh heap pages after glibc trimmed
+/// the heap) on every run, and first-touch page faults on 4 KB pages cost a fifth of a
+/// word-LM run at batch 10. So a buffer [`recycle`]d on this thread with a capacity between
+/// `len` and `2·len` is reused; otherwise a zeroed one is allocated (calloc: fresh pages are
+/// not written), and on Linux one of 4 MB or more is advised as a huge-page candidate
+/// (`MADV_HUGEPAGE`, as numpy does for its large arrays), which cuts the faults by 512x where
+/// the system allows transparent huge pages.
+pub fn output_buffer(len: usize) -> Vec<f32> {
+    if len >= RECYCLE_MIN {
+        let reused = RECYCLED.with(|r| {
+            let mut r = r.borrow_mut();
+            let best = r
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len)
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| r.swap_remove(i))
+        });
+        if let Some(mut v) = reused {
+            v.resize(len, 0.0);
+            return v;
+        }
+    }
+    let v = vec![0f32; len];
+    #[cfg(target_os = "linux")]
+    if len * std::mem::size_of::<f32>() >= HUGE_BUFFER_BYTES {
+        const PAGE: usize = 4096;
+        let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (v.as_ptr() as usize + len * std::mem::size_of::<f32>()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside the allocation `v` owns; MADV_HUGEPAGE changes no
+            // contents (zero pages stay zero), only how future faults are served. A failure is
+            // harmless and ignored.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
+}
 
 /// Element types the kernel multiplies.
 pub trait GemmElem: Copy + 'static + num_traits::Zero + num_traits::One {}

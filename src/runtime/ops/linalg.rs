@@ -8,6 +8,14 @@
 //! - `Gemm` (7, 9, 11, 13): `Y = alpha · A' · B' + beta · C`, where `A' = A^T` when `transA`,
 //!   `B' = B^T` when `transB` (transposes are strides, not copies), and C (optional since 11)
 //!   broadcasts unidirectionally to `[M, N]`. Float types only.
+//!
+//! With a constant f32 weight (MatMul's 2-D B; Gemm's B with C absent or a constant row) the
+//! op is a [`Linear`]: the weight is packed once when the op is built and f32 inputs run on
+//! the packed kernels, which also apply a bias and an activation in their output loop (the
+//! session fuses `MatMul/Gemm [+ Add(bias)] [+ Relu | Clip | LeakyRelu]` into one such step).
+//! Other element types and shapes take the general path.
+
+use std::sync::Arc;
 
 use half::f16;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix2, IxDyn};
@@ -15,7 +23,9 @@ use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix2, IxDyn};
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
-use crate::runtime::kernels::gemm_f32::{GemmElem, gemm};
+use crate::runtime::kernels::gemm_f32::{
+    Act, Epilogue, GemmElem, PackedB, gemm, gemm_packed, output_buffer,
+};
 
 use super::util::{broadcast_shape, bview, dname, err, opt, req, standard};
 use super::{BuildCtx, FnOp, Op, Registry};
@@ -155,8 +165,17 @@ fn matmul_op(_: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         Some(Value::F16(b)) => Some(b.mapv(f16::to_f32)),
         _ => None,
     };
+    let linear = ctx
+        .const_inputs
+        .get(1)
+        .copied()
+        .flatten()
+        .and_then(Linear::matmul);
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let (a, b) = (req(ins, 0)?, req(ins, 1)?);
+        if let Some(out) = linear.as_ref().and_then(|l| l.run(a)) {
+            return Ok(vec![out]);
+        }
         if let (Value::F16(x), Some(bw)) = (a, &b16) {
             return Ok(vec![Value::F16(
                 float_mm(&x.mapv(f16::to_f32), bw)?.mapv(f16::from_f32),
@@ -207,15 +226,24 @@ fn gemm_t<T: GemmElem + Default + PartialEq + num_traits::FromPrimitive>(
     Ok(out.into_dyn())
 }
 
-fn gemm_op(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
-    let p = (
+/// Gemm's attributes: (alpha, beta, transA, transB).
+fn gemm_attrs(node: &Node) -> Result<(f32, f32, bool, bool)> {
+    Ok((
         node.attr_or::<f32>("alpha", 1.0)?,
         node.attr_or::<f32>("beta", 1.0)?,
         node.attr_or::<i64>("transA", 0)? != 0,
         node.attr_or::<i64>("transB", 0)? != 0,
-    );
+    ))
+}
+
+fn gemm_op(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
+    let p = gemm_attrs(node)?;
+    let linear = Linear::gemm(node, ctx)?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let (a, b, c) = (req(ins, 0)?, req(ins, 1)?, opt(ins, 2));
+        if let Some(out) = linear.as_ref().and_then(|l| l.run(a)) {
+            return Ok(vec![out]);
+        }
         let mismatch = || {
             err(format!(
                 "Gemm inputs must share one float type, got {} and {}",
@@ -244,63 +272,145 @@ fn gemm_op(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     })))
 }
 
-/// `MatMul(A, B)` followed by `Add` with a 1-D bias `[N]` (the decoder of an exported
-/// `Linear`), planned by the session as one step with inputs `[A, B, bias]`. For f32 with a
-/// 2-D B and a standard-layout A, the output starts as the broadcast bias and the GEMM
-/// accumulates into it (beta = 1): one pass over the output instead of a product and then an
-/// add. Any other case runs `matmul` then `Add` with numpy broadcasting, so the step means
-/// exactly what the two nodes meant.
-pub fn matmul_add_op() -> Box<dyn Op> {
-    Box::new(FnOp(|ins: &[Option<&Value>]| {
-        let (a, b, bias) = (req(ins, 0)?, req(ins, 1)?, req(ins, 2)?);
-        if let (Value::F32(x), Value::F32(y), Value::F32(c)) = (a, b, bias)
-            && let Some(out) = matmul_bias_f32(x, y, c)?
-        {
-            return Ok(vec![Value::F32(out)]);
-        }
-        let p = matmul(a, b)?;
-        Ok(vec![super::elementwise::binary(
-            super::elementwise::Bin::Add,
-            &p,
-            bias,
-        )?])
-    }))
+/// `act(A'·W + bias)` with a constant f32 weight `W [K, N]` packed once: MatMul with a
+/// constant 2-D B, Gemm with a constant B (alpha folded into W, `beta·C` into the bias when C
+/// is absent or a constant row), and the session's fused Linear steps (see
+/// `runtime/fuse_linear.rs`). Cloning shares the packed weight.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    w: Arc<PackedB>,
+    bias: Option<Arc<[f32]>>,
+    act: Act,
+    /// `Some(transA)` for Gemm (A must be 2-D, transposed when set); `None` for MatMul (A of
+    /// any rank ≥ 1, leading dims folded into rows; a 1-D A gives a 1-D result).
+    gemm_trans_a: Option<bool>,
 }
 
-/// The fused case of [`matmul_add_op`]; `None` when the operands are not of that form.
-fn matmul_bias_f32(
-    a: &ArrayD<f32>,
-    b: &ArrayD<f32>,
-    bias: &ArrayD<f32>,
-) -> Result<Option<ArrayD<f32>>> {
-    if a.ndim() < 2 || b.ndim() != 2 || bias.ndim() != 1 || !a.is_standard_layout() {
-        return Ok(None);
+impl Linear {
+    /// MatMul's B when it is a 2-D f32 constant.
+    pub fn matmul(b: &Value) -> Option<Linear> {
+        let b = b.as_f32()?.view().into_dimensionality::<Ix2>().ok()?;
+        Some(Linear {
+            w: Arc::new(PackedB::new(&b)),
+            bias: None,
+            act: Act::None,
+            gemm_trans_a: None,
+        })
     }
-    let k = a.shape()[a.ndim() - 1];
-    let (k2, n) = (b.shape()[0], b.shape()[1]);
-    let (Some(bias_s), true) = (bias.as_slice(), k == k2 && bias.len() == n) else {
-        return Ok(None);
-    };
-    let rows: usize = a.shape()[..a.ndim() - 1].iter().product();
-    let mut out_shape = a.shape().to_vec();
-    *out_shape.last_mut().expect("rank >= 2") = n;
-    let mut data = Vec::with_capacity(rows * n);
-    for _ in 0..rows {
-        data.extend_from_slice(bias_s);
+
+    /// A Gemm node whose B is an f32 constant and whose C is absent, ignored (beta = 0) or a
+    /// constant row (`[]`, `[1]`, `[N]`, `[1, N]`); `None` otherwise.
+    pub fn gemm(node: &Node, ctx: &BuildCtx) -> Result<Option<Linear>> {
+        let (alpha, beta, ta, tb) = gemm_attrs(node)?;
+        let konst = |i: usize| ctx.const_inputs.get(i).copied().flatten();
+        let Some(b) = konst(1).and_then(Value::as_f32) else {
+            return Ok(None);
+        };
+        let Ok(b) = b.view().into_dimensionality::<Ix2>() else {
+            return Ok(None);
+        };
+        let b = if tb { b.reversed_axes() } else { b };
+        let n = b.ncols();
+        let has_c = node.input(2).is_some();
+        let bias: Option<Arc<[f32]>> = match (has_c, konst(2)) {
+            (false, _) => None,
+            (true, Some(_)) if beta == 0.0 => None,
+            (true, Some(Value::F32(c))) => {
+                let row: Vec<f32> = match c.shape() {
+                    [] | [1] | [1, 1] => vec![c.iter().next().copied().unwrap_or(0.0); n],
+                    [l] | [1, l] if *l == n => c.iter().copied().collect(),
+                    _ => return Ok(None),
+                };
+                Some(row.into_iter().map(|v| beta * v).collect())
+            }
+            _ => return Ok(None),
+        };
+        let w = if alpha == 1.0 {
+            PackedB::new(&b)
+        } else {
+            PackedB::new(&b.mapv(|v| alpha * v).view())
+        };
+        Ok(Some(Linear {
+            w: Arc::new(w),
+            bias,
+            act: Act::None,
+            gemm_trans_a: Some(ta),
+        }))
     }
-    let mut out2 = Array2::from_shape_vec((rows, n), data).map_err(|e| err(e.to_string()))?;
-    let a2 = a
-        .view()
-        .into_shape_with_order((rows, k))
-        .map_err(|e| err(e.to_string()))?;
-    let b2 = b
-        .view()
-        .into_dimensionality::<Ix2>()
-        .map_err(|e| err(e.to_string()))?;
-    gemm(1.0, &a2, &b2, 1.0, &mut out2.view_mut());
-    out2.into_shape_with_order(IxDyn(&out_shape))
-        .map(Some)
-        .map_err(|e| err(e.to_string()))
+
+    /// Adds a constant bias (`[]`, `[1]` or `[N]`, f32) after the product: the fused form of
+    /// a following `Add`. `None` when there already is one or the shape is not a row.
+    pub fn with_bias(&self, bias: &Value) -> Option<Linear> {
+        if self.bias.is_some() || self.act != Act::None {
+            return None;
+        }
+        let b = bias.as_f32()?;
+        let n = self.w.n();
+        let row: Vec<f32> = match b.shape() {
+            [] | [1] => vec![*b.iter().next()?; n],
+            [l] if *l == n => b.iter().copied().collect(),
+            _ => return None,
+        };
+        Some(Linear {
+            bias: Some(row.into()),
+            ..self.clone()
+        })
+    }
+
+    /// Applies `act` to the output: the fused form of a following activation node.
+    pub fn with_act(&self, act: Act) -> Option<Linear> {
+        (self.act == Act::None).then(|| Linear {
+            act,
+            ..self.clone()
+        })
+    }
+
+    pub fn act(&self) -> Act {
+        self.act
+    }
+
+    pub fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+
+    /// The result for an f32 `a` of a matching shape; `None` for anything else (the caller
+    /// then runs the general path, which also reports errors).
+    pub fn run(&self, a: &Value) -> Option<Value> {
+        let a = a.as_f32()?;
+        let (k, n) = (self.w.k(), self.w.n());
+        let (a2, out_shape): (ArrayView2<f32>, Vec<usize>) = match self.gemm_trans_a {
+            Some(ta) => {
+                let v = a.view().into_dimensionality::<Ix2>().ok()?;
+                let v = if ta { v.reversed_axes() } else { v };
+                let m = v.nrows();
+                (v, vec![m, n])
+            }
+            None => {
+                if a.ndim() == 0 || a.shape().last() != Some(&k) || !a.is_standard_layout() {
+                    return None;
+                }
+                let rows = a.shape()[..a.ndim() - 1].iter().product();
+                let mut shape = a.shape().to_vec();
+                *shape.last_mut()? = n;
+                let v = a.view().into_shape_with_order((rows, k)).ok()?;
+                (v, shape)
+            }
+        };
+        if a2.ncols() != k {
+            return None;
+        }
+        let m = a2.nrows();
+        // The kernel writes every element (the buffer may be a recycled one).
+        let mut out = output_buffer(m * n);
+        let epi = Epilogue {
+            bias: self.bias.as_deref(),
+            act: self.act,
+        };
+        gemm_packed(&a2, &self.w, &epi, &mut out, n);
+        ArrayD::from_shape_vec(IxDyn(&out_shape), out)
+            .ok()
+            .map(Value::F32)
+    }
 }
 
 pub fn register(r: &mut Registry) {
@@ -352,55 +462,6 @@ mod tests {
         assert_eq!(
             matmul(&a, &b).unwrap(),
             Value::I64(array![[17i64], [39]].into_dyn())
-        );
-    }
-
-    /// The fused step must equal MatMul then Add, in the fused layout (3-D A, 2-D B, bias [N])
-    /// and in the fallback ones (bias broadcast from [1], f64).
-    #[test]
-    fn matmul_add_matches_matmul_then_add() {
-        use crate::runtime::ops::elementwise::{Bin, binary};
-        let a = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |d| {
-            (d[0] * 7 + d[1] * 3 + d[2]) as f32 * 0.25 - 1.0
-        });
-        let b = ArrayD::from_shape_fn(IxDyn(&[4, 5]), |d| (d[0] * 5 + d[1]) as f32 * 0.5 - 2.0);
-        let cases = [
-            (
-                Value::F32(a.clone()),
-                Value::F32(b.clone()),
-                Value::F32(ArrayD::from_shape_fn(IxDyn(&[5]), |d| d[0] as f32 - 2.5)),
-            ),
-            (
-                Value::F32(a.clone()),
-                Value::F32(b.clone()),
-                Value::F32(ArrayD::from_elem(IxDyn(&[1]), 3.0)),
-            ),
-            (
-                Value::F64(a.mapv(f64::from)),
-                Value::F64(b.mapv(f64::from)),
-                Value::F64(ArrayD::from_elem(IxDyn(&[5]), -1.5)),
-            ),
-        ];
-        let op = matmul_add_op();
-        for (x, y, c) in cases {
-            let want = binary(Bin::Add, &matmul(&x, &y).unwrap(), &c).unwrap();
-            let got = op.run(&[Some(&x), Some(&y), Some(&c)]).unwrap().remove(0);
-            assert_eq!(got.shape(), want.shape());
-            match (got, want) {
-                (Value::F32(g), Value::F32(w)) => {
-                    for (p, q) in g.iter().zip(w.iter()) {
-                        assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{p} vs {q}");
-                    }
-                }
-                (Value::F64(g), Value::F64(w)) => assert_eq!(g, w),
-                _ => panic!("type changed"),
-            }
-        }
-        // A bias of the wrong length is a broadcast error, as for the Add alone.
-        let bad = Value::F32(ArrayD::zeros(IxDyn(&[3])));
-        assert!(
-            op.run(&[Some(&Value::F32(a)), Some(&Value::F32(b)), Some(&bad)])
-                .is_err()
         );
     }
 

@@ -21,23 +21,23 @@
 //! at the row's own last valid step. A row of length 0 gets zero `Y_h`/`Y_c` (as onnxruntime
 //! does; the spec is silent).
 //!
-//! Execution: per direction, the input projection for all steps is one GEMM (hoisted out of the
-//! time loop); each step is one `[batch, H] x [H, G·H]` GEMM (two for GRU with
-//! `linear_before_reset = 0`, whose reset gate must be applied before the second product).
-//! Constant weights are transposed once when the op is built. The step product uses its own
-//! kernel up to batch 16 (a packed GEMM would re-pack all of R every step) and `ndarray`'s
-//! GEMM beyond; sigmoid and tanh use vectorizable approximations (error about 1e-6). Both
-//! directions of a bidirectional op run in parallel on the rayon pool when large enough.
+//! Execution: per direction, the input projection for all steps is one GEMM with the bias in
+//! its output loop (hoisted out of the time loop); each step is one `[batch, H] x [H, G·H]`
+//! GEMM (two for GRU with `linear_before_reset = 0`, whose reset gate must be applied before
+//! the second product). Constant weights are transposed and packed for the float kernels
+//! ([`PackedB`]) once when the op is built, so no step re-packs R; sigmoid and tanh use
+//! vectorizable approximations (error about 1e-6). Both directions of a bidirectional op run
+//! in parallel on the rayon pool when large enough.
 //! Types: f32; f16 and f64 inputs are computed in f32 and converted back.
 
-use ndarray::{
-    Array1, Array2, Array3, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn,
-    linalg::general_mat_mul, s,
-};
+use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView2, Axis, IxDyn, s};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::ir::Node;
+use crate::runtime::kernels::gemm_f32::{
+    Act, Epilogue, PackedB, gemm_packed, output_buffer, recycle,
+};
 use crate::runtime::value::Value;
 
 use super::{BuildCtx, Op, Registry};
@@ -283,6 +283,13 @@ struct DirWeights {
     rbh: Array1<f32>,
     /// LSTM peepholes (i, o, f), each `[H]`, when `P` is given.
     peep: Option<[Array1<f32>; 3]>,
+    /// `wt` packed for the float kernels.
+    wp: PackedB,
+    /// The step product's weight, packed: all of `rt`, except for GRU with
+    /// `linear_before_reset = 0`, where it is the z and r columns (`[H, 2H]`).
+    rp: PackedB,
+    /// GRU with `linear_before_reset = 0`: `rt`'s h columns (`[H, H]`), packed.
+    rp_h: Option<PackedB>,
 }
 
 struct RecurrentOp {
@@ -521,12 +528,25 @@ impl RecurrentOp {
                 let row = p.index_axis(Axis(0), di);
                 [0, 1, 2].map(|k| row.slice(s![k * h..(k + 1) * h]).to_owned())
             });
+            let wp = PackedB::new(&wt.view());
+            let split_gru = self.kind == Kind::Gru && !self.linear_before_reset;
+            let (rp, rp_h) = if split_gru {
+                (
+                    PackedB::new(&rt.slice(s![.., ..2 * h])),
+                    Some(PackedB::new(&rt.slice(s![.., 2 * h..]))),
+                )
+            } else {
+                (PackedB::new(&rt.view()), None)
+            };
             out.push(DirWeights {
                 wt,
                 rt,
                 xbias,
                 rbh,
                 peep,
+                wp,
+                rp,
+                rp_h,
             });
         }
         Ok(out)
@@ -723,157 +743,14 @@ impl Op for RecurrentOp {
 // ---------------------------------------------------------------------------------------------
 // Time loop
 
-/// Batch sizes up to this use the row-streaming kernel for `Ht-1·Rᵀ`; larger ones the packed GEMM.
-const FEW_ROWS: usize = 16;
-
-/// `out = a · b` for the per-step recurrence, `a [batch, H]`, `b [H, cols]` (rows contiguous).
-/// A packed GEMM re-packs all of `b` on every call, which dominates at small batch; with few
-/// rows, streaming `b` once and accumulating into the output rows is several times faster.
-fn recurrent_product(a: &Array2<f32>, b: &ArrayView2<f32>, out: &mut Array2<f32>) {
-    let (m, k) = a.dim();
-    let n = b.ncols();
-    let rows_contiguous = b.ncols() == 0 || b.row(0).as_slice().is_some();
-    match (a.as_slice(), out.as_slice_mut()) {
-        (Some(a), Some(o)) if m <= FEW_ROWS && rows_contiguous => {
-            few_rows_dispatch(a, m, k, b, n, o)
-        }
-        _ => {
-            let mut view: ArrayViewMut2<f32> = out.view_mut();
-            general_mat_mul(1.0, a, b, 0.0, &mut view);
-        }
-    }
-}
-
-fn few_rows_dispatch(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { few_rows_avx2(a, m, k, b, n, o) };
-        return;
-    }
-    few_rows::<false>(a, m, k, b, n, o);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn few_rows_avx2(a: &[f32], m: usize, k: usize, b: &ArrayView2<f32>, n: usize, o: &mut [f32]) {
-    few_rows::<true>(a, m, k, b, n, o);
-}
-
-/// `o [m, n] = a [m, k] * b [k, n]` for few rows of `a`. Below 4 rows, streams the rows of
-/// `b` once into column blocks of the outputs (which stay in L1); from 4 rows on, computes
-/// 4 x 32 output tiles in registers. `FMA` selects fused multiply-add (only where the CPU has
-/// it: elsewhere `mul_add` is a library call).
-#[inline(always)]
-fn few_rows<const FMA: bool>(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    b: &ArrayView2<f32>,
-    n: usize,
-    o: &mut [f32],
-) {
-    let rows: Vec<&[f32]> = b
-        .rows()
-        .into_iter()
-        .take(k)
-        .filter_map(|r| r.to_slice())
-        .collect();
-    if rows.len() != k || rows.iter().any(|r| r.len() != n) {
-        // Callers check that rows are contiguous; keep a correct path all the same.
-        let a = ArrayView2::from_shape((m, k), a).expect("a is m*k");
-        let mut out = ArrayViewMut2::from_shape((m, n), o).expect("o is m*n");
-        general_mat_mul(1.0, &a, b, 0.0, &mut out);
-        return;
-    }
-    if m >= 4 {
-        tiled::<FMA>(a, m, k, &rows, n, o);
-        return;
-    }
-    const BLOCK: usize = 256;
-    o.fill(0.0);
-    let mut c0 = 0;
-    while c0 < n {
-        let c1 = (c0 + BLOCK).min(n);
-        for (kk, brow) in rows.iter().enumerate() {
-            let brow = &brow[c0..c1];
-            for i in 0..m {
-                let s = a[i * k + kk];
-                if s == 0.0 {
-                    continue;
-                }
-                let orow = &mut o[i * n + c0..i * n + c1];
-                if FMA {
-                    for (o, &bv) in orow.iter_mut().zip(brow) {
-                        *o = s.mul_add(bv, *o);
-                    }
-                } else {
-                    for (o, &bv) in orow.iter_mut().zip(brow) {
-                        *o += s * bv;
-                    }
-                }
-            }
-        }
-        c0 = c1;
-    }
-}
-
-const TILE_W: usize = 32;
-
-#[inline(always)]
-fn tiled<const FMA: bool>(a: &[f32], m: usize, k: usize, rows: &[&[f32]], n: usize, o: &mut [f32]) {
-    let nw = n / TILE_W * TILE_W;
-    let mut i = 0;
-    while i < m {
-        let r = (m - i).min(4);
-        for c0 in (0..nw).step_by(TILE_W) {
-            match r {
-                4 => tile::<FMA, 4>(a, k, rows, n, o, i, c0),
-                3 => tile::<FMA, 3>(a, k, rows, n, o, i, c0),
-                2 => tile::<FMA, 2>(a, k, rows, n, o, i, c0),
-                _ => tile::<FMA, 1>(a, k, rows, n, o, i, c0),
-            }
-        }
-        i += r;
-    }
-    // Columns past the last full tile.
-    for i in 0..m {
-        for c in nw..n {
-            o[i * n + c] = rows
-                .iter()
-                .enumerate()
-                .map(|(kk, brow)| a[i * k + kk] * brow[c])
-                .sum();
-        }
-    }
-}
-
-/// One `R x TILE_W` output tile, accumulated in registers over all of `k`.
-#[inline(always)]
-fn tile<const FMA: bool, const R: usize>(
-    a: &[f32],
-    k: usize,
-    rows: &[&[f32]],
-    n: usize,
-    o: &mut [f32],
-    i: usize,
-    c0: usize,
-) {
-    let mut acc = [[0f32; TILE_W]; R];
-    for (kk, brow) in rows.iter().enumerate() {
-        let Ok(bb) = <&[f32; TILE_W]>::try_from(&brow[c0..c0 + TILE_W]) else {
-            return;
-        };
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let s = a[(i + r) * k + kk];
-            for (v, &bv) in acc.iter_mut().zip(bb) {
-                *v = if FMA { s.mul_add(bv, *v) } else { *v + s * bv };
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        o[(i + r) * n + c0..][..TILE_W].copy_from_slice(acc);
-    }
+/// `out = a · b` for the per-step recurrence, `a [batch, H]`, `b` packed `[H, cols]`, `out`
+/// `[batch, cols]` (owned, standard layout).
+fn recurrent_product(a: &Array2<f32>, b: &PackedB, out: &mut Array2<f32>) {
+    let n = b.n();
+    let o = out
+        .as_slice_mut()
+        .expect("the step buffers are owned standard-layout arrays");
+    gemm_packed(&a.view(), b, &Epilogue::NONE, o, n);
 }
 
 /// Everything one direction's time loop reads.
@@ -900,11 +777,18 @@ struct DirOut {
 impl Steps<'_> {
     /// `X·Wᵀ + bias` for all steps at once: `[seq·batch, G·H]`.
     fn project_input(&self) -> Array2<f32> {
-        let mut xw = Array2::<f32>::zeros((self.seq * self.batch, self.w.wt.ncols()));
-        xw.rows_mut()
-            .into_iter()
-            .for_each(|mut r| r.assign(&self.w.xbias));
-        general_mat_mul(1.0, &self.x, &self.w.wt, 1.0, &mut xw);
+        let (rows, n) = (self.seq * self.batch, self.w.wp.n());
+        // The kernel writes every element (the buffer may be a recycled one).
+        let mut xw = Array2::from_shape_vec((rows, n), output_buffer(rows * n))
+            .expect("the buffer has rows * n floats");
+        let epi = Epilogue {
+            bias: self.w.xbias.as_slice(),
+            act: Act::None,
+        };
+        let out = xw
+            .as_slice_mut()
+            .expect("a new array is in standard layout");
+        gemm_packed(&self.x, &self.w.wp, &epi, out, n);
         xw
     }
 
@@ -930,7 +814,7 @@ impl Steps<'_> {
         let mut gates = vec![0f32; 4 * h];
         let (f, g, hf) = (self.acts[0], self.acts[1], self.acts[2]);
         for step in 0..self.seq {
-            recurrent_product(&hs, &self.w.rt.view(), &mut hr);
+            recurrent_product(&hs, &self.w.rp, &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -988,6 +872,7 @@ impl Steps<'_> {
                     .copy_from_slice(h_row);
             }
         }
+        recycle(xw.into_raw_vec_and_offset().0);
         DirOut { y, h: hs, c: cs }
     }
 
@@ -996,19 +881,16 @@ impl Steps<'_> {
         let xw = self.project_input();
         let mut y = Array3::<f32>::zeros((self.seq, self.batch, h));
         let (f, g) = (self.acts[0], self.acts[1]);
-        let rt = &self.w.rt;
         // With linear_before_reset the whole `Ht-1·Rᵀ` is one product; otherwise the candidate
         // needs `(r ⊙ Ht-1)·Rhᵀ`, a second product after the gates.
-        let cols = if linear_before_reset { 3 * h } else { 2 * h };
-        let rt_zr = rt.slice(s![.., ..cols]);
-        let rt_h = rt.slice(s![.., 2 * h..]);
+        let cols = self.w.rp.n();
         let mut hr = Array2::<f32>::zeros((self.batch, cols));
         let mut zr = Array2::<f32>::zeros((self.batch, 2 * h));
         let mut rh = Array2::<f32>::zeros((self.batch, h));
         let mut rh_r = Array2::<f32>::zeros((self.batch, h));
         let mut cand = vec![0f32; h];
         for step in 0..self.seq {
-            recurrent_product(&hs, &rt_zr, &mut hr);
+            recurrent_product(&hs, &self.w.rp, &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -1032,8 +914,8 @@ impl Steps<'_> {
                     }
                 }
             }
-            if !linear_before_reset {
-                recurrent_product(&rh, &rt_h, &mut rh_r);
+            if let Some(rp_h) = &self.w.rp_h {
+                recurrent_product(&rh, rp_h, &mut rh_r);
             }
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
@@ -1070,6 +952,7 @@ impl Steps<'_> {
                     .copy_from_slice(h_row);
             }
         }
+        recycle(xw.into_raw_vec_and_offset().0);
         let c = Array2::zeros((self.batch, h));
         DirOut { y, h: hs, c }
     }
@@ -1081,7 +964,7 @@ impl Steps<'_> {
         let mut hr = Array2::<f32>::zeros((self.batch, h));
         let f = self.acts[0];
         for step in 0..self.seq {
-            recurrent_product(&hs, &self.w.rt.view(), &mut hr);
+            recurrent_product(&hs, &self.w.rp, &mut hr);
             for b in 0..self.batch {
                 let Some(t) = self.time(step, b) else {
                     continue;
@@ -1101,6 +984,7 @@ impl Steps<'_> {
                     .copy_from_slice(h_row);
             }
         }
+        recycle(xw.into_raw_vec_and_offset().0);
         let c = Array2::zeros((self.batch, h));
         DirOut { y, h: hs, c }
     }
@@ -1174,9 +1058,9 @@ mod tests {
                 // A column slice, like GRU's z/r block of R.
                 let bv = b.slice(s![.., ..n]);
                 let mut got = Array2::<f32>::from_elem((m, n), f32::NAN);
-                recurrent_product(&a, &bv, &mut got);
+                recurrent_product(&a, &PackedB::new(&bv), &mut got);
                 let mut want = Array2::<f32>::zeros((m, n));
-                general_mat_mul(1.0, &a, &bv, 0.0, &mut want);
+                ndarray::linalg::general_mat_mul(1.0, &a, &bv, 0.0, &mut want);
                 for (x, y) in got.iter().zip(&want) {
                     assert!((x - y).abs() < 1e-4, "m {m} k {k} n {n}: {x} vs {y}");
                 }
