@@ -130,6 +130,9 @@ fn inspect(args: &InspectArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Verify(_)) {
+        onnx_dynq::runtime::alloc::keep_large_buffers();
+    }
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Rewrite(a) => rewrite_cmd::run(a),

@@ -2,6 +2,7 @@
 //! values ([`Session::run`]). Ops live in [`ops`], one file per family; dense products in
 //! [`kernels`].
 
+pub mod alloc;
 pub mod kernels;
 pub mod ops;
 pub mod session;

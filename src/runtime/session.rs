@@ -28,6 +28,7 @@ use crate::model::Model;
 use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
 
+mod fuse_int8;
 #[path = "fuse_linear.rs"]
 mod fuse_linear;
 use fuse_linear::fuse_matmul_bias;
@@ -453,6 +454,15 @@ impl<'r> Planner<'r> {
             let opset = self.opsets.get("").copied().unwrap_or(1);
             fuse_matmul_bias(graph, &mut steps, &self.consts, &graph_outs, opset);
         }
+        fuse_int8::fuse_int8_linear(
+            &mut steps,
+            &self.consts,
+            &graph_outs,
+            graph,
+            &self.slots,
+            self.opsets,
+            self.options,
+        );
         // Lifetimes: a slot dies after its last reader; a step output nobody reads dies at once.
         let keep: HashSet<usize> = outputs
             .iter()

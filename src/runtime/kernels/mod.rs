@@ -2,3 +2,4 @@
 
 pub mod gemm_f32;
 pub mod gemm_i8;
+pub mod quantize_u8;

@@ -10,6 +10,7 @@ pub mod control_flow;
 pub mod conv;
 pub mod data;
 pub mod elementwise;
+pub mod int8_linear;
 pub mod linalg;
 pub mod normalization;
 pub mod quant;

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::pack::Data;
-use super::{Job, Out};
+use super::{Activation, Job, Out};
 
 /// Columns per panel.
 pub(crate) const NR: usize = 64;
@@ -106,7 +106,7 @@ unsafe fn tile<const R: usize>(job: &Job, bp: *const i8, m0: usize, n0: usize, n
     unsafe { epilogue::<R>(job, &sums, m0, n0, ncols) };
 }
 
-/// Zero-point correction, then either int32 stores or the float scale/bias/ReLU, masked to the
+/// Zero-point correction, then either int32 stores or the float scale/bias/activation, masked to the
 /// panel's valid columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
@@ -155,7 +155,7 @@ unsafe fn epilogue<const R: usize>(
                     a_scale,
                     b_scales,
                     bias,
-                    relu,
+                    act,
                 } => {
                     let scale = if b_scales.len() == 1 {
                         _mm512_set1_ps(a_scale * b_scales[0])
@@ -171,13 +171,30 @@ unsafe fn epilogue<const R: usize>(
                         if let Some(bias) = bias {
                             v = _mm512_add_ps(v, bias);
                         }
-                        if relu {
-                            v = _mm512_max_ps(v, _mm512_setzero_ps());
-                        }
+                        v = activate(v, act);
                         _mm512_mask_storeu_ps(ptr.add((m0 + r) * n + c), mask, v);
                     }
                 }
             }
+        }
+    }
+}
+
+/// [`Activation::apply`] on 16 lanes. `maxps`/`minps` return their second operand when either
+/// is NaN, which gives the scalar definition's NaN behaviour with the operand orders below.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn activate(v: __m512, act: Activation) -> __m512 {
+    match act {
+        Activation::None => v,
+        Activation::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+        Activation::Clip { min, max } => {
+            let v = _mm512_max_ps(_mm512_set1_ps(min), v);
+            _mm512_min_ps(_mm512_set1_ps(max), v)
+        }
+        Activation::LeakyRelu { alpha } => {
+            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
+            _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(alpha))
         }
     }
 }

@@ -20,9 +20,10 @@
 //! with zero point `zb - 128`. So every combination runs on the fast kernels.
 //!
 //! [`gemm_u8i8_f32`] fuses the dequantization,
-//! `out[m,n] = f32(C[m,n]) * (a_scale * b_scale[n]) + bias[n]`, then `max(·, 0)` when `relu`
-//! is set. Every kernel evaluates that expression in the same order with separate multiply and
-//! add (no FMA), so all paths agree bit for bit.
+//! `out[m,n] = f32(C[m,n]) * (a_scale * b_scale[n]) + bias[n]`, then an optional
+//! [`Activation`] (ReLU, Clip, LeakyRelu) with the semantics of the ONNX ops the runtime
+//! implements (see [`Activation::apply`]). Every kernel evaluates that expression in the same
+//! order with separate multiply and add (no FMA), so all paths agree bit for bit.
 //!
 //! # Kernels
 //! Chosen at run time from the CPU ([`Isa::best`]) when B is packed; B's layout is the chosen
@@ -147,7 +148,8 @@ impl Isa {
     }
 }
 
-/// The float epilogue of [`gemm_u8i8_f32`].
+/// The float epilogue of [`gemm_u8i8_f32`]: scale, bias, optional ReLU. Its general form,
+/// with any [`Activation`], is [`ActEpilogue`].
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a> {
     /// B's scales: one per tensor (len 1) or one per output column (len N).
@@ -156,6 +158,73 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// Clamp negative outputs to 0 (ReLU).
     pub relu: bool,
+}
+
+/// The float epilogue of [`gemm_u8i8_f32_act`] and [`gemm_u8i8_f32_vec`].
+#[derive(Clone, Copy, Debug)]
+pub struct ActEpilogue<'a> {
+    /// B's scales: one per tensor (len 1) or one per output column (len N).
+    pub b_scales: &'a [f32],
+    /// Added after scaling, one per output column (len N).
+    pub bias: Option<&'a [f32]>,
+    /// Applied last.
+    pub act: Activation,
+}
+
+impl<'a> From<&Epilogue<'a>> for ActEpilogue<'a> {
+    fn from(e: &Epilogue<'a>) -> Self {
+        ActEpilogue {
+            b_scales: e.b_scales,
+            bias: e.bias,
+            act: if e.relu {
+                Activation::Relu
+            } else {
+                Activation::None
+            },
+        }
+    }
+}
+
+/// The activation a fused epilogue applies after scale and bias, with the exact semantics of
+/// the runtime's ONNX ops (so a fused Linear + activation equals the unfused nodes bit for bit):
+/// - `Relu`: `max(x, 0)` as Rust's `f32::max` (NaN gives 0).
+/// - `Clip { min, max }`: `x < min ? min : x`, then `x > max ? max : x` (NaN stays NaN; an
+///   absent bound is ±infinity).
+/// - `LeakyRelu { alpha }`: `x < 0 ? x * alpha : x`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Activation {
+    #[default]
+    None,
+    Relu,
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+}
+
+impl Activation {
+    /// The scalar definition every SIMD path reproduces.
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu => relu_f32(v),
+            Activation::Clip { min, max } => {
+                let v = if v < min { min } else { v };
+                if v > max { max } else { v }
+            }
+            Activation::LeakyRelu { alpha } => {
+                if v < 0.0 {
+                    v * alpha
+                } else {
+                    v
+                }
+            }
+        }
+    }
 }
 
 /// A for [`matmul_integer`]: data `[M, K]` row-major with its zero points (len 0 = none,
@@ -186,7 +255,60 @@ pub fn gemm_u8i8_f32(
     out: &mut [f32],
     threads: usize,
 ) -> Result<()> {
-    check_shapes(a.len(), m, k, b, out.len())?;
+    let epi = ActEpilogue::from(epilogue);
+    gemm_u8i8_f32_act(a, m, k, a_zero_point, a_scale, b, &epi, out, threads)
+}
+
+/// [`gemm_u8i8_f32`] with any [`Activation`] in the epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_f32_act(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_point: u8,
+    a_scale: f32,
+    b: &PackedB,
+    epilogue: &ActEpilogue,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<()> {
+    let (ptr, len) = (out.as_mut_ptr(), out.len());
+    // SAFETY: ptr/len come from a live mutable slice.
+    unsafe {
+        gemm_f32_raw(
+            a,
+            m,
+            k,
+            a_zero_point,
+            a_scale,
+            b,
+            epilogue,
+            ptr,
+            len,
+            threads,
+        )
+    }
+}
+
+/// [`gemm_u8i8_f32_act`] on a raw output of `out_len` floats, which it only writes (so it may be
+/// uninitialized); on success all `m * n` elements are written.
+///
+/// # Safety
+/// `out` must be valid for writes of `out_len` floats and not aliased during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32_raw(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_point: u8,
+    a_scale: f32,
+    b: &PackedB,
+    epilogue: &ActEpilogue,
+    out: *mut f32,
+    out_len: usize,
+    threads: usize,
+) -> Result<()> {
+    check_shapes(a.len(), m, k, b, out_len)?;
     let n = b.n();
     if epilogue.b_scales.len() != 1 && epilogue.b_scales.len() != n {
         return Err(err(format!(
@@ -204,14 +326,53 @@ pub fn gemm_u8i8_f32(
     }
     let za = [i32::from(a_zero_point)];
     let out = Out::F32 {
-        ptr: out.as_mut_ptr(),
+        ptr: out,
         a_scale,
         b_scales: epilogue.b_scales,
         bias: epilogue.bias,
-        relu: epilogue.relu,
+        act: epilogue.act,
     };
     run(a, m, k, &za, b, out, threads);
     Ok(())
+}
+
+/// Like [`gemm_u8i8_f32_act`], into a new `[m, n]` vector that is written once by the kernel
+/// (never zero-filled first: for a large output the fill costs as much as the epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_f32_vec(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_point: u8,
+    a_scale: f32,
+    b: &PackedB,
+    epilogue: &ActEpilogue,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    let len = m
+        .checked_mul(b.n())
+        .ok_or_else(|| err(format!("output {m}x{} overflows", b.n())))?;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let ptr = v.spare_capacity_mut().as_mut_ptr().cast::<f32>();
+    // SAFETY: the pointer covers the vector's `len` allocated (uninitialized) floats, which
+    // the kernels only write. On success all m * n of them are written (every kernel covers
+    // every row and every column of every panel), so the length may be set.
+    unsafe {
+        gemm_f32_raw(
+            a,
+            m,
+            k,
+            a_zero_point,
+            a_scale,
+            b,
+            epilogue,
+            ptr,
+            len,
+            threads,
+        )?;
+        v.set_len(len);
+    }
+    Ok(v)
 }
 
 /// Raw `MatMulInteger` on u8 A `[m, k]` with zero points per tensor (len 1) or per row (len m):
@@ -314,7 +475,7 @@ pub(crate) enum Out<'a> {
         a_scale: f32,
         b_scales: &'a [f32],
         bias: Option<&'a [f32]>,
-        relu: bool,
+        act: Activation,
     },
 }
 
@@ -376,7 +537,7 @@ impl Job<'_> {
                 a_scale,
                 b_scales,
                 bias,
-                relu,
+                act,
             } => {
                 let bs = if b_scales.len() == 1 {
                     b_scales[0]
@@ -387,16 +548,15 @@ impl Job<'_> {
                 if let Some(bias) = bias {
                     v += bias[col];
                 }
-                if relu {
-                    v = relu_f32(v);
-                }
+                v = act.apply(v);
                 unsafe { *ptr.add(idx) = v };
             }
         }
     }
 }
 
-/// ReLU with `maxps` semantics (NaN and -0.0 give +0.0), so scalar and SIMD paths agree.
+/// ReLU with `maxps(v, 0)` semantics (NaN and -0.0 give +0.0), so scalar and SIMD paths
+/// agree; numerically equal to the Relu op's `f32::max(v, 0)` (which may keep -0.0).
 #[inline(always)]
 pub(crate) fn relu_f32(v: f32) -> f32 {
     if v > 0.0 { v } else { 0.0 }

@@ -55,7 +55,7 @@ fn widen<T: Copy + Into<i64>>(v: &[T]) -> Vec<i64> {
 }
 
 /// The float epilogue, in the documented evaluation order.
-fn reference_f32(acc: &[i32], n: usize, a_scale: f32, epi: &Epilogue) -> Vec<f32> {
+fn reference_f32(acc: &[i32], n: usize, a_scale: f32, epi: &ActEpilogue) -> Vec<f32> {
     acc.iter()
         .enumerate()
         .map(|(i, &v)| {
@@ -69,10 +69,24 @@ fn reference_f32(acc: &[i32], n: usize, a_scale: f32, epi: &Epilogue) -> Vec<f32
             if let Some(bias) = epi.bias {
                 x += bias[c];
             }
-            if epi.relu && x.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                x = 0.0;
+            // The ONNX ops' definitions, written out independently of `Activation::apply`.
+            match epi.act {
+                Activation::None => x,
+                Activation::Relu => x.max(0.0),
+                Activation::Clip { min, max } => {
+                    if x < min {
+                        x = min;
+                    }
+                    if x > max { max } else { x }
+                }
+                Activation::LeakyRelu { alpha } => {
+                    if x < 0.0 {
+                        x * alpha
+                    } else {
+                        x
+                    }
+                }
             }
-            x
         })
         .collect()
 }
@@ -208,25 +222,109 @@ fn float_epilogue_is_bit_identical_across_paths() {
                 k,
                 n,
             );
-            for (scales, bias, relu) in [
-                (&scales_col[..], Some(&bias[..]), true),
-                (&scales_col[..1], None, false),
-                (&scales_col[..], None, true),
-                (&scales_col[..1], Some(&bias[..]), false),
+            for (scales, bias, act) in [
+                (&scales_col[..], Some(&bias[..]), Activation::Relu),
+                (&scales_col[..1], None, Activation::None),
+                (&scales_col[..], None, Activation::Relu),
+                (&scales_col[..1], Some(&bias[..]), Activation::None),
+                (&scales_col[..], Some(&bias[..]), CLIP6),
+                (
+                    &scales_col[..1],
+                    None,
+                    Activation::Clip {
+                        min: -0.5,
+                        max: 0.25,
+                    },
+                ),
+                (&scales_col[..], Some(&bias[..]), LEAKY),
+                (
+                    &scales_col[..1],
+                    None,
+                    Activation::LeakyRelu { alpha: -1.5 },
+                ),
             ] {
-                let epi = Epilogue {
+                let epi = ActEpilogue {
                     b_scales: scales,
                     bias,
-                    relu,
+                    act,
                 };
                 let mut out = vec![f32::NAN; m * n];
-                gemm_u8i8_f32(&a, m, k, za, 0.037, &packed, &epi, &mut out, 1).unwrap();
+                gemm_u8i8_f32_act(&a, m, k, za, 0.037, &packed, &epi, &mut out, 1).unwrap();
+                // The vector form writes the same values.
+                let v = gemm_u8i8_f32_vec(&a, m, k, za, 0.037, &packed, &epi, 1).unwrap();
+                assert!(v.iter().zip(&out).all(|(x, y)| x.to_bits() == y.to_bits()));
+                // The ReLU shorthand is the same epilogue.
+                if matches!(act, Activation::None | Activation::Relu) {
+                    let legacy = Epilogue {
+                        b_scales: scales,
+                        bias,
+                        relu: act == Activation::Relu,
+                    };
+                    let mut o2 = vec![f32::NAN; m * n];
+                    gemm_u8i8_f32(&a, m, k, za, 0.037, &packed, &legacy, &mut o2, 1).unwrap();
+                    assert!(o2.iter().zip(&out).all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
                 let want = reference_f32(&acc, n, 0.037, &epi);
                 let same = out
                     .iter()
                     .zip(&want)
                     .all(|(x, y)| x.to_bits() == y.to_bits() || (*x == 0.0 && *y == 0.0));
-                assert!(same, "{isa:?} {m}x{k}x{n} relu={relu}");
+                assert!(same, "{isa:?} {m}x{k}x{n} {act:?}");
+            }
+        }
+    }
+}
+
+const CLIP6: Activation = Activation::Clip { min: 0.0, max: 6.0 };
+const LEAKY: Activation = Activation::LeakyRelu { alpha: 0.01 };
+
+/// NaN, infinities and signed zeros reach the activation through the bias; every path must
+/// treat them as the scalar definition does (NaN stays NaN through Clip and LeakyRelu, ReLU
+/// turns it into 0).
+#[test]
+fn activations_agree_on_special_values() {
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        -7.0,
+        7.0,
+        3.0,
+        -1e-30,
+    ];
+    let (m, k, n) = (7, 5, 70);
+    let mut rng = Rng(3);
+    let a = rng.u8s(m * k);
+    let b = rng.i8s(k * n);
+    let bias: Vec<f32> = (0..n).map(|c| specials[c % specials.len()]).collect();
+    for isa in Isa::available() {
+        let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &[]).unwrap();
+        let acc = reference(&widen(&a), &[5], &widen(&b), &[0], m, k, n);
+        for act in [
+            Activation::None,
+            Activation::Relu,
+            CLIP6,
+            Activation::Clip {
+                min: f32::NEG_INFINITY,
+                max: 1.0,
+            },
+            LEAKY,
+        ] {
+            let epi = ActEpilogue {
+                b_scales: &[0.001],
+                bias: Some(&bias),
+                act,
+            };
+            let mut out = vec![0f32; m * n];
+            gemm_u8i8_f32_act(&a, m, k, 5, 0.5, &packed, &epi, &mut out, 1).unwrap();
+            let want = reference_f32(&acc, n, 0.5, &epi);
+            for (i, (x, y)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    x == y || (x.is_nan() && y.is_nan()),
+                    "{isa:?} {act:?} at {i}: {x} vs {y}"
+                );
             }
         }
     }

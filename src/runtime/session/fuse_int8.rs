@@ -1,0 +1,440 @@
+//! Plan-time fusion of the int8 Linear unit (planning only; the graph is not changed).
+//!
+//! `onnx-dynq rewrite` (and onnxruntime's `quantize_dynamic`) turn a float MatMul/Gemm with
+//! constant weights into
+//!
+//! ```text
+//! DynamicQuantizeLinear(X) -> (Xq, Xs, Xz)
+//! MatMulInteger(Xq, Wq, Xz[, Wz]) -> Cast(to float) -> Mul(·, Mul(Xs, Ws)) [-> Add(·, bias)]
+//!   [-> Relu | Clip(const min/max) | LeakyRelu]
+//! ```
+//!
+//! (Mul and Add operands in either order). Run node by node that is five or more steps with
+//! an int32 and two float `[M, N]` intermediates; here it becomes one
+//! [`Int8Linear`](crate::runtime::ops::int8_linear::Int8Linear) step: quantize X, one int8
+//! GEMM with the scale/bias/activation epilogue.
+//!
+//! Conditions (anything else is left unfused): `Wq` is a constant 2-D int8/uint8 tensor, `Wz`
+//! absent or constant, `Ws` a constant float scalar or `[N]`, the bias a constant float `[N]`
+//! (or one value), Clip's bounds constant float scalars (or attributes before opset 11); every
+//! intermediate value has exactly one reader and is not a graph output. The
+//! DynamicQuantizeLinear is absorbed only when its three outputs are read by this chain alone;
+//! otherwise it stays a step and the fused step reads `Xq, Xs, Xz` (quantization shared with
+//! other consumers).
+//!
+//! com.microsoft `DynamicQuantizeMatMul` and `MatMulIntegerToFloat` with constant weights
+//! (and a scalar or absent A zero point) become the same step, taking a following activation
+//! along under the same single-reader conditions.
+//!
+//! The fused step is placed where the chain's last node was, so every reader of its output
+//! still comes after it and its inputs are computed before.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ir::{Graph, Node};
+use crate::runtime::Value;
+use crate::runtime::kernels::gemm_i8::{Activation, PackedB};
+use crate::runtime::ops::BuildCtx;
+use crate::runtime::ops::int8_linear::{AForm, Int8Linear};
+use crate::runtime::ops::quant::pack_const_b;
+
+use super::{Options, Step};
+
+/// The graph and planner state the matcher reads.
+struct Ctx<'a> {
+    consts: &'a [Option<Value>],
+    graph_outs: &'a HashSet<usize>,
+    graph: &'a Graph,
+    /// Value name -> slot, as planned.
+    slots: &'a HashMap<String, usize>,
+    opsets: &'a HashMap<String, i64>,
+}
+
+/// One matched chain.
+struct Chain {
+    /// Steps replaced (the fused step goes at the last one).
+    steps: Vec<usize>,
+    inputs: Vec<Option<usize>>,
+    output: usize,
+    op: Int8Linear,
+    names: Vec<String>,
+}
+
+struct Index<'a> {
+    readers: HashMap<usize, Vec<usize>>,
+    producer: HashMap<usize, usize>,
+    /// Slot of a node's first named output -> the node (for attributes).
+    nodes: HashMap<usize, &'a Node>,
+}
+
+/// Fuses every matching chain in `steps` (nothing with `options.no_kernel_fusion`).
+pub(super) fn fuse_int8_linear(
+    steps: &mut Vec<Step>,
+    consts: &[Option<Value>],
+    graph_outs: &HashSet<usize>,
+    graph: &Graph,
+    slots: &HashMap<String, usize>,
+    opsets: &HashMap<String, i64>,
+    options: &Options,
+) {
+    if options.no_kernel_fusion {
+        return;
+    }
+    let cx = &Ctx {
+        consts,
+        graph_outs,
+        graph,
+        slots,
+        opsets,
+    };
+    let mut idx = Index {
+        readers: HashMap::new(),
+        producer: HashMap::new(),
+        nodes: HashMap::new(),
+    };
+    for (i, st) in steps.iter().enumerate() {
+        for &s in st.inputs.iter().flatten() {
+            idx.readers.entry(s).or_default().push(i);
+        }
+        for &s in st.outputs.iter().flatten() {
+            idx.producer.insert(s, i);
+        }
+    }
+    for node in &cx.graph.nodes {
+        if let Some(o) = node.outputs().iter().find(|o| !o.is_empty())
+            && let Some(&s) = cx.slots.get(o)
+        {
+            idx.nodes.insert(s, node);
+        }
+    }
+    let mut chains = Vec::new();
+    let mut used = HashSet::new();
+    for i in 0..steps.len() {
+        let st = &steps[i];
+        let found = match (st.onnx_domain, st.op_type.as_str()) {
+            (true, "MatMulInteger") => match_matmul_integer(steps, i, cx, &idx),
+            (false, "DynamicQuantizeMatMul" | "MatMulIntegerToFloat") => {
+                match_ms(steps, i, cx, &idx)
+            }
+            _ => None,
+        };
+        if let Some(c) = found
+            && c.steps.iter().all(|s| !used.contains(s))
+        {
+            used.extend(c.steps.iter().copied());
+            chains.push(c);
+        }
+    }
+    if chains.is_empty() {
+        return;
+    }
+    let mut drop_steps = HashSet::new();
+    for c in chains {
+        let last = *c.steps.iter().max().unwrap_or(&0);
+        let op_type = c.names.join("+");
+        // The last node's step becomes the fused one (its name and any other bookkeeping
+        // fields are kept).
+        let st = &mut steps[last];
+        st.op = Box::new(c.op);
+        st.op_type = op_type;
+        st.inputs = c.inputs;
+        st.outputs = vec![Some(c.output)];
+        st.frees = Vec::new();
+        st.onnx_domain = false;
+        drop_steps.extend(c.steps.into_iter().filter(|&s| s != last));
+    }
+    let mut k = 0;
+    steps.retain(|_| {
+        k += 1;
+        !drop_steps.contains(&(k - 1))
+    });
+}
+
+impl Index<'_> {
+    /// The single reader of an intermediate slot that is not a graph output.
+    fn only_reader(&self, slot: usize, cx: &Ctx) -> Option<usize> {
+        if cx.graph_outs.contains(&slot) {
+            return None;
+        }
+        match self.readers.get(&slot).map(Vec::as_slice) {
+            Some(&[r]) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+fn single_output(st: &Step) -> Option<usize> {
+    match st.outputs[..] {
+        [Some(o)] => Some(o),
+        _ => None,
+    }
+}
+
+fn const_of<'v>(cx: &Ctx<'v>, slot: Option<usize>) -> Option<&'v Value> {
+    cx.consts.get(slot?)?.as_ref()
+}
+
+/// A constant float that is a scalar or one value per column (rank <= 1).
+fn per_column(v: &Value, n: usize) -> Option<Vec<f32>> {
+    let Value::F32(a) = v else { return None };
+    if a.ndim() > 1 || (a.len() != 1 && a.len() != n) {
+        return None;
+    }
+    Some(a.iter().copied().collect())
+}
+
+/// B packed from constant slots (`zp` None = no zero-point input).
+fn pack(cx: &Ctx, b: Option<usize>, zp: Option<usize>) -> Option<PackedB> {
+    let mut const_inputs = vec![None, Some(const_of(cx, b)?), None];
+    if zp.is_some() {
+        const_inputs.push(Some(const_of(cx, zp)?));
+    }
+    let ctx = BuildCtx {
+        opset: 10,
+        const_inputs,
+    };
+    pack_const_b(&ctx, 1, 3).ok().flatten().map(|(p, _)| p)
+}
+
+/// The other input of a two-input step, when one of them is `x`.
+fn other_input(st: &Step, x: usize) -> Option<usize> {
+    match st.inputs[..] {
+        [Some(a), Some(b)] if a == x && b != x => Some(b),
+        [Some(a), Some(b)] if b == x && a != x => Some(a),
+        _ => None,
+    }
+}
+
+fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
+    let mm = &steps[i];
+    let (xq, wq, xz) = match mm.inputs[..] {
+        [Some(a), Some(b), Some(z)] | [Some(a), Some(b), Some(z), _] => (a, b, z),
+        _ => return None,
+    };
+    let wz = mm.inputs.get(3).copied().flatten();
+    // A from a DynamicQuantizeLinear whose zero point is the one MatMulInteger uses.
+    let &qi = idx.producer.get(&xq)?;
+    let q = &steps[qi];
+    if !(q.onnx_domain && q.op_type == "DynamicQuantizeLinear") {
+        return None;
+    }
+    let (x, xs) = match (&q.inputs[..], &q.outputs[..]) {
+        ([Some(x)], [Some(o0), Some(s), Some(z)]) if *o0 == xq && *z == xz => (*x, *s),
+        _ => return None,
+    };
+    let packed = pack(cx, Some(wq), wz)?;
+    let n = packed.n();
+    // Cast to float.
+    let int_out = single_output(mm)?;
+    let ci = idx.only_reader(int_out, cx)?;
+    let cast = &steps[ci];
+    if !(cast.onnx_domain && cast.op_type == "Cast" && cast.inputs[..] == [Some(int_out)]) {
+        return None;
+    }
+    let to = idx
+        .nodes
+        .get(&single_output(cast)?)?
+        .attr::<i64>("to")
+        .ok()??;
+    if to != crate::onnx::tensor_proto::DataType::Float as i64 {
+        return None;
+    }
+    // Mul(cast, scale) with scale = Mul(Xs, Ws).
+    let cf = single_output(cast)?;
+    let fi = idx.only_reader(cf, cx)?;
+    let fmul = &steps[fi];
+    if !(fmul.onnx_domain && fmul.op_type == "Mul") {
+        return None;
+    }
+    let sc = other_input(fmul, cf)?;
+    let &si = idx.producer.get(&sc)?;
+    let smul = &steps[si];
+    if !(smul.onnx_domain && smul.op_type == "Mul") || idx.only_reader(sc, cx)? != fi {
+        return None;
+    }
+    let ws = other_input(smul, xs)?;
+    let b_scales = per_column(const_of(cx, Some(ws))?, n)?;
+    let mut chain = vec![i, ci, si, fi];
+    let mut names = vec![
+        "MatMulInteger".to_string(),
+        "Cast".into(),
+        "Mul".into(),
+        "Mul".into(),
+    ];
+    let mut out = single_output(fmul)?;
+    // Optional bias Add.
+    let mut bias = None;
+    if let Some(ai) = idx.only_reader(out, cx) {
+        let add = &steps[ai];
+        if add.onnx_domain
+            && add.op_type == "Add"
+            && let Some(b) = other_input(add, out)
+            && let Some(v) = const_of(cx, Some(b)).and_then(|v| per_column(v, n))
+            && let Some(o) = single_output(add)
+        {
+            bias = Some(if v.len() == n { v } else { vec![v[0]; n] });
+            chain.push(ai);
+            names.push("Add".into());
+            out = o;
+        }
+    }
+    let act = match_activation(steps, out, cx, idx).map(|(ai, act, o)| {
+        chain.push(ai);
+        names.push(steps[ai].op_type.clone());
+        out = o;
+        act
+    });
+    // Absorb the DynamicQuantizeLinear when this chain is its only reader.
+    let absorb = idx.only_reader(xq, cx) == Some(i)
+        && idx.only_reader(xz, cx) == Some(i)
+        && idx.only_reader(xs, cx) == Some(si);
+    let (form, inputs) = if absorb {
+        chain.push(qi);
+        names.insert(0, "DynamicQuantizeLinear".into());
+        (AForm::Float, vec![Some(x)])
+    } else {
+        (AForm::Quantized, vec![Some(xq), Some(xs), Some(xz)])
+    };
+    let op = Int8Linear::new(
+        form,
+        packed,
+        b_scales,
+        bias,
+        act.unwrap_or(Activation::None),
+    )
+    .ok()?;
+    Some(Chain {
+        steps: chain,
+        inputs,
+        output: out,
+        op,
+        names,
+    })
+}
+
+/// com.microsoft `DynamicQuantizeMatMul(A, B, b_scale, b_zp?, bias?)` or
+/// `MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zp?, b_zp?, bias?)` with constant weight
+/// parts, plus a following activation.
+fn match_ms(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
+    let st = &steps[i];
+    let at = |k: usize| st.inputs.get(k).copied().flatten();
+    let dq = st.op_type == "DynamicQuantizeMatMul";
+    let (b, bs, bz, bias, inputs, form) = if dq {
+        (at(1), at(2), at(3), at(4), vec![at(0)], AForm::Float)
+    } else {
+        let az = at(4);
+        // A per-row zero point is not this step's form; a non-constant one is checked per
+        // run (it must then be a scalar, which DynamicQuantizeLinear's is).
+        if let Some(v) = const_of(cx, az)
+            && v.len() != 1
+        {
+            return None;
+        }
+        if let Some(z) = az
+            && cx.consts[z].is_none()
+        {
+            let &p = idx.producer.get(&z)?;
+            if !(steps[p].onnx_domain && steps[p].op_type == "DynamicQuantizeLinear") {
+                return None;
+            }
+        }
+        (
+            at(1),
+            at(3),
+            at(5),
+            at(6),
+            vec![at(0), at(2), az],
+            AForm::Quantized,
+        )
+    };
+    at(0)?;
+    let packed = pack(cx, b, bz)?;
+    let n = packed.n();
+    let b_scales = per_column(const_of(cx, bs)?, n)?;
+    let bias = match bias {
+        None => None,
+        Some(_) => {
+            let v = per_column(const_of(cx, bias)?, n)?;
+            if v.len() != n {
+                return None;
+            }
+            Some(v)
+        }
+    };
+    let mut out = single_output(st)?;
+    let mut chain = vec![i];
+    let mut names = vec![st.op_type.clone()];
+    let act = match_activation(steps, out, cx, idx).map(|(ai, act, o)| {
+        chain.push(ai);
+        names.push(steps[ai].op_type.clone());
+        out = o;
+        act
+    });
+    let op = Int8Linear::new(
+        form,
+        packed,
+        b_scales,
+        bias,
+        act.unwrap_or(Activation::None),
+    )
+    .ok()?;
+    Some(Chain {
+        steps: chain,
+        inputs,
+        output: out,
+        op,
+        names,
+    })
+}
+
+/// The single reader of `x` if it is a Relu, LeakyRelu or Clip with constant bounds: its
+/// step index, the activation and its output.
+fn match_activation(
+    steps: &[Step],
+    x: usize,
+    cx: &Ctx,
+    idx: &Index,
+) -> Option<(usize, Activation, usize)> {
+    let ai = idx.only_reader(x, cx)?;
+    let st = &steps[ai];
+    if !st.onnx_domain || st.inputs.first() != Some(&Some(x)) {
+        return None;
+    }
+    let out = single_output(st)?;
+    let node = idx.nodes.get(&out)?;
+    let act = match st.op_type.as_str() {
+        "Relu" if st.inputs.len() == 1 => Activation::Relu,
+        "LeakyRelu" if st.inputs.len() == 1 => Activation::LeakyRelu {
+            alpha: node.attr_or::<f32>("alpha", 0.01).ok()?,
+        },
+        "Clip" => {
+            let opset = cx.opsets.get("").copied().unwrap_or(1);
+            let (min, max) = if opset < 11 {
+                if st.inputs.len() != 1 {
+                    return None;
+                }
+                (node.attr::<f32>("min").ok()?, node.attr::<f32>("max").ok()?)
+            } else {
+                let bound = |k: usize| -> Option<Option<f32>> {
+                    match st.inputs.get(k).copied().flatten() {
+                        None => Some(None),
+                        Some(s) => match const_of(cx, Some(s))? {
+                            Value::F32(a) if a.len() == 1 => Some(a.iter().next().copied()),
+                            _ => None,
+                        },
+                    }
+                };
+                if st.inputs.len() > 3 {
+                    return None;
+                }
+                (bound(1)?, bound(2)?)
+            };
+            Activation::Clip {
+                min: min.unwrap_or(f32::NEG_INFINITY),
+                max: max.unwrap_or(f32::INFINITY),
+            }
+        }
+        _ => return None,
+    };
+    Some((ai, act, out))
+}
