@@ -112,7 +112,17 @@ fn try_fold(
             ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), dims).ok()?,
         )]);
     }
-    // Every input must be a constant we can materialize.
+    // Every input must be a constant we can materialize. Checked by name first: converting
+    // an initializer to a Value copies it, and a Gather or MatMul reading a 100 MB weight
+    // next to a run-time input must not pay that copy only to find it cannot fold.
+    let all_const = node.inputs().iter().all(|name| {
+        name.is_empty()
+            || (!overridable.contains(name)
+                && (values.contains_key(name) || g.initializer(name).is_some()))
+    });
+    if !all_const {
+        return None;
+    }
     let mut inputs: Vec<Option<Value>> = Vec::with_capacity(node.inputs().len());
     for name in node.inputs() {
         if name.is_empty() {
