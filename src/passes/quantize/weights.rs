@@ -464,7 +464,7 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
         qmax: qmax as f32,
     };
     let int8 = opts.weight_type == WeightType::Int8;
-    let mut out = vec![0u8; flat.len()];
+    let mut out = output_buffer(flat.len());
     let (scales, zero_points): (Vec<f32>, Vec<i32>) = match axis {
         None => {
             let (lo, hi) = if flat.is_empty() {
@@ -532,6 +532,27 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
         zero_points,
         axis,
     }
+}
+
+/// A zeroed buffer for `n` quantized values. Large ones ask for transparent huge pages: the
+/// kernel then faults in (and zeroes) 2 MB at a time instead of 4 KB, which was a sixth of
+/// the CPU time of a rewrite of a 100 MB model.
+fn output_buffer(n: usize) -> Vec<u8> {
+    let v = vec![0u8; n];
+    #[cfg(target_os = "linux")]
+    if n >= 4 << 20 {
+        let page = 4096;
+        let start = (v.as_ptr() as usize).next_multiple_of(page);
+        let end = (v.as_ptr() as usize + n) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE only changes how
+            // the kernel backs it, never its contents. Failure (no THP) is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
 }
 
 /// The clamping range, as floats.
