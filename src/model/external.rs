@@ -210,8 +210,10 @@ fn live_maps() -> std::sync::MutexGuard<'static, Vec<Weak<Mmap>>> {
 /// Tells the kernel that the whole pages inside `bytes` are not needed for now, when `bytes`
 /// lies in a file map made by [`map_file`] (anything else, e.g. heap memory, is left alone:
 /// there `MADV_DONTNEED` would zero it). The pages of a read-only file map are clean copies of
-/// the page cache, so this is safe even if they are read again: they just fault back in. It
-/// keeps the resident size of a rewrite near the largest weight instead of the whole input.
+/// the page cache, so this is safe even if they are read again: they just fault back in (from
+/// the file as it is then: like any map, this assumes model files are not edited in place
+/// while loaded). It keeps the resident size of a rewrite near the largest weight instead of
+/// the whole input.
 pub fn release_pages(bytes: &[u8]) {
     #[cfg(unix)]
     {

@@ -11,8 +11,13 @@
 //! - a scale below the smallest normal f32 becomes 1 with zero point 0;
 //! - `q = clamp(round_half_even(w / scale) + zp, qmin, qmax)`, the division in f32.
 //!
-//! Per-tensor gives one scale; per-axis one scale per index along the axis. Work is spread
-//! over rayon's pool: large weights (a 33278x512 embedding) quantize in parallel.
+//! Per-tensor gives one scale; per-axis one scale per index along the axis.
+//!
+//! Speed and memory (a rewrite must take a small fraction of a second on a 100 MB model):
+//! weights are read in place from the memory-mapped file whatever their alignment
+//! ([`WeightSrc`]), by AVX2 kernels picked at run time (portable versions give the same
+//! bytes), in parallel chunks on rayon's pool; a weight's file pages are released once it is
+//! quantized, and large outputs use huge pages.
 
 use std::borrow::Cow;
 
@@ -131,14 +136,22 @@ impl<'a> WeightSrc<'a> {
         t.check_size()?;
         let shape = t.shape();
         let numel: usize = shape.iter().product();
-        let (data, mapped): (&'a [[u8; 4]], _) = match &t.proto.raw_data {
+        let (data, mapped): (Cow<'a, [[u8; 4]]>, _) = match &t.proto.raw_data {
             Some(raw) => (
-                bytemuck::try_cast_slice(raw).map_err(|_| {
+                Cow::Borrowed(bytemuck::try_cast_slice(raw).map_err(|_| {
                     Error::tensor(t.name(), "raw_data is not a whole number of floats")
-                })?,
+                })?),
                 Some(raw),
             ),
-            None => (bytemuck::cast_slice(&t.proto.float_data), None),
+            // The typed field holds native floats; the kernels read little-endian bytes.
+            None if cfg!(target_endian = "little") => (
+                Cow::Borrowed(bytemuck::cast_slice(&t.proto.float_data)),
+                None,
+            ),
+            None => (
+                Cow::Owned(t.proto.float_data.iter().map(|v| v.to_le_bytes()).collect()),
+                None,
+            ),
         };
         if data.len() != numel {
             return Err(Error::tensor(
@@ -151,7 +164,7 @@ impl<'a> WeightSrc<'a> {
         }
         Ok(WeightSrc {
             shape,
-            data: Cow::Borrowed(data),
+            data,
             mapped,
         })
     }
@@ -170,9 +183,11 @@ impl<'a> WeightSrc<'a> {
 impl<'a> From<ArrayViewD<'a, f32>> for WeightSrc<'a> {
     fn from(w: ArrayViewD<'a, f32>) -> Self {
         let shape = w.shape().to_vec();
+        // The kernels read little-endian bytes: a contiguous view is borrowed as is where
+        // that is the native order.
         let data = match w.to_slice() {
-            Some(s) => Cow::Borrowed(bytemuck::cast_slice(s)),
-            None => Cow::Owned(w.iter().map(|v| v.to_le_bytes()).collect()),
+            Some(s) if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(s)),
+            _ => Cow::Owned(w.iter().map(|v| v.to_le_bytes()).collect()),
         };
         WeightSrc {
             shape,
