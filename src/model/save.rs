@@ -258,6 +258,23 @@ unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
         }
     }
 
+    // prost encodes `bytes` fields (tensors' raw_data) with `put`, whose default copies the
+    // source into `chunk_mut` piece by piece: route it through `put_slice` so that large
+    // payloads go to the file straight from the memory they live in.
+    fn put<T: bytes::Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        while src.has_remaining() {
+            let n = {
+                let c = src.chunk();
+                self.put_slice(c);
+                c.len()
+            };
+            src.advance(n);
+        }
+    }
+
     fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
         if self.buf.len() == self.buf.capacity() {
             self.drain();

@@ -479,6 +479,15 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
         qmax: qmax as f32,
     };
     let int8 = opts.weight_type == WeightType::Int8;
+    // Each work item releases the file pages it has read for the last time, on its own
+    // thread (the whole range is released again afterwards for the pages at chunk edges).
+    let mapped = w.mapped.is_some();
+    let done = |v: &[[u8; 4]]| {
+        // Pieces under two pages rarely hold a whole page: not worth the call.
+        if mapped && v.len() >= 2048 {
+            crate::model::release_pages(bytemuck::cast_slice(v));
+        }
+    };
     let mut out = output_buffer(flat.len());
     let (scales, zero_points): (Vec<f32>, Vec<i32>) = match axis {
         None => {
@@ -490,7 +499,10 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
             let (s, z) = scale_zero_point(lo, hi, opts);
             out.par_chunks_mut(CHUNK)
                 .zip(flat.par_chunks(CHUNK))
-                .for_each(|(o, v)| fill_run(v, o, s, z as f32, &p));
+                .for_each(|(o, v)| {
+                    fill_run(v, o, s, z as f32, &p);
+                    done(v);
+                });
             (vec![s], vec![z])
         }
         Some(0) => {
@@ -499,17 +511,27 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
             if row == 0 {
                 (0..rows).map(|_| scale_zero_point(0.0, 0.0, opts)).unzip()
             } else {
-                out.par_chunks_mut(row)
-                    .zip(flat.par_chunks(row))
-                    .with_min_len((CHUNK / row).max(1))
-                    .map(|(o, v)| {
-                        let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
-                        let (s, z) = scale_zero_point(lo, hi, opts);
-                        fill_run(v, o, s, z as f32, &p);
-                        (s, z)
+                // Blocks of whole rows, each row's range and values in one pass.
+                let block = row * (CHUNK / row).max(1);
+                out.par_chunks_mut(block)
+                    .zip(flat.par_chunks(block))
+                    .map(|(ob, vb)| {
+                        let params: Vec<(f32, i32)> = ob
+                            .chunks_mut(row)
+                            .zip(vb.chunks(row))
+                            .map(|(o, v)| {
+                                let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
+                                let (s, z) = scale_zero_point(lo, hi, opts);
+                                fill_run(v, o, s, z as f32, &p);
+                                (s, z)
+                            })
+                            .collect();
+                        done(vb);
+                        params
                     })
                     .collect::<Vec<_>>()
                     .into_iter()
+                    .flatten()
                     .unzip()
             }
         }
@@ -528,7 +550,10 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
                 out.par_chunks_mut(cols)
                     .zip(flat.par_chunks(cols))
                     .with_min_len((CHUNK / cols).max(1))
-                    .for_each(|(o, v)| fill_cols(v, o, &ss, &zf, &p));
+                    .for_each(|(o, v)| {
+                        fill_cols(v, o, &ss, &zf, &p);
+                        done(v);
+                    });
                 (ss, zs)
             }
         }
