@@ -10,6 +10,7 @@ use crate::ir::shape::ValueType;
 use crate::ir::tensor::dtype_name;
 use crate::model::Model;
 use crate::onnx::ValueInfoProto;
+use crate::passes::fuse::{FuseReport, fuse};
 use crate::passes::quantize::policy::{Decision, PolicyOptions, decide};
 
 #[derive(Debug, Serialize)]
@@ -51,6 +52,9 @@ pub struct InspectReport {
     pub initializer_bytes: usize,
     pub quantizable: Vec<Decision>,
     pub skipped: Vec<Decision>,
+    /// How often each cleanup/fusion pass would fire in `rewrite` (a dry run on a copy), and
+    /// the Linear units after it; absent when the passes fail on this model (see warnings).
+    pub fusion: Option<FuseReport>,
     pub warnings: Vec<String>,
 }
 
@@ -95,6 +99,15 @@ pub fn inspect(model: &Model, policy: &PolicyOptions) -> InspectReport {
     initializers.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
     let (quantizable, skipped): (Vec<_>, Vec<_>) =
         decide(g, policy).into_iter().partition(|d| d.quantize);
+    let mut warnings: Vec<String> = model.reencode_warning().into_iter().collect();
+    // Tensor payloads are shared (`Bytes`), so the copy costs metadata only.
+    let fusion = match fuse(&mut model.clone()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warnings.push(format!("the fusion passes fail on this model: {e}"));
+            None
+        }
+    };
     InspectReport {
         path: model
             .path
@@ -131,7 +144,8 @@ pub fn inspect(model: &Model, policy: &PolicyOptions) -> InspectReport {
         initializers,
         quantizable,
         skipped,
-        warnings: model.reencode_warning().into_iter().collect(),
+        fusion,
+        warnings,
     }
 }
 
@@ -213,6 +227,18 @@ impl InspectReport {
         let _ = writeln!(s, "left float ({}):", self.skipped.len());
         for d in &self.skipped {
             let _ = writeln!(s, "  {} {}: {}", d.op_type, qualified(d), d.reason);
+        }
+        if let Some(f) = &self.fusion {
+            let _ = writeln!(s, "fusion passes (as rewrite runs them):");
+            for p in &f.passes {
+                let _ = writeln!(s, "  {:>6}  {}", p.fired, p.pass);
+            }
+            let u = &f.units;
+            let _ = writeln!(
+                s,
+                "  Linear units after fusion: {} ({} with bias, {} with activation)",
+                u.linear, u.with_bias, u.with_activation
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");

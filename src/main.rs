@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cli;
 
-use cli::{rewrite as rewrite_cmd, run as cli_run, verify as cli_verify};
+use cli::{fuse as fuse_cmd, rewrite as rewrite_cmd, run as cli_run, verify as cli_verify};
 
 use onnx_dynq::passes::quantize::policy::{
     DEFAULT_MIN_INNER_DIM, DEFAULT_MIN_WEIGHT_ELEMENTS, LstmMode, OpKind, PolicyOptions,
@@ -32,6 +32,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Quantize a model's weights to int8 (activations quantized at run time).
     Rewrite(rewrite_cmd::RewriteArgs),
+    /// Run the cleanup and fusion passes alone and save the result (no quantization).
+    Fuse(fuse_cmd::FuseArgs),
     /// Run a model with the built-in runtime and summarize its outputs.
     Run(cli_run::RunArgs),
     /// Compare a quantized model with its float original in the built-in runtime.
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Rewrite(a) => rewrite_cmd::run(a),
+        Command::Fuse(a) => fuse_cmd::run(a),
         Command::Run(a) => cli_run::run(a),
         Command::Verify(a) => cli_verify::run(a),
     };

@@ -35,7 +35,10 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let src = common::fixture("mlp.onnx");
+    // A private copy: quantize_dynamic writes `<stem>-inferred.onnx` next to its input, so two
+    // tests quantizing the fixture in place would race on that file.
+    let src = dir.path().join("mlp.onnx");
+    std::fs::copy(common::fixture("mlp.onnx"), &src).unwrap();
     let dst = dir.path().join("mlp.q.onnx");
     let x = dir.path().join("x.npy");
     let out = common::run_python(

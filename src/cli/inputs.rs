@@ -174,3 +174,14 @@ pub fn build_feed(args: &InputArgs, session: &Session) -> Result<HashMap<String,
     }
     Ok(feed)
 }
+
+impl InputArgs {
+    /// These arguments with random generation on for every input not given with `--input`
+    /// (what `rewrite --verify` feeds its comparison).
+    pub fn random_by_default(&self) -> Self {
+        InputArgs {
+            random_inputs: true,
+            ..self.clone()
+        }
+    }
+}

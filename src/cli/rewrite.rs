@@ -1,6 +1,14 @@
 //! `onnx-dynq rewrite IN OUT`: load, quantize, save atomically, report.
+//!
+//! `--verify` then runs the float input and the freshly written output in the built-in runtime
+//! on the same inputs and compares every output as `onnx-dynq verify` does (same metrics, same
+//! tolerance options and defaults: `--min-cosine 0.99`, no max-abs limit). Inputs are random
+//! with a fixed seed (`--seed`, default 0) unless given with `--input NAME=file.npy`; symbolic
+//! dims are 1 unless pinned with `--dim NAME=VALUE` (see `cli_inputs`). The verdict is printed
+//! after the summary and added to the `--report` JSON as `verify`; outside tolerance the
+//! command exits with status 1 (the output stays written), like `verify`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,10 +16,17 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use onnx_dynq::model::{ExternalDataMode, SaveOptions};
+use onnx_dynq::passes::fold_constants::fold_constants;
+use onnx_dynq::passes::fuse::units::unit_labels;
+use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
+use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
+use onnx_dynq::runtime::{Options, Session};
+use onnx_dynq::verify::{Report, Tolerance, compare_models};
 
+use super::inputs::{InputArgs, build_feed};
 use crate::PolicyArgs;
 
 /// Models at least this big get a progress bar (when stderr is a terminal).
@@ -47,9 +62,28 @@ pub struct RewriteArgs {
     /// Allow OUT to be IN (or to overwrite IN's external data).
     #[arg(long)]
     overwrite_input: bool,
+    /// Skip the cleanup and fusion passes (constant folding still runs).
+    #[arg(long)]
+    no_fuse: bool,
     /// Write a JSON report: every candidate node, quantized or skipped with the reason.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// After writing OUT, compare it with IN in the built-in runtime (as `verify` does) and
+    /// exit with status 1 when an output is outside tolerance.
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: fail an output whose cosine similarity with the float output is below X.
+    #[arg(long, value_name = "X", default_value_t = Tolerance::default().min_cosine)]
+    min_cosine: f64,
+    /// With --verify: fail an output whose max |quant - float| is above Y (default: no limit).
+    #[arg(long, value_name = "Y")]
+    max_abs: Option<f64>,
+    /// With --verify: the inputs (random by default).
+    #[command(
+        flatten,
+        next_help_heading = "Inputs for --verify (random unless given)"
+    )]
+    feed: InputArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -97,6 +131,13 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         );
     }
     let mut model = onnx_dynq::load(&args.input)?;
+    // A second (memory-mapped) view of the float model for --verify, taken before OUT could
+    // replace IN.
+    let float = if args.verify {
+        Some(onnx_dynq::load(&args.input)?)
+    } else {
+        None
+    };
     let before = model.file_bytes
         + model
             .external_files
@@ -119,7 +160,22 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             b.set_message(node.to_string());
         }
     };
-    let nodes = quantize(&mut model, &opts, &mut progress)?;
+    let fusion = if args.no_fuse {
+        fold_constants(&mut model)?;
+        None
+    } else {
+        // Gemm from MatMul + Add only when both families get the same treatment.
+        let ops = &opts.policy.ops;
+        let options = FuseOptions {
+            matmul_to_gemm: ops.contains(&OpKind::MatMul) == ops.contains(&OpKind::Gemm),
+        };
+        Some(fuse_with(&mut model, options)?)
+    };
+    let units = unit_labels(&model.graph, model.opset("").unwrap_or(0));
+    let mut nodes = quantize(&mut model, &opts, &mut progress)?;
+    for n in &mut nodes {
+        n.unit = units.get(&(n.scope.clone(), n.node.clone())).cloned();
+    }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -143,22 +199,84 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         input: args.input.display().to_string(),
         output: args.output.display().to_string(),
         nodes,
+        fusion,
         ..Default::default()
     };
     report.sum_nodes();
     report.totals.file_bytes_before = before;
     report.totals.file_bytes_after = saved.model_bytes + saved.external_bytes;
     report.totals.seconds = start.elapsed().as_secs_f64();
+    let verdict = match &float {
+        Some(float) => Some(verify_output(args, float).with_context(|| {
+            format!(
+                "verifying {} (the quantized model was written)",
+                args.output.display()
+            )
+        })?),
+        None => None,
+    };
     if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)?;
-        onnx_dynq::model::write_atomic(path, &json)
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(v), Some(obj)) = (&verdict, json.as_object_mut()) {
+            obj.insert("verify".into(), serde_json::to_value(v)?);
+        }
+        onnx_dynq::model::write_atomic(path, &serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing the report {}", path.display()))?;
     }
     println!("{}", report.summary());
+    if let Some(v) = &verdict {
+        print_verdict(args, v);
+        if !v.pass {
+            // Status 1 is the verdict (as `verify`), distinct from errors (2, from main).
+            std::io::stdout().flush()?;
+            std::process::exit(1);
+        }
+    }
     // The process ends right after: freeing the model (tens of MB of quantized tensors, the
     // input's memory map) would only add to the run time.
     std::mem::forget(model);
     Ok(())
+}
+
+/// Runs IN and the freshly written OUT on the same inputs and compares their outputs.
+fn verify_output(args: &RewriteArgs, float: &onnx_dynq::model::Model) -> Result<Report> {
+    let quant = onnx_dynq::load(&args.output)?;
+    let feed = build_feed(
+        &args.feed.random_by_default(),
+        &Session::new(float, &Options::default())?,
+    )?;
+    let tol = Tolerance {
+        min_cosine: args.min_cosine,
+        max_abs: args.max_abs,
+    };
+    Ok(compare_models(float, &quant, feed, &tol)?)
+}
+
+fn print_verdict(args: &RewriteArgs, v: &Report) {
+    for o in &v.outputs {
+        let m = &o.metrics;
+        println!(
+            "verify {}: max-abs {:.3e}  cosine {:.6}  sqnr {:.1} dB  top1 {:.4}  {}",
+            o.name,
+            m.max_abs,
+            m.cosine,
+            m.sqnr_db,
+            m.top1,
+            if o.pass {
+                "ok".to_string()
+            } else {
+                format!("FAIL ({})", o.failures.join("; "))
+            }
+        );
+    }
+    if v.pass {
+        println!("verify: within tolerance");
+    } else {
+        println!(
+            "verify: OUTSIDE tolerance; {} was written all the same",
+            args.output.display()
+        );
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

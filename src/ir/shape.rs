@@ -123,6 +123,16 @@ pub fn infer_types(
     graph: &Graph,
     outer: &HashMap<String, ValueType>,
 ) -> HashMap<String, ValueType> {
+    infer_types_and_values(graph, outer).0
+}
+
+/// [`infer_types`], plus the values of the small integer tensors (shape vectors and the
+/// scalars around them) the rules could tell, with symbolic dims where they are not numbers.
+/// Values are by output name; a scalar is a one-element vector.
+pub fn infer_types_and_values(
+    graph: &Graph,
+    outer: &HashMap<String, ValueType>,
+) -> (HashMap<String, ValueType>, HashMap<String, Vec<Dim>>) {
     let mut types = outer.clone();
     for v in graph
         .proto
@@ -174,7 +184,7 @@ pub fn infer_types(
             vals.insert(o.clone(), v);
         }
     }
-    types
+    (types, vals)
 }
 
 fn unknown() -> ValueType {

@@ -16,9 +16,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::ir::graph::node_reads;
-use crate::ir::shape::{ValueType, infer_types};
+use crate::ir::shape::{Dim, ValueType, infer_types, infer_types_and_values};
 use crate::ir::{Graph, Node, Tensor};
 use crate::model::Model;
+use crate::onnx::tensor_proto::DataType;
 use crate::passes::quantize::policy::static_shape_slice;
 use crate::runtime::Value;
 use crate::runtime::ops::{BuildCtx, default_registry};
@@ -46,13 +47,28 @@ fn fold_graph(
     opset: i64,
     outer_types: &HashMap<String, ValueType>,
 ) -> Result<usize> {
-    let types = infer_types(g, outer_types);
     let mut folded = 0;
-    for n in &mut g.nodes {
-        for s in &mut n.subgraphs {
-            folded += fold_graph(&mut s.graph, opset, &types)?;
+    if g.nodes.iter().any(|n| !n.subgraphs.is_empty()) {
+        let types = infer_types(g, outer_types);
+        for n in &mut g.nodes {
+            for s in &mut n.subgraphs {
+                folded += fold_graph(&mut s.graph, opset, &types)?;
+            }
         }
     }
+    Ok(folded + fold_graph_shallow(g, opset, outer_types)?)
+}
+
+/// Folds constants in `g` itself, not in its subgraphs (the fusion pass manager walks those).
+/// Returns how many nodes were folded.
+pub fn fold_graph_shallow(
+    g: &mut Graph,
+    opset: i64,
+    outer_types: &HashMap<String, ValueType>,
+) -> Result<usize> {
+    let (types, known) = infer_types_and_values(g, outer_types);
+    let defined_before: HashSet<String> = g.defined_names().into_iter().map(String::from).collect();
+    let mut folded = 0;
     let overridable: HashSet<String> = g
         .proto
         .input
@@ -60,6 +76,13 @@ fn fold_graph(
         .map(|v| v.name().to_string())
         .filter(|n| g.initializers.contains_key(n))
         .collect();
+    // Known shape values may derive from an overridable initializer; trust them only when the
+    // graph has none.
+    let known = if overridable.is_empty() {
+        known
+    } else {
+        HashMap::new()
+    };
     let mut values: HashMap<String, Value> = HashMap::new();
     let mut keep = Vec::with_capacity(g.nodes.len());
     let order = g.topo_order()?;
@@ -67,7 +90,9 @@ fn fold_graph(
     let mut new_inits: Vec<Tensor> = Vec::new();
     for i in order {
         let node = nodes[i].take().expect("each node once");
-        match try_fold(&node, g, &overridable, &types, &mut values, opset) {
+        let outputs = known_shape_value(&node, &types, &known)
+            .or_else(|| try_fold(&node, g, &overridable, &types, &mut values, opset));
+        match outputs {
             Some(outputs) => {
                 for (name, v) in node.outputs().iter().zip(outputs) {
                     if !name.is_empty() {
@@ -86,8 +111,72 @@ fn fold_graph(
     }
     if folded > 0 {
         drop_unread_initializers(g);
+        // value_info of folded values nothing reads any more would describe nothing.
+        let defined: HashSet<String> = g.defined_names().into_iter().map(String::from).collect();
+        g.proto
+            .value_info
+            .retain(|v| !defined_before.contains(v.name()) || defined.contains(v.name()));
     }
     Ok(folded)
+}
+
+/// Ops that only move shape values around (or do integer arithmetic on them): when shape
+/// inference knows every value of their output, it is a constant even if an input is not
+/// (`Gather(Shape(x), 1)` with x's dim 1 known and its dim 0 symbolic).
+const SHAPE_VALUE_OPS: &[&str] = &[
+    "Shape",
+    "Gather",
+    "Concat",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Reshape",
+    "Identity",
+    "Cast",
+    "Flatten",
+    "Mul",
+    "Add",
+    "Sub",
+];
+
+/// The single output of a shape-arithmetic node whose value shape inference knows fully.
+fn known_shape_value(
+    node: &Node,
+    types: &HashMap<String, ValueType>,
+    known: &HashMap<String, Vec<Dim>>,
+) -> Option<Vec<Value>> {
+    if !node.domain().is_empty()
+        || !SHAPE_VALUE_OPS.contains(&node.op_type())
+        || node.outputs().len() != 1
+    {
+        return None;
+    }
+    let out = node.outputs().first()?;
+    let vals: Vec<i64> = known
+        .get(out)?
+        .iter()
+        .map(Dim::known)
+        .collect::<Option<_>>()?;
+    let t = types.get(out)?;
+    let shape: Vec<usize> = match t.shape.as_deref()? {
+        [] if vals.len() == 1 => vec![],
+        [d] if d.known().is_none_or(|n| n == vals.len() as i64) => vec![vals.len()],
+        _ => return None,
+    };
+    let dims = ndarray::IxDyn(&shape);
+    Some(vec![match t.dtype() {
+        DataType::Int64 => Value::I64(ndarray::ArrayD::from_shape_vec(dims, vals).ok()?),
+        DataType::Int32 => Value::I32(
+            ndarray::ArrayD::from_shape_vec(
+                dims,
+                vals.iter()
+                    .map(|&v| i32::try_from(v).ok())
+                    .collect::<Option<_>>()?,
+            )
+            .ok()?,
+        ),
+        _ => return None,
+    }])
 }
 
 /// The outputs of `node` when it can and should be folded.
@@ -112,15 +201,13 @@ fn try_fold(
             ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), dims).ok()?,
         )]);
     }
-    // Every input must be a constant we can materialize. Checked by name first: converting
-    // an initializer to a Value copies it, and a Gather or MatMul reading a 100 MB weight
-    // next to a run-time input must not pay that copy only to find it cannot fold.
-    let all_const = node.inputs().iter().all(|name| {
+    // Every input must be a constant we can materialize; check before copying any data.
+    let is_const = |name: &String| {
         name.is_empty()
             || (!overridable.contains(name)
                 && (values.contains_key(name) || g.initializer(name).is_some()))
-    });
-    if !all_const {
+    };
+    if !node.inputs().iter().all(is_const) {
         return None;
     }
     let mut inputs: Vec<Option<Value>> = Vec::with_capacity(node.inputs().len());

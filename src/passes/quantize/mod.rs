@@ -128,6 +128,7 @@ pub fn quantize(
                 reason: d.reason.clone(),
                 weight_bytes_before: 0,
                 weight_bytes_after: 0,
+                unit: None,
             }
         })
         .collect();

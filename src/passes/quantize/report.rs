@@ -18,6 +18,10 @@ pub struct NodeReport {
     pub weight_bytes_before: u64,
     /// Bytes of the constants the replacement reads (equal to before when skipped).
     pub weight_bytes_after: u64,
+    /// The Linear unit a MatMul/Gemm heads ("Linear+bias+Relu"), whose bias and activation
+    /// follow the quantized product directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// Sums over the nodes and the files.
@@ -40,6 +44,9 @@ pub struct QuantizeReport {
     pub output: String,
     pub nodes: Vec<NodeReport>,
     pub totals: Totals,
+    /// Fire counts of the cleanup and fusion passes (absent with `--no-fuse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::passes::fuse::FuseReport>,
 }
 
 impl QuantizeReport {
@@ -55,7 +62,13 @@ impl QuantizeReport {
     /// The short summary the CLI prints at the end.
     pub fn summary(&self) -> String {
         let t = &self.totals;
-        format!(
+        let units: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.quantized)
+            .filter_map(|n| n.unit.as_deref())
+            .collect();
+        let mut s = format!(
             "quantized {} node(s), skipped {}; weights {} -> {}; file {} -> {}; {:.2} s",
             t.nodes_quantized,
             t.nodes_skipped,
@@ -64,7 +77,22 @@ impl QuantizeReport {
             human_bytes(t.file_bytes_before),
             human_bytes(t.file_bytes_after),
             t.seconds
-        )
+        );
+        if !units.is_empty() {
+            let act = units
+                .iter()
+                .filter(|u| u.matches('+').count() > u.contains("+bias") as usize)
+                .count();
+            s.push_str(&format!(
+                "; {} Linear unit(s) ({} with activation)",
+                units.len(),
+                act
+            ));
+        }
+        if let Some(f) = &self.fusion {
+            s.push_str(&format!("; fused: {}", f.summary()));
+        }
+        s
     }
 }
 
@@ -97,6 +125,7 @@ mod tests {
             reason: String::new(),
             weight_bytes_before: b,
             weight_bytes_after: a,
+            unit: None,
         };
         let mut r = QuantizeReport {
             nodes: vec![node(true, 400, 104), node(false, 40, 40)],

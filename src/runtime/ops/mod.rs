@@ -16,6 +16,7 @@ pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
+pub mod rnn_quant;
 pub mod util;
 
 use std::collections::HashMap;
@@ -123,6 +124,7 @@ pub fn register_all(r: &mut Registry) {
     normalization::register(r);
     control_flow::register(r);
     rnn::register(r);
+    rnn_quant::register(r);
     conv::register(r);
     quant::register(r);
     quant_ms::register(r);

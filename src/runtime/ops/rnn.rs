@@ -82,7 +82,7 @@ pub enum Activation {
 impl Activation {
     /// Parses a name (case-insensitive), taking alpha/beta from the iterators when the function
     /// uses them, else the ONNX operator defaults.
-    fn parse(
+    pub(super) fn parse(
         name: &str,
         alphas: &mut impl Iterator<Item = f32>,
         betas: &mut impl Iterator<Item = f32>,

@@ -1,0 +1,78 @@
+//! `onnx-dynq fuse IN OUT`: the cleanup and fusion passes alone (no quantization), saved the
+//! way `rewrite` saves (atomically, the input protected, external data as the input had it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use onnx_dynq::model::{ExternalDataMode, SaveOptions};
+use onnx_dynq::passes::fuse::fuse;
+
+#[derive(Args)]
+pub struct FuseArgs {
+    /// The model to read.
+    input: PathBuf,
+    /// Where to write the fused model.
+    output: PathBuf,
+    /// Store every tensor of 1 KiB or more in OUT.data (default: only when the input had
+    /// external data or the model passes 2 GiB).
+    #[arg(long)]
+    external_data: bool,
+    /// Allow OUT to be IN (or to overwrite IN's external data).
+    #[arg(long)]
+    overwrite_input: bool,
+    /// Write the pass fire counts as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+pub fn run(args: &FuseArgs) -> Result<()> {
+    if !args.overwrite_input && same_file(&args.input, &args.output) {
+        bail!(
+            "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
+            args.output.display()
+        );
+    }
+    let mut model = onnx_dynq::load(&args.input)?;
+    let mut count = 0;
+    model.graph.visit(&mut |g| count += g.nodes.len());
+    let report = fuse(&mut model)?;
+    let mut after = 0;
+    model.graph.visit(&mut |g| after += g.nodes.len());
+    let mut protect = Vec::new();
+    if !args.overwrite_input {
+        protect.push(args.input.clone());
+        protect.extend(model.external_files.iter().cloned());
+    }
+    let save_opts = SaveOptions {
+        external_data: if args.external_data {
+            ExternalDataMode::Always
+        } else {
+            ExternalDataMode::Auto
+        },
+        protect,
+    };
+    onnx_dynq::save(&model, &args.output, &save_opts)?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        onnx_dynq::model::write_atomic(path, &json)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    let u = &report.units;
+    println!(
+        "{}; {count} -> {after} node(s); {} Linear unit(s), {} with bias, {} with activation",
+        report.summary(),
+        u.linear,
+        u.with_bias,
+        u.with_activation
+    );
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
