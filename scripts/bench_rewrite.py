@@ -12,9 +12,14 @@ only the ratios are meaningful. CPU seconds (user + system) of each whole proces
 printed too: they suffer less from a busy machine than wall time. Wall time covers our whole process (load, quantize, save)
 but only the `quantize_dynamic` call for the incumbent; peak RSS is the whole process for
 both (the incumbent's includes Python and onnxruntime themselves). Targets (issue 4): at
-least 25x faster, and peak RSS at most 1.5x the input file.
+least 25x faster, and peak RSS at most 1.5x the input file: each is printed as a ratio to
+its target, with "met" or "NOT met". Our outputs must be byte-identical across repetitions
+(checked: the script fails otherwise).
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, resource, subprocess, sys, tempfile, time
+
+SPEEDUP_TARGET = 25.0
+RSS_TARGET = 1.5
 
 INCUMBENT = r"""
 import sys, time
@@ -53,12 +58,17 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.repeat < 1:
+        sys.exit("--repeat must be at least 1")
     if not os.path.exists(a.lm):
         here = os.path.dirname(os.path.abspath(__file__))
         subprocess.run([a.make_python, os.path.join(here, "..", "fixtures", "make_fixtures.py"),
                         "--bench-lm", a.lm], check=True)
     size = os.path.getsize(a.lm)
-    print(f"input {a.lm}: {size / 1e6:.1f} MB")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else "?"
+    print(f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"input {a.lm}: {size / 1e6:.1f} MB; {a.repeat} repetitions (best time, max RSS)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for per_channel in (False, True):
@@ -68,12 +78,15 @@ def main():
             ours = [a.bin, "rewrite", a.lm, ours_out] + (["--per-channel"] if per_channel else [])
             inc = [sys.executable, "-c", INCUMBENT, a.lm, inc_out, "1" if per_channel else "0"]
             best = {}
+            digests = set()
             for _ in range(a.repeat):
                 for name, cmd in (("ours", ours), ("incumbent", inc)):
                     wall, rss, cpu, last = measure(cmd)
                     if name == "incumbent":
                         wall = float(last)  # the quantize_dynamic call alone
                     out = ours_out if name == "ours" else inc_out
+                    if name == "ours":
+                        digests.add(hashlib.sha256(open(out, "rb").read()).hexdigest())
                     b = best.setdefault(name, {"seconds": wall, "peak_rss": rss, "process_cpu_seconds": cpu})
                     b["seconds"] = min(b["seconds"], wall)
                     b["process_cpu_seconds"] = min(b["process_cpu_seconds"], cpu)
@@ -81,8 +94,12 @@ def main():
                     b["output_bytes"] = os.path.getsize(out) + (
                         os.path.getsize(out + ".data") if os.path.exists(out + ".data") else 0)
             r = {"mode": label, "input_bytes": size, **{f"{k}_{m}": v for k, d in best.items() for m, v in d.items()}}
+            if len(digests) != 1:
+                sys.exit(f"{label}: our output differs between repetitions")
             r["speedup"] = r["incumbent_seconds"] / r["ours_seconds"]
+            r["cpu_speedup"] = r["incumbent_process_cpu_seconds"] / r["ours_process_cpu_seconds"]
             r["ours_rss_over_input"] = r["ours_peak_rss"] / size
+            r["output_sha256"] = digests.pop()
             rows.append(r)
             print(f"{label:12s} ours {r['ours_seconds']:.3f} s (cpu {r['ours_process_cpu_seconds']:.3f} s), "
                   f"{r['ours_peak_rss'] / 1e6:.0f} MB RSS "
@@ -90,6 +107,12 @@ def main():
                   f"incumbent {r['incumbent_seconds']:.3f} s (process cpu {r['incumbent_process_cpu_seconds']:.3f} s), "
                   f"{r['incumbent_peak_rss'] / 1e6:.0f} MB RSS, "
                   f"out {r['incumbent_output_bytes'] / 1e6:.1f} MB | speedup {r['speedup']:.1f}x")
+            met = lambda ok: "met" if ok else "NOT met"
+            print(f"{'':12s} speed-up {r['speedup']:.1f}x = {r['speedup'] / SPEEDUP_TARGET:.2f} of the "
+                  f"{SPEEDUP_TARGET:.0f}x target ({met(r['speedup'] >= SPEEDUP_TARGET)}; process CPU "
+                  f"ratio {r['cpu_speedup']:.1f}x); peak RSS {r['ours_rss_over_input']:.2f}x input vs "
+                  f"{RSS_TARGET}x target ({met(r['ours_rss_over_input'] <= RSS_TARGET)})")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=1)
 

@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::ir::tensor::{checked_numel, elem_size};
@@ -166,7 +168,8 @@ impl ExternalResolver {
     }
 }
 
-/// Memory-maps a whole file as `Bytes` (an empty file maps to empty bytes).
+/// Memory-maps a whole file as `Bytes` (an empty file maps to empty bytes). The map is
+/// registered for [`release_pages`] while any slice of it is alive.
 pub fn map_file(path: &Path) -> Result<Bytes> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
@@ -179,5 +182,97 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     // SAFETY: the map is read-only. Another process truncating the file while it is mapped
     // would fault, as with any memory-mapped reader; model files are not edited in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(Bytes::from_owner(map))
+    let map = Arc::new(map);
+    let mut live = live_maps();
+    live.retain(|w| w.strong_count() > 0);
+    live.push(Arc::downgrade(&map));
+    drop(live);
+    Ok(Bytes::from_owner(MapOwner(map)))
+}
+
+/// Owns a file map for `Bytes`; the registry holds only a weak reference, so the map is
+/// unmapped when the last slice of it goes.
+struct MapOwner(Arc<Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The file maps alive in this process.
+static LIVE_MAPS: Mutex<Vec<Weak<Mmap>>> = Mutex::new(Vec::new());
+
+fn live_maps() -> std::sync::MutexGuard<'static, Vec<Weak<Mmap>>> {
+    LIVE_MAPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tells the kernel that the whole pages inside `bytes` are not needed for now, when `bytes`
+/// lies in a file map made by [`map_file`] (anything else, e.g. heap memory, is left alone:
+/// there `MADV_DONTNEED` would zero it). The pages of a read-only file map are clean copies of
+/// the page cache, so this is safe even if they are read again: they just fault back in (from
+/// the file as it is then: like any map, this assumes model files are not edited in place
+/// while loaded). It keeps the resident size of a rewrite near the largest weight instead of
+/// the whole input.
+pub fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let page = page_size();
+        let (p, end) = (
+            bytes.as_ptr() as usize,
+            bytes.as_ptr() as usize + bytes.len(),
+        );
+        let (start, stop) = (p.next_multiple_of(page), end / page * page);
+        if stop <= start {
+            return;
+        }
+        let live = live_maps();
+        for map in live.iter().filter_map(Weak::upgrade) {
+            let base = map.as_ptr() as usize;
+            if p >= base && end <= base + map.len() {
+                // SAFETY: the range lies inside a live, read-only, file-backed private map
+                // (held alive by `map` for the call); no one writes to it, and dropped pages
+                // read back the same bytes from the file.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start - base,
+                        stop - start,
+                    )
+                };
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
+
+#[cfg(unix)]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_pages_read_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mapped = map_file(&path).unwrap();
+        assert_eq!(&mapped[..], &data[..]);
+        release_pages(&mapped[1000..250_000]);
+        release_pages(&mapped);
+        assert_eq!(&mapped[..], &data[..]);
+        // Heap memory is never advised (it would be zeroed).
+        let heap = data.clone();
+        release_pages(&heap);
+        assert_eq!(heap, data);
+    }
 }

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ir::Graph;
 use crate::onnx::{ModelProto, OperatorSetIdProto};
 
+pub use external::release_pages;
 pub use load::{load, load_bytes};
 pub use save::{ExternalDataMode, SaveOptions, Saved, save, write_atomic};
 

@@ -15,7 +15,7 @@
 
 use super::matmul::check_opset;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::{WeightQuantOptions, WeightType, quantize_weight};
+use super::weights::{WeightQuantOptions, WeightSrc, WeightType, quantize_weight};
 use crate::ir::attrs::{attr_int, attr_ints};
 use crate::ir::{NameGen, Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
@@ -35,13 +35,13 @@ pub fn rewrite_gather(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         return Err(Skip("Gather has no output".into()));
     };
     let table = super::matmul::weight_2d(ctx, table_name)?;
-    let view = table.view::<f32>().map_err(|e| Skip(e.to_string()))?;
+    let view = WeightSrc::from_tensor(table).map_err(|e| Skip(e.to_string()))?;
     let opts = WeightQuantOptions {
         reduce_range: false,
         ..ctx.weights
     };
-    let mut q = quantize_weight(view.view(), Some(0), &opts);
     let rows = view.shape()[0];
+    let mut q = quantize_weight(view, Some(0), &opts);
 
     let names = &mut *ctx.names;
     let stem = node.name().to_string();

@@ -67,7 +67,7 @@ pub fn rewrite_gemm(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     int8_linear(
         Linear {
             a: a_in,
-            weight,
+            weight: weight.into(),
             alpha,
             bias,
             bias_name,

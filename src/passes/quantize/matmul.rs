@@ -16,10 +16,10 @@
 //! writes the original output and carries the original node's name.
 
 use super::int_product::{dynamic_quantize, rescale};
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::ArrayD;
 
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::{WeightType, quantize_weight};
+use super::weights::{WeightSrc, WeightType, quantize_weight};
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
@@ -31,7 +31,7 @@ pub(crate) struct Linear<'w> {
     /// Float input (after any transpose).
     pub a: String,
     /// `[K, N]`.
-    pub weight: ArrayViewD<'w, f32>,
+    pub weight: WeightSrc<'w>,
     /// Folded into the weight scale.
     pub alpha: f32,
     /// Added after the product (broadcast against `[.., N]`).
@@ -176,12 +176,12 @@ pub fn rewrite_matmul(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         return Err(Skip("MatMul has no output".into()));
     };
     let w = weight_2d(ctx, b)?;
-    let view = w.view::<f32>().map_err(|e| Skip(e.to_string()))?;
+    let weight = WeightSrc::from_tensor(w).map_err(|e| Skip(e.to_string()))?;
     let mut out = Replacement::default();
     int8_linear(
         Linear {
             a: a.to_string(),
-            weight: view.view(),
+            weight,
             alpha: 1.0,
             bias: None,
             bias_name: None,

@@ -30,6 +30,7 @@ pub mod recurrent_scan;
 pub mod recurrent_weight_only;
 pub mod report;
 pub mod rewrite;
+mod share;
 pub mod weights;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -154,6 +155,10 @@ pub fn quantize(
         mut read_by_replaced,
         ..
     } = walk;
+    share::share_identical(
+        &model.graph,
+        plans.iter_mut().map(|p| (&p.path[..], p.node, &mut p.rep)),
+    );
     // Splice from the last position backwards so earlier indices stay valid.
     plans.sort_by_key(|p| std::cmp::Reverse(plan_key(p)));
     let mut opsets: BTreeSet<(String, i64)> = BTreeSet::new();

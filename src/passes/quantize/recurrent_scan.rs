@@ -7,7 +7,7 @@
 //! one scan input, the projected `X` `[seq, batch, G*H]`, and one scan output, h per step)
 //! whose body the op's rewriter builds: the quantized `R` product (h quantized every step)
 //! and the gates. A reverse direction reads the time axis reversed by a Gather over
-//! `Range(seq-1, -1, -1)` and reverses its output back, because tract ignores Scan's
+//! `seq-1 - Range(0, seq, 1)` and reverses its output back, because tract ignores Scan's
 //! direction attributes. `sequence_lens` becomes a step mask, a second scan input: states
 //! stop changing and `Y` is zero past each entry's length; reverse directions then reverse
 //! each entry within its length (ReverseSequence). Absent initial states are zeros shaped at run time (the
@@ -254,8 +254,8 @@ pub fn rewrite_scan_form(
 }
 
 /// `v` with its time axis (0) reversed: each batch entry within its own length when there
-/// are sequence lengths (ReverseSequence), else whole (Gather over `Range(seq-1, -1, -1)` of
-/// `x`'s time axis, built once and kept in `index`).
+/// are sequence lengths (ReverseSequence), else whole (Gather over `seq-1 - Range(0, seq, 1)`
+/// of `x`'s time axis, built once and kept in `index`).
 fn reverse_time(
     b: &mut Builder,
     v: &str,
@@ -274,8 +274,12 @@ fn reverse_time(
             let seq = b.take(&shape, 0, 0);
             let one = b.init_i64("one", &[], vec![1]);
             let start = b.op1("Sub", &[&seq, &one], vec![]);
-            let stop = b.init_i64("minus_one", &[], vec![-1]);
-            let i = b.op1("Range", &[&start, &stop, &stop], vec![]);
+            // `(seq - 1) - Range(0, seq, 1)`: tract-onnx 0.23 infers the length of a Range
+            // with a negative delta wrongly (it divides by the delta cast to unsigned), so
+            // `Range(seq-1, -1, -1)` would not load there.
+            let zero = b.init_i64("zero", &[], vec![0]);
+            let up = b.op1("Range", &[&zero, &seq, &one], vec![]);
+            let i = b.op1("Sub", &[&start, &up], vec![]);
             *index = Some(i.clone());
             i
         }

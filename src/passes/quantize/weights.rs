@@ -11,13 +11,23 @@
 //! - a scale below the smallest normal f32 becomes 1 with zero point 0;
 //! - `q = clamp(round_half_even(w / scale) + zp, qmin, qmax)`, the division in f32.
 //!
-//! Per-tensor gives one scale; per-axis one scale per index along the axis. Work is spread
-//! over rayon's pool: large weights (a 33278x512 embedding) quantize in parallel.
+//! Per-tensor gives one scale; per-axis one scale per index along the axis.
+//!
+//! Speed and memory (a rewrite must take a small fraction of a second on a 100 MB model):
+//! weights are read in place from the memory-mapped file whatever their alignment
+//! ([`WeightSrc`]), by AVX2 kernels picked at run time (portable versions give the same
+//! bytes), in parallel chunks on rayon's pool; a weight's file pages are released once it is
+//! quantized, and large outputs use huge pages.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::ir::Tensor;
+use crate::onnx::tensor_proto::DataType;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightType {
@@ -104,31 +114,302 @@ pub fn scale_zero_point(min: f32, max: f32, opts: &WeightQuantOptions) -> (f32, 
     (scale32, zp.clamp(qmin, qmax))
 }
 
+/// The float values of a weight: little-endian 4-byte groups at any alignment. An
+/// initializer's `raw_data` is used where it lies in the memory-mapped file: protobuf puts
+/// tensor bytes at arbitrary offsets, so they are rarely 4-byte aligned, and viewing them as
+/// `&[f32]` would need a copy of the whole weight (68 MB for a 33278x512 embedding). The
+/// kernels below load each value with `f32::from_le_bytes`, which compiles to plain
+/// unaligned vector loads.
+pub struct WeightSrc<'a> {
+    shape: Vec<usize>,
+    data: Cow<'a, [[u8; 4]]>,
+    /// The initializer bytes this came from: their pages are released once quantized.
+    mapped: Option<&'a Bytes>,
+}
+
+impl<'a> WeightSrc<'a> {
+    /// A float32 initializer, read in place.
+    pub fn from_tensor(t: &'a Tensor) -> Result<Self> {
+        if t.data_type()? != DataType::Float {
+            return Err(Error::tensor(t.name(), "is not float32"));
+        }
+        t.check_size()?;
+        let shape = t.shape();
+        let numel: usize = shape.iter().product();
+        let (data, mapped): (Cow<'a, [[u8; 4]]>, _) = match &t.proto.raw_data {
+            Some(raw) => (
+                Cow::Borrowed(bytemuck::try_cast_slice(raw).map_err(|_| {
+                    Error::tensor(t.name(), "raw_data is not a whole number of floats")
+                })?),
+                Some(raw),
+            ),
+            // The typed field holds native floats; the kernels read little-endian bytes.
+            None if cfg!(target_endian = "little") => (
+                Cow::Borrowed(bytemuck::cast_slice(&t.proto.float_data)),
+                None,
+            ),
+            None => (
+                Cow::Owned(t.proto.float_data.iter().map(|v| v.to_le_bytes()).collect()),
+                None,
+            ),
+        };
+        if data.len() != numel {
+            return Err(Error::tensor(
+                t.name(),
+                format!(
+                    "holds {} floats, its shape {shape:?} needs {numel}",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(WeightSrc {
+            shape,
+            data,
+            mapped,
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// An owned array of the values (for the rarely used general path).
+    fn to_array(&self) -> ArrayD<f32> {
+        let v: Vec<f32> = self.data.iter().map(|&b| f32::from_le_bytes(b)).collect();
+        ArrayD::from_shape_vec(IxDyn(&self.shape), v).expect("checked element count")
+    }
+}
+
+impl<'a> From<ArrayViewD<'a, f32>> for WeightSrc<'a> {
+    fn from(w: ArrayViewD<'a, f32>) -> Self {
+        let shape = w.shape().to_vec();
+        // The kernels read little-endian bytes: a contiguous view is borrowed as is where
+        // that is the native order.
+        let data = match w.to_slice() {
+            Some(s) if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(s)),
+            _ => Cow::Owned(w.iter().map(|v| v.to_le_bytes()).collect()),
+        };
+        WeightSrc {
+            shape,
+            data,
+            mapped: None,
+        }
+    }
+}
+
+#[inline(always)]
+fn load(b: [u8; 4]) -> f32 {
+    f32::from_le_bytes(b)
+}
+
+/// Defines `$name` as a call of the portable `#[inline(always)]` function `$body`, or of
+/// `avx2::$name` (hand-written AVX2) when the CPU has AVX2: the crate builds for baseline
+/// x86-64 (SSE2), where the portable loops vectorize 4 wide at best and the float-to-int
+/// conversions partly not at all.
+macro_rules! dispatch {
+    ($(#[$m:meta])* fn $name:ident = $body:ident ($($a:ident: $t:ty),*) $(-> $r:ty)?) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present, checked just above.
+                return unsafe { avx2::$name($($a),*) };
+            }
+            $body($($a),*)
+        }
+    };
+}
+
+dispatch!(
+    /// Smallest and largest value of a chunk and `init`, ignoring NaN.
+    fn chunk_min_max = chunk_min_max_body(c: &[[u8; 4]], init: (f32, f32)) -> (f32, f32)
+);
+dispatch!(
+    /// Quantizes a run of values sharing one scale into bytes (two's complement for int8).
+    fn fill_run = fill_run_body(v: &[[u8; 4]], o: &mut [u8], s: f32, z: f32, p: &Params)
+);
+dispatch!(
+    /// Quantizes one row of a matrix whose columns have their own scales and zero points.
+    fn fill_cols = fill_cols_body(v: &[[u8; 4]], o: &mut [u8], ss: &[f32], zs: &[f32], p: &Params)
+);
+dispatch!(
+    /// Widens per-column ranges `lo`, `hi` by the rows of `b`.
+    fn cols_min_max = cols_min_max_body(b: &[[u8; 4]], lo: &mut [f32], hi: &mut [f32])
+);
+
+/// The AVX2 versions of the loops: 8 lanes, unaligned loads straight from the file's bytes.
+/// Same results as the portable versions (tested): `vminps`/`vmaxps` return their second
+/// operand when the first is NaN, so NaN is ignored as `f32::min` does; `vroundps` rounds
+/// half to even at every magnitude.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Params, load, quantize_one};
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn chunk_min_max(c: &[[u8; 4]], init: (f32, f32)) -> (f32, f32) {
+        let p = c.as_ptr() as *const f32;
+        let n = c.len();
+        let (mut lo0, mut hi0) = (_mm256_set1_ps(init.0), _mm256_set1_ps(init.1));
+        let (mut lo1, mut hi1) = (lo0, hi0);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n floats; loadu takes any alignment.
+            let (a, b) = unsafe { (_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(p.add(i + 8))) };
+            lo0 = _mm256_min_ps(a, lo0);
+            lo1 = _mm256_min_ps(b, lo1);
+            hi0 = _mm256_max_ps(a, hi0);
+            hi1 = _mm256_max_ps(b, hi1);
+            i += 16;
+        }
+        let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
+        // SAFETY: 8-float stores into 8-float arrays.
+        unsafe {
+            _mm256_storeu_ps(l.as_mut_ptr(), _mm256_min_ps(lo0, lo1));
+            _mm256_storeu_ps(h.as_mut_ptr(), _mm256_max_ps(hi0, hi1));
+        }
+        let (mut lo, mut hi) = init;
+        for k in 0..8 {
+            lo = lo.min(l[k]);
+            hi = hi.max(h[k]);
+        }
+        for &b in &c[i..] {
+            lo = lo.min(load(b));
+            hi = hi.max(load(b));
+        }
+        (lo, hi)
+    }
+
+    /// Eight quantized values, as i32 masked to their low byte.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn eight(x: __m256, s: __m256, z: __m256, p: &Params) -> __m256i {
+        let x = _mm256_div_ps(x, s);
+        // NaN -> 0, as the portable path does.
+        let x = _mm256_and_ps(x, _mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let y = _mm256_add_ps(r, z);
+        let y = _mm256_min_ps(
+            _mm256_max_ps(y, _mm256_set1_ps(p.qmin)),
+            _mm256_set1_ps(p.qmax),
+        );
+        _mm256_and_si256(_mm256_cvtps_epi32(y), _mm256_set1_epi32(0xff))
+    }
+
+    /// 32 bytes from four vectors of eight masked i32, in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn pack(q: [__m256i; 4]) -> __m256i {
+        let a = _mm256_packus_epi32(q[0], q[1]);
+        let b = _mm256_packus_epi32(q[2], q[3]);
+        let c = _mm256_packus_epi16(a, b);
+        _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn fill_run(v: &[[u8; 4]], o: &mut [u8], s: f32, z: f32, p: &Params) {
+        let n = v.len().min(o.len());
+        let (src, dst) = (v.as_ptr() as *const f32, o.as_mut_ptr());
+        let (sv, zv) = (_mm256_set1_ps(s), _mm256_set1_ps(z));
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n elements in both slices; unaligned loads and stores.
+            unsafe {
+                let q = [0, 8, 16, 24].map(|k| eight(_mm256_loadu_ps(src.add(i + k)), sv, zv, p));
+                _mm256_storeu_si256(dst.add(i) as *mut __m256i, pack(q));
+            }
+            i += 32;
+        }
+        for (o, &v) in o[i..n].iter_mut().zip(&v[i..n]) {
+            *o = quantize_one(load(v), s, z, p.qmin, p.qmax) as u8;
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn fill_cols(v: &[[u8; 4]], o: &mut [u8], ss: &[f32], zs: &[f32], p: &Params) {
+        let n = v.len().min(o.len()).min(ss.len()).min(zs.len());
+        let (src, dst) = (v.as_ptr() as *const f32, o.as_mut_ptr());
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n elements in all four slices; unaligned loads and stores.
+            unsafe {
+                let q = [0, 8, 16, 24].map(|k| {
+                    let sv = _mm256_loadu_ps(ss.as_ptr().add(i + k));
+                    let zv = _mm256_loadu_ps(zs.as_ptr().add(i + k));
+                    eight(_mm256_loadu_ps(src.add(i + k)), sv, zv, p)
+                });
+                _mm256_storeu_si256(dst.add(i) as *mut __m256i, pack(q));
+            }
+            i += 32;
+        }
+        for k in i..n {
+            o[k] = quantize_one(load(v[k]), ss[k], zs[k], p.qmin, p.qmax) as u8;
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn cols_min_max(b: &[[u8; 4]], lo: &mut [f32], hi: &mut [f32]) {
+        let cols = lo.len().min(hi.len());
+        if cols == 0 {
+            return;
+        }
+        for r in b.chunks(cols) {
+            let n = r.len();
+            let src = r.as_ptr() as *const f32;
+            let mut j = 0;
+            while j + 8 <= n {
+                // SAFETY: j + 8 <= n <= cols elements in `r`, `lo` and `hi`.
+                unsafe {
+                    let x = _mm256_loadu_ps(src.add(j));
+                    let l = lo.as_mut_ptr().add(j);
+                    let h = hi.as_mut_ptr().add(j);
+                    _mm256_storeu_ps(l, _mm256_min_ps(x, _mm256_loadu_ps(l)));
+                    _mm256_storeu_ps(h, _mm256_max_ps(x, _mm256_loadu_ps(h)));
+                }
+                j += 8;
+            }
+            for k in j..n {
+                lo[k] = lo[k].min(load(r[k]));
+                hi[k] = hi[k].max(load(r[k]));
+            }
+        }
+    }
+}
+
 /// Smallest and largest value of a chunk, ignoring NaN like `f32::min`, written as selects
 /// over 16 lanes so that it compiles to packed min/max instructions.
-fn chunk_min_max(c: &[f32], init: (f32, f32)) -> (f32, f32) {
+#[inline(always)]
+fn chunk_min_max_body(c: &[[u8; 4]], init: (f32, f32)) -> (f32, f32) {
     let mut lo = [init.0; 16];
     let mut hi = [init.1; 16];
     let mut it = c.chunks_exact(16);
     for b in &mut it {
         for k in 0..16 {
-            lo[k] = if b[k] < lo[k] { b[k] } else { lo[k] };
-            hi[k] = if b[k] > hi[k] { b[k] } else { hi[k] };
+            let v = load(b[k]);
+            lo[k] = if v < lo[k] { v } else { lo[k] };
+            hi[k] = if v > hi[k] { v } else { hi[k] };
         }
     }
     let (mut l, mut h) = init;
-    for &v in lo.iter().chain(it.remainder()) {
-        l = l.min(v);
+    for (&a, &b) in lo.iter().zip(&hi) {
+        l = l.min(a);
+        h = h.max(b);
     }
-    for &v in hi.iter().chain(it.remainder()) {
-        h = h.max(v);
+    for &b in it.remainder() {
+        l = l.min(load(b));
+        h = h.max(load(b));
     }
     (l, h)
 }
 
-fn min_max(values: &[f32]) -> (f32, f32) {
+/// Elements per parallel work item: big enough to amortize rayon's scheduling, small enough
+/// to stay in L2 and to split a 1 MB LSTM weight across both cores.
+const CHUNK: usize = 1 << 15;
+
+fn min_max(values: &[[u8; 4]]) -> (f32, f32) {
     values
-        .par_chunks(1 << 16)
+        .par_chunks(CHUNK)
         .map(|c| chunk_min_max(c, (f32::INFINITY, f32::NEG_INFINITY)))
         .reduce(
             || (f32::INFINITY, f32::NEG_INFINITY),
@@ -136,38 +417,78 @@ fn min_max(values: &[f32]) -> (f32, f32) {
         )
 }
 
-fn quantize_into(values: &[f32], out: &mut [i32], scale: f32, zp: i32, qmin: i32, qmax: i32) {
-    out.par_chunks_mut(1 << 16)
-        .zip(values.par_chunks(1 << 16))
-        .for_each(|(o, v)| {
-            for (o, &v) in o.iter_mut().zip(v) {
-                *o = (round_half_even(v / scale) as i32)
-                    .saturating_add(zp)
-                    .clamp(qmin, qmax);
-            }
-        });
+/// Per-column minimum and maximum (zero included) of a row-major matrix with `cols` columns.
+fn column_min_max(flat: &[[u8; 4]], cols: usize) -> (Vec<f32>, Vec<f32>) {
+    let block = (cols * (CHUNK / cols).max(1)).max(1);
+    flat.par_chunks(block)
+        .map(|b| {
+            let mut lo = vec![0f32; cols];
+            let mut hi = vec![0f32; cols];
+            cols_min_max(b, &mut lo, &mut hi);
+            (lo, hi)
+        })
+        .reduce(
+            || (vec![0f32; cols], vec![0f32; cols]),
+            |(mut l1, mut h1), (l2, h2)| {
+                for (a, b) in l1.iter_mut().zip(&l2) {
+                    *a = a.min(*b);
+                }
+                for (a, b) in h1.iter_mut().zip(&h2) {
+                    *a = a.max(*b);
+                }
+                (l1, h1)
+            },
+        )
 }
 
 /// Quantizes `w` per tensor (`axis = None`) or per index along `axis`.
 ///
-/// Per tensor, along the first axis (rows) and along the last axis (columns, the MatMul
-/// case) it works in one pass over a contiguous copy at most, writing 8-bit values directly:
-/// a 33278x512 embedding needs no buffer wider than its int8 result. Other axes go through
-/// a permuted copy.
-pub fn quantize_weight(
-    w: ArrayViewD<f32>,
+/// Per tensor: one parallel pass for the range, one for the values. Along the first axis
+/// (rows: embedding tables, recurrent weights) each row's range and values are done in one
+/// fused pass while the row is in cache. Along the last axis (columns: MatMul's `B`) one pass
+/// for the column ranges, one for the values. All of them read the source in place and write
+/// 8-bit values directly. Other axes go through a permuted copy. When the source is an
+/// initializer of a memory-mapped file, its pages are released afterwards (they are clean
+/// and file-backed: a later read just faults them in again), which keeps peak memory near
+/// the size of the largest weight rather than of the whole model.
+pub fn quantize_weight<'a>(
+    w: impl Into<WeightSrc<'a>>,
     axis: Option<usize>,
     opts: &WeightQuantOptions,
 ) -> QuantizedWeight {
-    let rank = w.ndim();
-    if rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank) {
-        return quantize_weight_permuted(w, axis, opts);
+    let w = w.into();
+    let rank = w.shape.len();
+    let q = if rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank) {
+        quantize_weight_permuted(w.to_array().view(), axis, opts)
+    } else {
+        quantize_flat(&w, axis, opts)
+    };
+    if let Some(raw) = w.mapped {
+        crate::model::release_pages(raw);
     }
-    let shape = w.shape().to_vec();
-    let data = w.as_standard_layout();
-    let flat = data.as_slice().expect("standard layout is contiguous");
+    q
+}
+
+fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> QuantizedWeight {
+    let shape = &w.shape;
+    let rank = shape.len();
+    let flat: &[[u8; 4]] = &w.data;
     let (qmin, qmax) = opts.qrange();
-    // Per-element parameters come from `param_of(index)`.
+    let p = Params {
+        qmin: qmin as f32,
+        qmax: qmax as f32,
+    };
+    let int8 = opts.weight_type == WeightType::Int8;
+    // Each work item releases the file pages it has read for the last time, on its own
+    // thread (the whole range is released again afterwards for the pages at chunk edges).
+    let mapped = w.mapped.is_some();
+    let done = |v: &[[u8; 4]]| {
+        // Pieces under two pages rarely hold a whole page: not worth the call.
+        if mapped && v.len() >= 2048 {
+            crate::model::release_pages(bytemuck::cast_slice(v));
+        }
+    };
+    let mut out = output_buffer(flat.len());
     let (scales, zero_points): (Vec<f32>, Vec<i32>) = match axis {
         None => {
             let (lo, hi) = if flat.is_empty() {
@@ -176,86 +497,74 @@ pub fn quantize_weight(
                 min_max(flat)
             };
             let (s, z) = scale_zero_point(lo, hi, opts);
+            out.par_chunks_mut(CHUNK)
+                .zip(flat.par_chunks(CHUNK))
+                .for_each(|(o, v)| {
+                    fill_run(v, o, s, z as f32, &p);
+                    done(v);
+                });
             (vec![s], vec![z])
         }
         Some(0) => {
-            let channels = shape[0];
-            let row = flat.len() / channels.max(1);
+            let rows = shape[0];
+            let row = flat.len() / rows.max(1);
             if row == 0 {
-                (0..channels)
-                    .map(|_| scale_zero_point(0.0, 0.0, opts))
-                    .unzip()
+                (0..rows).map(|_| scale_zero_point(0.0, 0.0, opts)).unzip()
             } else {
-                flat.par_chunks(row)
-                    .with_min_len((1 << 14) / row.max(1) + 1)
-                    .map(|v| {
-                        let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
-                        scale_zero_point(lo, hi, opts)
+                // Blocks of whole rows, each row's range and values in one pass.
+                let block = row * (CHUNK / row).max(1);
+                out.par_chunks_mut(block)
+                    .zip(flat.par_chunks(block))
+                    .map(|(ob, vb)| {
+                        let params: Vec<(f32, i32)> = ob
+                            .chunks_mut(row)
+                            .zip(vb.chunks(row))
+                            .map(|(o, v)| {
+                                let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
+                                let (s, z) = scale_zero_point(lo, hi, opts);
+                                fill_run(v, o, s, z as f32, &p);
+                                (s, z)
+                            })
+                            .collect();
+                        done(vb);
+                        params
                     })
                     .collect::<Vec<_>>()
                     .into_iter()
+                    .flatten()
                     .unzip()
             }
         }
         Some(_) => {
             let cols = shape[rank - 1];
-            let block = (cols * 256).max(1);
-            let (lo, hi) = if cols == 0 {
+            if cols == 0 {
                 (vec![], vec![])
             } else {
-                flat.par_chunks(block)
-                    .map(|b| {
-                        let mut lo = vec![0f32; cols];
-                        let mut hi = vec![0f32; cols];
-                        for r in b.chunks(cols) {
-                            for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(r) {
-                                *l = l.min(x);
-                                *h = h.max(x);
-                            }
-                        }
-                        (lo, hi)
-                    })
-                    .reduce(
-                        || (vec![0f32; cols], vec![0f32; cols]),
-                        |(mut l1, mut h1), (l2, h2)| {
-                            for (a, b) in l1.iter_mut().zip(&l2) {
-                                *a = a.min(*b);
-                            }
-                            for (a, b) in h1.iter_mut().zip(&h2) {
-                                *a = a.max(*b);
-                            }
-                            (l1, h1)
-                        },
-                    )
-            };
-            lo.iter()
-                .zip(&hi)
-                .map(|(&l, &h)| scale_zero_point(l, h, opts))
-                .unzip()
+                let (lo, hi) = column_min_max(flat, cols);
+                let (ss, zs): (Vec<f32>, Vec<i32>) = lo
+                    .iter()
+                    .zip(&hi)
+                    .map(|(&l, &h)| scale_zero_point(l, h, opts))
+                    .unzip();
+                let zf: Vec<f32> = zs.iter().map(|&z| z as f32).collect();
+                out.par_chunks_mut(cols)
+                    .zip(flat.par_chunks(cols))
+                    .with_min_len((CHUNK / cols).max(1))
+                    .for_each(|(o, v)| {
+                        fill_cols(v, o, &ss, &zf, &p);
+                        done(v);
+                    });
+                (ss, zs)
+            }
         }
     };
-    let layout = match axis {
-        None => Layout::Tensor,
-        Some(0) => Layout::Rows(flat.len() / shape[0].max(1)),
-        Some(_) => Layout::Cols(shape[rank - 1]),
-    };
-    let p = Params {
-        scales: &scales,
-        zero_points: &zero_points,
-        qmin,
-        qmax,
-    };
-    let values = match opts.weight_type {
-        WeightType::Int8 => {
-            let mut out = vec![0i8; flat.len()];
-            fill(flat, &mut out, layout, &p, |q| q as i8);
-            QValues::I8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
-        }
-        WeightType::Uint8 => {
-            let mut out = vec![0u8; flat.len()];
-            fill(flat, &mut out, layout, &p, |q| q as u8);
-            QValues::U8(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("same shape"))
-        }
+    let dims = IxDyn(shape);
+    let values = if int8 {
+        QValues::I8(
+            ArrayD::from_shape_vec(dims, bytemuck::cast_vec::<u8, i8>(out)).expect("same shape"),
+        )
+    } else {
+        QValues::U8(ArrayD::from_shape_vec(dims, out).expect("same shape"))
     };
     QuantizedWeight {
         values,
@@ -265,83 +574,80 @@ pub fn quantize_weight(
     }
 }
 
-/// Which scale each element of a contiguous weight uses.
-#[derive(Clone, Copy)]
-enum Layout {
-    Tensor,
-    /// One per row of this many elements.
-    Rows(usize),
-    /// One per column of a row-major matrix with this many columns.
-    Cols(usize),
+/// A zeroed buffer for `n` quantized values. Large ones ask for transparent huge pages: the
+/// kernel then faults in (and zeroes) 2 MB at a time instead of 4 KB, which was a sixth of
+/// the CPU time of a rewrite of a 100 MB model.
+fn output_buffer(n: usize) -> Vec<u8> {
+    let v = vec![0u8; n];
+    #[cfg(target_os = "linux")]
+    if n >= 4 << 20 {
+        let page = 4096;
+        let start = (v.as_ptr() as usize).next_multiple_of(page);
+        let end = (v.as_ptr() as usize + n) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE only changes how
+            // the kernel backs it, never its contents. Failure (no THP) is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
 }
 
-struct Params<'a> {
-    scales: &'a [f32],
-    zero_points: &'a [i32],
-    qmin: i32,
-    qmax: i32,
+/// The clamping range, as floats.
+struct Params {
+    qmin: f32,
+    qmax: f32,
 }
 
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer,
 /// ties to even (the default rounding mode), without a libm call.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// `clamp(round_half_even(v / scale) + zp, qmin, qmax)`, vectorizable. Magnitudes of 2^22
-/// and more are clamped whatever their rounding, and NaN becomes 0 as `as i32` makes it.
+/// `clamp(round_half_even(v / scale) + zp, qmin, qmax)`, vectorizable: the rounding is the
+/// magic-number trick, the zero point is added and the clamp done in f32 (exact: every
+/// value involved is an integer below 2^23). Magnitudes of 2^22 and more are clamped
+/// whatever their rounding, and NaN quantizes to the zero point, as `as i32` (0) did.
 #[inline(always)]
-fn quantize_one(v: f32, scale: f32, zp: i32, qmin: i32, qmax: i32) -> i32 {
+fn quantize_one(v: f32, scale: f32, zp: f32, qmin: f32, qmax: f32) -> i32 {
     let x = v / scale;
+    let x = if x.is_nan() { 0.0 } else { x };
     let r = if x.abs() < 4_194_304.0 {
         (x + ROUND_MAGIC) - ROUND_MAGIC
     } else {
         x
     };
-    (r as i32).saturating_add(zp).clamp(qmin, qmax)
+    let y = r + zp;
+    let y = if y < qmin { qmin } else { y };
+    let y = if y > qmax { qmax } else { y };
+    // SAFETY: `y` is finite and within [qmin, qmax] (a subrange of i32): NaN was replaced
+    // by 0 above, and infinities are clamped like any other value.
+    unsafe { y.to_int_unchecked::<i32>() }
 }
 
-fn fill<T: Copy + Send>(
-    flat: &[f32],
-    out: &mut [T],
-    layout: Layout,
-    p: &Params,
-    conv: impl Fn(i32) -> T + Sync,
-) {
-    const CHUNK: usize = 1 << 16;
-    let (qmin, qmax) = (p.qmin, p.qmax);
-    match layout {
-        Layout::Tensor => {
-            let (s, z) = (p.scales[0], p.zero_points[0]);
-            out.par_chunks_mut(CHUNK)
-                .zip(flat.par_chunks(CHUNK))
-                .for_each(|(o, v)| {
-                    for (o, &v) in o.iter_mut().zip(v) {
-                        *o = conv(quantize_one(v, s, z, qmin, qmax));
-                    }
-                });
+#[inline(always)]
+fn fill_run_body(v: &[[u8; 4]], o: &mut [u8], s: f32, z: f32, p: &Params) {
+    for (o, &v) in o.iter_mut().zip(v) {
+        *o = quantize_one(load(v), s, z, p.qmin, p.qmax) as u8;
+    }
+}
+
+#[inline(always)]
+fn fill_cols_body(v: &[[u8; 4]], o: &mut [u8], ss: &[f32], zs: &[f32], p: &Params) {
+    for (((o, &v), &s), &z) in o.iter_mut().zip(v).zip(ss).zip(zs) {
+        *o = quantize_one(load(v), s, z, p.qmin, p.qmax) as u8;
+    }
+}
+
+#[inline(always)]
+fn cols_min_max_body(b: &[[u8; 4]], lo: &mut [f32], hi: &mut [f32]) {
+    for r in b.chunks(lo.len()) {
+        for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(r) {
+            let x = load(x);
+            *l = if x < *l { x } else { *l };
+            *h = if x > *h { x } else { *h };
         }
-        Layout::Rows(row) if row > 0 => {
-            out.par_chunks_mut(row)
-                .zip(flat.par_chunks(row))
-                .zip(p.scales.par_iter().zip(p.zero_points.par_iter()))
-                .with_min_len((CHUNK / row).max(1))
-                .for_each(|((o, v), (&s, &z))| {
-                    for (o, &v) in o.iter_mut().zip(v) {
-                        *o = conv(quantize_one(v, s, z, qmin, qmax));
-                    }
-                });
-        }
-        Layout::Cols(cols) if cols > 0 => {
-            let (ss, zs) = (&p.scales[..cols], &p.zero_points[..cols]);
-            out.par_chunks_mut(cols)
-                .zip(flat.par_chunks(cols))
-                .with_min_len((CHUNK / cols).max(1))
-                .for_each(|(o, v)| {
-                    for (((o, &v), &s), &z) in o.iter_mut().zip(v).zip(ss).zip(zs) {
-                        *o = conv(quantize_one(v, s, z, qmin, qmax));
-                    }
-                });
-        }
-        _ => {}
     }
 }
 
@@ -357,14 +663,18 @@ fn quantize_weight_permuted(
         None => {
             let flat = w.as_standard_layout();
             let flat = flat.as_slice().expect("standard layout is contiguous");
-            let (lo, hi) = if flat.is_empty() {
-                (0.0, 0.0)
-            } else {
-                min_max(flat)
-            };
+            let (lo, hi) = flat
+                .iter()
+                .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             let (scale, zp) = scale_zero_point(lo, hi, opts);
-            let mut q = vec![0i32; flat.len()];
-            quantize_into(flat, &mut q, scale, zp, qmin, qmax);
+            let q: Vec<i32> = flat
+                .iter()
+                .map(|&v| {
+                    (round_half_even(v / scale) as i32)
+                        .saturating_add(zp)
+                        .clamp(qmin, qmax)
+                })
+                .collect();
             (
                 ArrayD::from_shape_vec(IxDyn(&shape), q).expect("same shape"),
                 vec![scale],
@@ -644,7 +954,8 @@ mod tests {
                 let want = (round_half_even(v / 1.0) as i32)
                     .saturating_add(zp)
                     .clamp(qmin, qmax);
-                assert_eq!(quantize_one(v, 1.0, zp, qmin, qmax), want, "{v}");
+                let got = quantize_one(v, 1.0, zp as f32, qmin as f32, qmax as f32);
+                assert_eq!(got, want, "{v}");
             }
         }
     }
@@ -710,5 +1021,114 @@ mod tests {
             u.zero_point_tensor("z", &[]).data_type().unwrap(),
             crate::onnx::tensor_proto::DataType::Uint8
         );
+    }
+
+    /// Values that stress the kernels: ties, NaN, infinities, huge and tiny magnitudes.
+    fn tricky(n: usize, seed: u32) -> Vec<f32> {
+        let specials = [
+            0.5f32,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            -0.0,
+            1e-40,
+            4_194_303.5,
+            8_388_607.5,
+        ];
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                if i % 7 == 3 {
+                    specials[(state >> 16) as usize % specials.len()]
+                } else {
+                    ((state >> 8) as f32 / (1 << 24) as f32 - 0.5) * 300.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_kernels_match_the_portable_ones() {
+        for n in [0usize, 1, 15, 16, 31, 32, 33, 100, 1000] {
+            let v: Vec<[u8; 4]> = tricky(n, n as u32 + 1)
+                .iter()
+                .map(|x| x.to_le_bytes())
+                .collect();
+            for init in [(0.0f32, 0.0f32), (f32::INFINITY, f32::NEG_INFINITY)] {
+                let (a, b) = (chunk_min_max(&v, init), chunk_min_max_body(&v, init));
+                assert_eq!(
+                    (a.0.to_bits(), a.1.to_bits()),
+                    (b.0.to_bits(), b.1.to_bits())
+                );
+            }
+            for (qmin, qmax, z) in [(-127, 127, 0), (0, 255, 128), (-64, 64, 0), (0, 255, 3)] {
+                let p = Params {
+                    qmin: qmin as f32,
+                    qmax: qmax as f32,
+                };
+                for s in [1.0f32, 0.37, 1e-3] {
+                    let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+                    fill_run(&v, &mut a, s, z as f32, &p);
+                    fill_run_body(&v, &mut b, s, z as f32, &p);
+                    assert_eq!(a, b, "n {n} scale {s} range {qmin}..{qmax}");
+                }
+                let ss: Vec<f32> = (0..n).map(|i| 0.1 + i as f32 * 0.01).collect();
+                let zs: Vec<f32> = (0..n).map(|i| (z + (i % 3) as i32) as f32).collect();
+                let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+                fill_cols(&v, &mut a, &ss, &zs, &p);
+                fill_cols_body(&v, &mut b, &ss, &zs, &p);
+                assert_eq!(a, b, "n {n} per column");
+            }
+            for cols in [1usize, 7, 8, 9, 40] {
+                let (mut l1, mut h1) = (vec![0f32; cols], vec![0f32; cols]);
+                let (mut l2, mut h2) = (vec![0f32; cols], vec![0f32; cols]);
+                cols_min_max(&v, &mut l1, &mut h1);
+                cols_min_max_body(&v, &mut l2, &mut h2);
+                assert_eq!((l1, h1), (l2, h2), "n {n} cols {cols}");
+            }
+        }
+    }
+
+    #[test]
+    fn unaligned_initializers_quantize_in_place_like_aligned_arrays() {
+        let values = tricky(64 * 33, 9);
+        let w = ArrayD::from_shape_vec(IxDyn(&[64, 33]), values.clone()).unwrap();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for offset in 0..4 {
+            // raw_data starting at every alignment, as in a memory-mapped file.
+            let mut buf = vec![0u8; offset];
+            buf.extend_from_slice(&bytes);
+            let raw = bytes::Bytes::from(buf).slice(offset..);
+            let t = Tensor::new(crate::onnx::TensorProto {
+                name: Some("w".into()),
+                dims: vec![64, 33],
+                data_type: Some(DataType::Float as i32),
+                raw_data: Some(raw),
+                ..Default::default()
+            })
+            .unwrap();
+            for axis in [None, Some(0), Some(1)] {
+                for o in [
+                    WeightQuantOptions::default(),
+                    opts(WeightType::Uint8, false, false),
+                ] {
+                    let src = WeightSrc::from_tensor(&t).unwrap();
+                    assert_eq!(
+                        quantize_weight(src, axis, &o),
+                        quantize_weight_permuted(w.view(), axis, &o),
+                        "offset {offset} axis {axis:?} {o:?}"
+                    );
+                }
+            }
+        }
+        let f16 = Tensor::from_vec("h", &[1], vec![half::f16::ONE]);
+        assert!(WeightSrc::from_tensor(&f16).is_err());
     }
 }
