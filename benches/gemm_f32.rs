@@ -53,6 +53,12 @@ fn time_it(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` also runs this binary, unoptimized and without `--bench`;
+    // timings there mean nothing and take minutes, and the kernels have their own tests.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("not timing: run with `cargo bench`");
+        return;
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

@@ -84,6 +84,12 @@ fn vnni_peak_gops() -> Option<f64> {
 }
 
 fn main() {
+    // `cargo test --all-targets` also runs this binary, unoptimized and without `--bench`;
+    // timings there mean nothing and take minutes, and the kernels have their own tests.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("not timing: run with `cargo bench`");
+        return;
+    }
     let mhz = cpu_mhz();
     println!("# int8 GEMM benchmark (single thread unless noted)");
     println!(
