@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use onnx_dynq::model::SaveOptions;
-use onnx_dynq::passes::fuse::fuse;
+use onnx_dynq::passes::fuse::{FuseOptions, PASSES, fuse, fuse_with};
 use onnx_dynq::runtime::{Options, Session, Value};
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -36,6 +36,66 @@ fn feeds(model: &Path) -> HashMap<String, Value> {
         .collect()
 }
 
+/// Asserts that every output of `after` equals the one of `before` within 1e-5 of its largest
+/// magnitude.
+fn assert_same_outputs(what: &str, a: &[(String, Value)], b: &[(String, Value)]) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb, "{what}");
+        assert_eq!(va.shape(), vb.shape(), "{what}: {na}");
+        assert_eq!(va.dtype(), vb.dtype(), "{what}: {na}");
+        let (x, y) = (floats(va), floats(vb));
+        let scale = x.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let diff = x
+            .iter()
+            .zip(&y)
+            .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            diff <= 1e-5 * scale,
+            "{what}: output {na} changed by {diff} (largest magnitude {scale})"
+        );
+    }
+}
+
+/// Each pass on its own keeps every fixture's outputs (the test below runs them together).
+#[test]
+fn each_pass_alone_keeps_every_fixture_output() {
+    let mut fired = std::collections::BTreeMap::new();
+    for f in common::fixture_models() {
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        let before = onnx_dynq::load(&f).unwrap();
+        let feeds = feeds(&f);
+        let want = run(&before, &feeds);
+        for pass in PASSES {
+            let mut after = before.clone();
+            let options = FuseOptions {
+                only: Some(pass.name),
+                ..Default::default()
+            };
+            let report = fuse_with(&mut after, options).unwrap();
+            *fired.entry(pass.name).or_insert(0) += report.total();
+            assert_same_outputs(
+                &format!("{name} after {}", pass.name),
+                &want,
+                &run(&after, &feeds),
+            );
+        }
+    }
+    // The fixtures exercise the passes they were exported with (not every pass: the unit
+    // tests cover the rest).
+    for pass in [
+        "fold_constants",
+        "conv_batchnorm",
+        "matmul_add",
+        "transpose_weight",
+    ] {
+        assert!(
+            fired[pass] > 0,
+            "{pass} never fired on the fixtures: {fired:?}"
+        );
+    }
+}
+
 #[test]
 fn fused_fixtures_compute_the_same_outputs_and_are_valid_onnx() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,23 +107,7 @@ fn fused_fixtures_compute_the_same_outputs_and_are_valid_onnx() {
         let report = fuse(&mut after).unwrap();
         fired_total += report.total();
         let feeds = feeds(&f);
-        let (a, b) = (run(&before, &feeds), run(&after, &feeds));
-        assert_eq!(a.len(), b.len(), "{name}");
-        for ((na, va), (nb, vb)) in a.iter().zip(&b) {
-            assert_eq!(na, nb, "{name}");
-            assert_eq!(va.shape(), vb.shape(), "{name}: {na}");
-            assert_eq!(va.dtype(), vb.dtype(), "{name}: {na}");
-            let (x, y) = (floats(va), floats(vb));
-            let scale = x.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-            let diff = x
-                .iter()
-                .zip(&y)
-                .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
-            assert!(
-                diff <= 1e-5 * scale,
-                "{name}: output {na} changed by {diff} (largest magnitude {scale})"
-            );
-        }
+        assert_same_outputs(&name, &run(&before, &feeds), &run(&after, &feeds));
         let dst = dir.path().join(f.file_name().unwrap());
         onnx_dynq::model::save(&after, &dst, &SaveOptions::default()).unwrap();
         let cmp = common::compare(&dst, &f.with_extension("npz"), None);

@@ -168,6 +168,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         let ops = &opts.policy.ops;
         let options = FuseOptions {
             matmul_to_gemm: ops.contains(&OpKind::MatMul) == ops.contains(&OpKind::Gemm),
+            ..FuseOptions::default()
         };
         Some(fuse_with(&mut model, options)?)
     };

@@ -49,12 +49,16 @@ pub struct FuseOptions {
     /// Turn 2-D MatMul + Add into Gemm. `rewrite` turns it off when `--ops` takes only one of
     /// MatMul and Gemm, so that fusion never moves a node into or out of the chosen families.
     pub matmul_to_gemm: bool,
+    /// Run only the pass of this name (the others count 0), so that each pass can be checked
+    /// on its own.
+    pub only: Option<&'static str>,
 }
 
 impl Default for FuseOptions {
     fn default() -> Self {
         FuseOptions {
             matmul_to_gemm: true,
+            only: None,
         }
     }
 }
@@ -141,6 +145,9 @@ pub fn fuse_with(model: &mut Model, options: FuseOptions) -> Result<FuseReport> 
         rounds += 1;
         let mut fired = 0;
         for (k, p) in PASSES.iter().enumerate() {
+            if options.only.is_some_and(|only| only != p.name) {
+                continue;
+            }
             let env = PassEnv {
                 opset,
                 options,

@@ -626,6 +626,7 @@ fn matmul_add_stays_matmul_when_gemm_conversion_is_off() {
     let mut m = c.model();
     let opts = super::FuseOptions {
         matmul_to_gemm: false,
+        ..Default::default()
     };
     let r = super::fuse_with(&mut m, opts).unwrap();
     assert_eq!(counts(&r)["matmul_add"], 1);
