@@ -29,7 +29,6 @@ use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
 
 mod fuse_int8;
-#[path = "fuse_linear.rs"]
 mod fuse_linear;
 use fuse_linear::fuse_matmul_bias;
 

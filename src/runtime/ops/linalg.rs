@@ -291,7 +291,7 @@ fn gemm_op_with(node: &Node, linear: Option<Linear>) -> Result<Box<dyn Op>> {
 /// `act(A'·W + bias)` with a constant f32 weight `W [K, N]` packed once: MatMul with a
 /// constant 2-D B, Gemm with a constant B (alpha folded into W, `beta·C` into the bias when C
 /// is absent or a constant row), and the session's fused Linear steps (see
-/// `runtime/fuse_linear.rs`). Cloning shares the packed weight.
+/// `runtime/session/fuse_linear.rs`). Cloning shares the packed weight.
 #[derive(Clone, Debug)]
 pub struct Linear {
     w: Arc<PackedB>,
