@@ -30,7 +30,7 @@ use super::value::Value;
 
 mod fuse_int8;
 mod fuse_linear;
-use fuse_linear::fuse_matmul_bias;
+use fuse_linear::fuse_float_linear;
 
 /// How a session runs.
 #[derive(Clone, Debug, Default)]
@@ -451,7 +451,7 @@ impl<'r> Planner<'r> {
         let graph_outs: HashSet<usize> = outputs.iter().map(|&(_, s)| s).collect();
         if !self.options.no_kernel_fusion {
             let opset = self.opsets.get("").copied().unwrap_or(1);
-            fuse_matmul_bias(graph, &mut steps, &self.consts, &graph_outs, opset);
+            fuse_float_linear(graph, &mut steps, &self.consts, &graph_outs, opset);
         }
         fuse_int8::fuse_int8_linear(
             &mut steps,

@@ -98,7 +98,7 @@ fn activation(node: &Node, step: &Step, consts: &[Option<Value>], opset: i64) ->
 }
 
 /// Fuses Linear chains in `steps` (see the module docs). `opset` is the default domain's.
-pub(super) fn fuse_matmul_bias(
+pub(super) fn fuse_float_linear(
     graph: &Graph,
     steps: &mut Vec<Step>,
     consts: &[Option<Value>],
