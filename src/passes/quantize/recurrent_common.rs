@@ -15,14 +15,16 @@
 
 use std::ops::Range;
 
-use ndarray::{ArrayD, ArrayView3, Axis, Ix3, IxDyn, s};
+use ndarray::{ArrayD, Axis, Ix3, IxDyn, s};
 
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
 use super::recurrent_build::{Activation, Builder, DirWeight};
 use super::rewrite::{NodeCtx, Skip};
-use super::weights::{QValues, QuantizedWeight, WeightQuantOptions, WeightType, quantize_weight};
+use super::weights::{
+    QValues, QuantizedWeight, WeightQuantOptions, WeightSrc, WeightType, quantize_weight,
+};
 
 /// A float constant input, as f32 (fp16 constants are widened).
 pub fn const_f32(ctx: &NodeCtx, node: &crate::ir::Node, idx: usize) -> Result<ArrayD<f32>, Skip> {
@@ -38,6 +40,25 @@ pub fn const_f32(ctx: &NodeCtx, node: &crate::ir::Node, idx: usize) -> Result<Ar
             "'{name}' is {}, not float",
             crate::ir::tensor::dtype_name(d as i32)
         ))),
+    }
+}
+
+/// A float constant input as a quantization source: float32 read in place (from the mapped
+/// file: the recurrent weights are most of an LSTM model, and copying them to f32 arrays
+/// was a sixth of a rewrite's time), float16 widened to an owned copy.
+pub fn const_weight<'a>(
+    ctx: &NodeCtx<'a>,
+    node: &crate::ir::Node,
+    idx: usize,
+) -> Result<WeightSrc<'a>, Skip> {
+    let name = node
+        .input(idx)
+        .ok_or_else(|| Skip(format!("input {idx} is absent")))?;
+    let t = (ctx.constants)(name).ok_or_else(|| Skip(format!("'{name}' is not a constant")))?;
+    let bad = |e: crate::Error| Skip(format!("'{name}': {e}"));
+    match t.data_type().map_err(bad)? {
+        DataType::Float => WeightSrc::from_tensor(t).map_err(bad),
+        _ => Ok(WeightSrc::from_array(const_f32(ctx, node, idx)?)),
     }
 }
 
@@ -61,18 +82,27 @@ macro_rules! with_q {
 
 impl QuantRecurrent {
     /// Quantizes `w` `[D, rows, cols]`: per direction, or per row when `per_channel`.
-    pub fn new(w: ArrayView3<f32>, per_channel: bool, opts: &WeightQuantOptions) -> Self {
-        let (dirs, rows, cols) = w.dim();
-        let mut q = if per_channel {
-            let flat = w
-                .as_standard_layout()
-                .into_owned()
-                .into_shape_with_order(IxDyn(&[dirs * rows, cols]))
-                .expect("same element count");
-            quantize_weight(flat.view(), Some(0), opts)
-        } else {
-            quantize_weight(w.into_dyn(), Some(0), opts)
+    ///
+    /// # Panics
+    /// If `w` is not rank 3 (callers pass [`RecurrentAttrs::w3`] or `r3`, checked on read).
+    pub fn new<'w>(
+        w: impl Into<WeightSrc<'w>>,
+        per_channel: bool,
+        opts: &WeightQuantOptions,
+    ) -> Self {
+        let w = w.into();
+        let &[dirs, rows, cols] = w.shape() else {
+            panic!("recurrent weight of shape {:?} is not rank 3", w.shape())
         };
+        // Both are quantized along the first axis of the row-major values: per direction as
+        // `[D, rows, cols]`, per row as `[D*rows, cols]`.
+        let shape = if per_channel {
+            vec![dirs * rows, cols]
+        } else {
+            vec![dirs, rows, cols]
+        };
+        let view = w.reshaped(&shape).expect("same element count");
+        let mut q = quantize_weight(view, Some(0), opts);
         let shape = IxDyn(&[dirs, rows, cols]);
         let reshape = "quantize_weight keeps the element count";
         q.values = match q.values {
@@ -118,9 +148,16 @@ impl QuantRecurrent {
 
     /// Values of every direction transposed to `[D, cols, rows]` (DynamicQuantizeLSTM).
     pub fn all_values_t(&self, name: &str) -> Tensor {
-        with_q!(&self.q.values, a => {
-            let t = a.view().permuted_axes(IxDyn(&[0, 2, 1]));
-            Tensor::from_array(name, &t.as_standard_layout().view())
+        with_q!(&self.q.values, a => match a.as_slice() {
+            Some(v) => Tensor::from_vec(
+                name,
+                &[self.dirs, self.cols, self.rows],
+                transpose_dirs(v, self.dirs, self.rows, self.cols),
+            ),
+            None => {
+                let t = a.view().permuted_axes(IxDyn(&[0, 2, 1]));
+                Tensor::from_array(name, &t.as_standard_layout().view())
+            }
         })
     }
 
@@ -206,6 +243,31 @@ impl QuantRecurrent {
     }
 }
 
+/// Row-major `[dirs, rows, cols]` to `[dirs, cols, rows]`, in square tiles so that both
+/// sides stay in cache (ndarray's generic strided copy of the permuted view was ~3% of a
+/// rewrite of the LM).
+fn transpose_dirs<T: Copy + Default>(v: &[T], dirs: usize, rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 64;
+    let mut out = vec![T::default(); v.len()];
+    let per = rows * cols;
+    if per == 0 {
+        return out;
+    }
+    for (src, dst) in v.chunks(per).zip(out.chunks_mut(per)).take(dirs) {
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let row = &src[r * cols..(r + 1) * cols];
+                    for c in c0..(c0 + TILE).min(cols) {
+                        dst[c * rows + r] = row[c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Which recurrent op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RnnKind {
@@ -287,7 +349,7 @@ pub fn scan_form_limit(node: &Node, kind: RnnKind) -> Option<String> {
 }
 
 /// Attributes and shapes shared by LSTM, GRU and RNN.
-pub struct RecurrentAttrs {
+pub struct RecurrentAttrs<'a> {
     pub kind: RnnKind,
     pub hidden: usize,
     pub input: usize,
@@ -296,19 +358,20 @@ pub struct RecurrentAttrs {
     pub direction: String,
     pub layout: i64,
     pub fp16: bool,
-    /// `W` `[D, G*H, in]`, `R` `[D, G*H, H]`, `B` `[D, 2*G*H]` (zeros when absent), as f32.
-    pub w: ArrayD<f32>,
-    pub r: ArrayD<f32>,
+    /// `W` `[D, G*H, in]` and `R` `[D, G*H, H]`, read in place where they are float32.
+    pub w: WeightSrc<'a>,
+    pub r: WeightSrc<'a>,
+    /// `B` `[D, 2*G*H]` (zeros when absent), as f32.
     pub b: ArrayD<f32>,
 }
 
-impl RecurrentAttrs {
-    pub fn read(node: &Node, ctx: &NodeCtx, kind: RnnKind) -> Result<Self, Skip> {
+impl<'a> RecurrentAttrs<'a> {
+    pub fn read(node: &Node, ctx: &NodeCtx<'a>, kind: RnnKind) -> Result<Self, Skip> {
         let err = |e: crate::Error| Skip(e.to_string());
-        let w = const_f32(ctx, node, 1)?;
-        let r = const_f32(ctx, node, 2)?;
+        let w = const_weight(ctx, node, 1)?;
+        let r = const_weight(ctx, node, 2)?;
         let g = kind.gates();
-        if w.ndim() != 3 || r.ndim() != 3 {
+        if w.shape().len() != 3 || r.shape().len() != 3 {
             return Err(Skip("W and R must have rank 3".into()));
         }
         let (dirs, gh, input) = (w.shape()[0], w.shape()[1], w.shape()[2]);
@@ -393,12 +456,14 @@ impl RecurrentAttrs {
         self.direction == "reverse" || d == 1
     }
 
-    pub fn w3(&self) -> ArrayView3<'_, f32> {
-        self.w.view().into_dimensionality().expect("rank 3")
+    /// `W` `[D, G*H, in]`, borrowed.
+    pub fn w3(&self) -> WeightSrc<'_> {
+        self.w.reshaped(self.w.shape()).expect("same shape")
     }
 
-    pub fn r3(&self) -> ArrayView3<'_, f32> {
-        self.r.view().into_dimensionality().expect("rank 3")
+    /// `R` `[D, G*H, H]`, borrowed.
+    pub fn r3(&self) -> WeightSrc<'_> {
+        self.r.reshaped(self.r.shape()).expect("same shape")
     }
 
     /// `Wb` (`which = 0`) or `Rb` (`which = 1`) of direction `d`, `[G*H]`.
@@ -439,9 +504,25 @@ mod tests {
     }
 
     #[test]
+    fn tiled_transpose_matches_the_permuted_copy() {
+        for (d, rows, cols) in [(2, 70, 130), (1, 1, 5), (1, 64, 64), (2, 129, 3), (1, 0, 4)] {
+            let a = Array3::from_shape_fn((d, rows, cols), |(k, i, j)| {
+                ((k * 31 + i * 7 + j * 13) % 251) as i16 - 125
+            });
+            let want = a
+                .view()
+                .permuted_axes([0, 2, 1])
+                .as_standard_layout()
+                .into_owned();
+            let got = transpose_dirs(a.as_slice().unwrap(), d, rows, cols);
+            assert_eq!(got, want.into_raw_vec_and_offset().0, "{d}x{rows}x{cols}");
+        }
+    }
+
+    #[test]
     fn per_tensor_scales_are_per_direction() {
         let w = ramp(2, 8, 3);
-        let q = QuantRecurrent::new(w.view(), false, &WeightQuantOptions::default());
+        let q = QuantRecurrent::new(w.view().into_dyn(), false, &WeightQuantOptions::default());
         assert_eq!(q.q.scales.len(), 2);
         assert!((q.scales(1)[0] / q.scales(0)[0] - 10.0).abs() < 1e-3);
         assert_eq!(q.scale_tensor("s").dims(), &[2]);
@@ -454,7 +535,7 @@ mod tests {
     #[test]
     fn per_channel_scales_are_per_gate_row_and_slices_transpose() {
         let w = ramp(2, 8, 3);
-        let q = QuantRecurrent::new(w.view(), true, &WeightQuantOptions::default());
+        let q = QuantRecurrent::new(w.view().into_dyn(), true, &WeightQuantOptions::default());
         assert_eq!(q.q.scales.len(), 16);
         assert_eq!(q.scale_tensor("s").dims(), &[2, 8]);
         // Row 5 of direction 1 has its own absmax.

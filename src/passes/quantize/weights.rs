@@ -173,6 +173,27 @@ impl<'a> WeightSrc<'a> {
         &self.shape
     }
 
+    /// Owned values (e.g. float16 weights widened to f32).
+    pub fn from_array(a: ArrayD<f32>) -> WeightSrc<'static> {
+        let shape = a.shape().to_vec();
+        WeightSrc {
+            shape,
+            data: Cow::Owned(a.iter().map(|v| v.to_le_bytes()).collect()),
+            mapped: None,
+        }
+    }
+
+    /// The same values borrowed, viewed with another shape of the same element count (row
+    /// major, like `reshape`); `None` when the counts differ. Quantizing the view releases
+    /// the mapped pages like quantizing `self` would.
+    pub fn reshaped(&self, shape: &[usize]) -> Option<WeightSrc<'_>> {
+        (shape.iter().product::<usize>() == self.data.len()).then(|| WeightSrc {
+            shape: shape.to_vec(),
+            data: Cow::Borrowed(&self.data[..]),
+            mapped: self.mapped,
+        })
+    }
+
     /// An owned array of the values (for the rarely used general path).
     fn to_array(&self) -> ArrayD<f32> {
         let v: Vec<f32> = self.data.iter().map(|&b| f32::from_le_bytes(b)).collect();
