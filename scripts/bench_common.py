@@ -17,14 +17,17 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 
-def cli(doc):
-    """Returns (binary, opt) from sys.argv, where opt(flag, default) is the flag's value as a
-    string; None (after printing `doc`) when no binary is given."""
+def cli(doc, repeat="20"):
+    """Parses `BINARY [--batches 1,10] [--repeat N] [--threads 1] [other flags]` from sys.argv.
+    Returns (binary, opt, batches, repeat, threads), where opt(flag, default) gives any other
+    flag's value as a string; None (after printing `doc`) when no binary is given."""
     args = sys.argv[1:]
     if not args:
         print(doc, file=sys.stderr)
         return None
-    return args[0], lambda k, d: args[args.index(k) + 1] if k in args else d
+    opt = lambda k, d: args[args.index(k) + 1] if k in args else d
+    batches = [int(b) for b in opt("--batches", "1,10").split(",")]
+    return args[0], opt, batches, int(opt("--repeat", repeat)), int(opt("--threads", "1"))
 
 
 class Inits:

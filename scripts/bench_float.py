@@ -78,10 +78,7 @@ def main() -> int:
     parsed = cli(__doc__)
     if parsed is None:
         return 2
-    binary, opt = parsed
-    batches = [int(b) for b in opt("--batches", "1,10").split(",")]
-    repeat = int(opt("--repeat", "20"))
-    threads = int(opt("--threads", "1"))
+    binary, _opt, batches, repeat, threads = parsed
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / "word_lm_bench.onnx"

@@ -79,12 +79,10 @@ def timed(binary, model, feed_args, repeat, threads, fused, out):
 
 
 def main() -> int:
-    parsed = cli(__doc__)
+    parsed = cli(__doc__, repeat="50")
     if parsed is None:
         return 2
-    binary, opt = parsed
-    repeat = int(opt("--repeat", "50"))
-    threads = int(opt("--threads", "1"))
+    binary, _opt, _batches, repeat, threads = parsed
     cases = [
         ("MLP Gemm+Relu 3x1024, batch 64", lambda p: mlp(p, "gemm", 64, 1024)),
         ("MLP MatMul+Add+Relu 3x1024, batch 64", lambda p: mlp(p, "matmul", 64, 1024)),

@@ -79,10 +79,7 @@ def main() -> int:
     parsed = cli(__doc__)
     if parsed is None:
         return 2
-    binary, opt = parsed
-    batches = [int(b) for b in opt("--batches", "1,10").split(",")]
-    repeat = int(opt("--repeat", "20"))
-    threads = int(opt("--threads", "1"))
+    binary, opt, batches, repeat, threads = parsed
     rounds = int(opt("--rounds", "1"))
     variants = opt("--variants", "scan,mixed,ort").split(",")
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,13 +50,10 @@ def build(path: Path, layers: int, hid: int, seq: int) -> None:
 
 
 def main() -> int:
-    parsed = cli(__doc__)
+    parsed = cli(__doc__, repeat="50")
     if parsed is None:
         return 2
-    binary, opt = parsed
-    batches = [int(b) for b in opt("--batches", "1,10").split(",")]
-    repeat = int(opt("--repeat", "50"))
-    threads = int(opt("--threads", "1"))
+    binary, opt, batches, repeat, threads = parsed
     layers, hid, seq = int(opt("--layers", "2")), int(opt("--hidden", "256")), int(opt("--seq", "35"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
