@@ -139,3 +139,12 @@ def compare_both(binary, model, sess, feed, feed_files, names, threads, repeat, 
     ours = np.load(out)
     diff = max(float(np.abs(ours[n] - r).max()) for n, r in zip(names, ref))
     return ort_t, ours_t, diff
+
+
+def print_row(batch, ort_t, ours_t, diff, fmt="8.2f"):
+    """One result line: both runtimes' (p50, p90) in ms, our p50 / ORT p50, max |diff|."""
+    print(
+        f"batch {batch:3d}: onnxruntime p50 {ort_t[0]:{fmt}} ms p90 {ort_t[1]:{fmt}} ms | "
+        f"onnx-dynq p50 {ours_t[0]:{fmt}} ms p90 {ours_t[1]:{fmt}} ms | "
+        f"ratio {ours_t[0] / ort_t[0]:5.2f}x | max |diff| {diff:.2e}"
+    )

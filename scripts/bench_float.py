@@ -20,7 +20,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Inits, cli, compare_both, lstm_layer, ort_session, save_feeds, save_model  # noqa: E402
+from bench_common import Inits, cli, compare_both, lstm_layer, ort_session, print_row, save_feeds, save_model  # noqa: E402
 
 VOCAB, EMB, HID, LAYERS, SEQ = 33278, 512, 256, 5, 35
 
@@ -88,14 +88,10 @@ def main() -> int:
         for batch in batches:
             _, feed = lm_feed(batch)
             feed_files = save_feeds(tmp, feed)
-            (ort_p50, ort_p90), (p50, p90), diff = compare_both(
+            ort_t, ours_t, diff = compare_both(
                 binary, model, sess, feed, feed_files, ["logits", "hn", "cn"], threads, repeat,
                 tmp / "out.npz")
-            print(
-                f"batch {batch:3d}: onnxruntime p50 {ort_p50:8.2f} ms p90 {ort_p90:8.2f} ms | "
-                f"onnx-dynq p50 {p50:8.2f} ms p90 {p90:8.2f} ms | ratio {p50 / ort_p50:5.2f}x | "
-                f"max |diff| {diff:.2e}"
-            )
+            print_row(batch, ort_t, ours_t, diff)
     return 0
 
 

@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Inits, cli, compare_both, lstm_layer, ort_session, save_feeds, save_model  # noqa: E402
+from bench_common import Inits, cli, compare_both, lstm_layer, ort_session, print_row, save_feeds, save_model  # noqa: E402
 
 
 def build(path: Path, layers: int, hid: int, seq: int) -> None:
@@ -71,14 +71,10 @@ def main() -> int:
                 for n in ("h0", "c0"):
                     feed[f"{n}_{layer}"] = (rng.standard_normal((1, batch, hid)) * 0.5).astype(np.float32)
             feed_files = save_feeds(tmp, feed)
-            (ort_p50, ort_p90), (p50, p90), diff = compare_both(
+            ort_t, ours_t, diff = compare_both(
                 binary, model, sess, feed, feed_files, ["y", "hn", "cn"], threads, repeat,
                 tmp / "out.npz")
-            print(
-                f"batch {batch:3d}: onnxruntime p50 {ort_p50:7.3f} ms p90 {ort_p90:7.3f} ms | "
-                f"onnx-dynq p50 {p50:7.3f} ms p90 {p90:7.3f} ms | ratio {p50 / ort_p50:5.2f}x | "
-                f"max |diff| {diff:.2e}"
-            )
+            print_row(batch, ort_t, ours_t, diff, "7.3f")
     return 0
 
 
