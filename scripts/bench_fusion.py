@@ -21,6 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import cli  # noqa: E402
+
 
 def mlp(path: Path, form: str, batch: int, width: int, layers: int = 3) -> dict:
     rng = np.random.default_rng(0)
@@ -76,14 +79,10 @@ def timed(binary, model, feed_args, repeat, threads, fused, out):
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    if not args:
-        print(__doc__, file=sys.stderr)
+    parsed = cli(__doc__, repeat="50")
+    if parsed is None:
         return 2
-    binary = args[0]
-    opt = lambda k, d: args[args.index(k) + 1] if k in args else d
-    repeat = int(opt("--repeat", "50"))
-    threads = int(opt("--threads", "1"))
+    binary, _opt, _batches, repeat, threads = parsed
     cases = [
         ("MLP Gemm+Relu 3x1024, batch 64", lambda p: mlp(p, "gemm", 64, 1024)),
         ("MLP MatMul+Add+Relu 3x1024, batch 64", lambda p: mlp(p, "matmul", 64, 1024)),

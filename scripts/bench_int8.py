@@ -28,14 +28,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_float import HID, LAYERS, SEQ, VOCAB, build  # noqa: E402
+from bench_common import cli, ort_session, ours_cmd, save_feeds, save_model, time_ort, time_ours  # noqa: E402
+from bench_float import HID, SEQ, VOCAB, build, lm_feed  # noqa: E402
 
 VARIANTS = {
     "scan": ["--lstm", "onnx"],
@@ -47,56 +46,22 @@ DECODER_OP = "DynamicQuantizeLinear+MatMulInteger+Cast+Mul+Mul+Add"
 
 def build_decoder(path: Path, m: int) -> None:
     """The LM's decoder alone: MatMul [m, 256] x [256, 33278] + bias (same random init)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     s = 1.0 / np.sqrt(HID)
     w = numpy_helper.from_array(rng.uniform(-s, s, (HID, VOCAB)).astype(np.float32), "dec_w")
     b = numpy_helper.from_array(rng.uniform(-s, s, (VOCAB,)).astype(np.float32), "dec_b")
-    g = helper.make_graph(
+    save_model(
+        path,
         [helper.make_node("MatMul", ["x", "dec_w"], ["mm"]),
          helper.make_node("Add", ["mm", "dec_b"], ["y"])],
         "decoder",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, HID])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, VOCAB])],
         [w, b],
+        check=False,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-def pct(times, p):
-    times = sorted(times)
-    return times[max(0, int(np.ceil(p / 100 * len(times))) - 1)]
-
-
-def time_ort(sess, feed, repeat):
-    sess.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t) * 1e3)
-    return pct(times, 50), pct(times, 90)
-
-
-def ours_cmd(binary, model, feed_files, threads, extra):
-    cmd = [binary, "run", str(model), "--threads", str(threads), *extra]
-    for k, f in feed_files.items():
-        cmd += ["--input", f"{k}={f}"]
-    return cmd
-
-
-def time_ours(binary, model, feed_files, threads, repeat, out, extra=()):
-    cmd = ours_cmd(binary, model, feed_files, threads,
-                   ["--repeat", str(repeat), "--json", "--output", str(out), *extra])
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"
-    lat = json.loads(r.stdout)["latency_ms"]
-    return (lat["p50"], lat["p90"]), None
 
 
 def profile_op(binary, model, feed_files, threads, op, tries=3):
@@ -111,15 +76,10 @@ def profile_op(binary, model, feed_files, threads, op, tries=3):
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    if not args:
-        print(__doc__, file=sys.stderr)
+    parsed = cli(__doc__)
+    if parsed is None:
         return 2
-    binary = args[0]
-    opt = lambda k, d: args[args.index(k) + 1] if k in args else d
-    batches = [int(b) for b in opt("--batches", "1,10").split(",")]
-    repeat = int(opt("--repeat", "20"))
-    threads = int(opt("--threads", "1"))
+    binary, opt, batches, repeat, threads = parsed
     rounds = int(opt("--rounds", "1"))
     variants = opt("--variants", "scan,mixed,ort").split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,26 +91,15 @@ def main() -> int:
             files[v] = tmp / f"word_lm_int8_{v}.onnx"
             subprocess.run([binary, "rewrite", str(fmodel), str(files[v]), *VARIANTS[v]],
                            check=True, capture_output=True)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        mk = lambda p: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        mk = lambda p: ort_session(p, threads)
         ort_float = mk(fmodel)
         ort_int8 = {v: mk(f) for v, f in files.items()}
         print(f"float model {fmodel.stat().st_size / 1e6:.1f} MB; int8: "
               + ", ".join(f"{v} {f.stat().st_size / 1e6:.1f} MB" for v, f in files.items())
               + f"; seq {SEQ}, threads {threads}, {repeat} runs x {rounds} round(s)")
         for batch in batches:
-            rng = np.random.default_rng(batch)
-            feed = {
-                "input": rng.integers(0, VOCAB, (SEQ, batch), dtype=np.int64),
-                "h0": rng.standard_normal((LAYERS, batch, HID)).astype(np.float32),
-                "c0": rng.standard_normal((LAYERS, batch, HID)).astype(np.float32),
-            }
-            feed_files = {}
-            for k, val in feed.items():
-                feed_files[k] = tmp / f"{k}.npy"
-                np.save(feed_files[k], val)
+            rng, feed = lm_feed(batch)
+            feed_files = save_feeds(tmp, feed)
             ref_float = ort_float.run(None, feed)
             scale = float(np.abs(ref_float[0]).max())
             res = {}  # name -> list of (p50, p90)

@@ -7,14 +7,13 @@ use std::collections::HashMap;
 
 use ndarray::{ArrayD, IxDyn};
 use onnx_dynq::ir::attrs::{attr_float, attr_int};
-use onnx_dynq::ir::{Graph, Node, Tensor};
+use onnx_dynq::ir::{Node, Tensor};
+use onnx_dynq::onnx::ValueInfoProto;
 use onnx_dynq::onnx::tensor_proto::DataType;
-use onnx_dynq::onnx::{
-    GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
-    tensor_shape_proto, type_proto,
-};
-use onnx_dynq::runtime::session::NamedValues;
-use onnx_dynq::runtime::{Options, Session, Value};
+use onnx_dynq::runtime::Value;
+
+mod common;
+use common::graphs::{fused_and_plain, graph, model_with, ms_node, node, untyped, vi};
 
 const K: usize = 37;
 const N: usize = 70;
@@ -39,50 +38,6 @@ impl Rng {
             .map(|_| ((self.next() + 1.0) * 127.0) as u8)
             .collect()
     }
-}
-
-fn vi(name: &str, dt: DataType, dims: &[usize]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(dt as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn untyped(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, ins: &[&str], outs: &[&str]) -> Node {
-    Node::new(
-        format!("{op}_{}", outs[0]),
-        op,
-        "",
-        ins.iter().map(|s| s.to_string()).collect(),
-        outs.iter().map(|s| s.to_string()).collect(),
-    )
-}
-
-fn ms_node(op: &str, ins: &[&str], outs: &[&str]) -> Node {
-    let mut n = node(op, ins, outs);
-    n.proto.domain = Some("com.microsoft".into());
-    n
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -210,33 +165,12 @@ fn model(
     parts: Parts,
     opset: i64,
 ) -> onnx_dynq::Model {
-    let mut g = Graph::from_proto(GraphProto {
-        name: Some("g".into()),
-        input: inputs,
-        output: outputs.iter().map(|o| untyped(o)).collect(),
-        ..Default::default()
-    })
-    .unwrap();
-    g.nodes = parts.nodes;
+    let outputs = outputs.iter().map(|o| untyped(o)).collect();
+    let mut g = graph(inputs, outputs, parts.nodes);
     for t in parts.inits {
         g.add_initializer(t);
     }
-    let mut p = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![
-            OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(opset),
-            },
-            OperatorSetIdProto {
-                domain: Some("com.microsoft".into()),
-                version: Some(1),
-            },
-        ],
-        ..Default::default()
-    };
-    p.graph = Some(g.into_proto());
-    onnx_dynq::Model::from_proto(p).unwrap()
+    model_with(g, &[("", opset), ("com.microsoft", 1)])
 }
 
 fn input(rng: &mut Rng, shape: &[usize]) -> Value {
@@ -244,26 +178,6 @@ fn input(rng: &mut Rng, shape: &[usize]) -> Value {
     // Spread so that negative, positive and clipped outputs all occur.
     let v: Vec<f32> = rng.f32s(n).iter().map(|x| x * 4.0 + 0.5).collect();
     Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
-}
-
-/// Runs the model fused and unfused; returns (fused outputs, unfused outputs, fused step
-/// op types).
-fn both(
-    m: &onnx_dynq::Model,
-    feed: &HashMap<String, Value>,
-) -> (NamedValues, NamedValues, Vec<String>) {
-    let fused = Session::new(m, &Options::with_threads(1)).unwrap();
-    let plain = Session::new(
-        m,
-        &Options {
-            threads: 1,
-            no_kernel_fusion: true,
-        },
-    )
-    .unwrap();
-    let (a, times) = fused.run_profiled(feed.clone()).unwrap();
-    let b = plain.run(feed.clone()).unwrap();
-    (a, b, times.into_iter().map(|t| t.op_type).collect())
 }
 
 fn assert_same(a: &[(String, Value)], b: &[(String, Value)], what: &str) {
@@ -300,7 +214,7 @@ fn check_form(f: &Form, seed: u64) {
         opset,
     );
     let feed: HashMap<String, Value> = [("x".to_string(), input(&mut rng, &f.a_shape))].into();
-    let (a, b, ops) = both(&m, &feed);
+    let (a, b, ops) = fused_and_plain(&m, &feed);
     assert_same(&a, &b, &format!("{f:?}"));
     let step = fused_step(&ops).unwrap_or_else(|| panic!("{f:?}: not fused: {ops:?}"));
     assert!(
@@ -387,7 +301,7 @@ fn all_zero_input_gives_bias_only() {
     let m = model(vec![vi("x", DataType::Float, &[5, K])], &["y"], parts, 17);
     let zero = Value::F32(ArrayD::zeros(IxDyn(&[5, K])));
     let feed: HashMap<String, Value> = [("x".to_string(), zero)].into();
-    let (a, b, ops) = both(&m, &feed);
+    let (a, b, ops) = fused_and_plain(&m, &feed);
     assert!(fused_step(&ops).is_some());
     assert_same(&a, &b, "all-zero input");
 }
@@ -411,7 +325,7 @@ fn edited(edit: impl FnOnce(&mut Parts, &mut Vec<String>)) -> Vec<String> {
         17,
     );
     let feed: HashMap<String, Value> = [("x".to_string(), input(&mut rng, &[5, K]))].into();
-    let (a, b, ops) = both(&m, &feed);
+    let (a, b, ops) = fused_and_plain(&m, &feed);
     assert_same(&a, &b, "edited graph");
     ops
 }
@@ -498,7 +412,7 @@ fn shared_quantization_feeds_two_fused_steps() {
         17,
     );
     let feed: HashMap<String, Value> = [("x".to_string(), input(&mut rng, &[3, 4, K]))].into();
-    let (x, y, ops) = both(&m, &feed);
+    let (x, y, ops) = fused_and_plain(&m, &feed);
     assert_same(&x, &y, "shared quantization");
     assert_eq!(ops.len(), 3, "{ops:?}");
     assert_eq!(ops[0], "DynamicQuantizeLinear");
@@ -548,7 +462,7 @@ fn com_microsoft_ops_fuse_with_their_activation() {
         17,
     );
     let feed: HashMap<String, Value> = [("x".to_string(), input(&mut rng, &[2, 3, K]))].into();
-    let (a, b, ops) = both(&m, &feed);
+    let (a, b, ops) = fused_and_plain(&m, &feed);
     assert_same(&a, &b, "com.microsoft");
     assert!(
         ops.contains(&"DynamicQuantizeMatMul+Relu".to_string()),

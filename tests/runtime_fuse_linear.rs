@@ -7,51 +7,12 @@ use std::collections::HashMap;
 
 use ndarray::{ArrayD, IxDyn};
 use onnx_dynq::ir::attrs::{attr_float, attr_int};
-use onnx_dynq::ir::{Graph, Node, Tensor};
+use onnx_dynq::ir::{Node, Tensor};
 use onnx_dynq::onnx::tensor_proto::DataType;
-use onnx_dynq::onnx::{
-    GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
-    tensor_shape_proto, type_proto,
-};
-use onnx_dynq::runtime::{Options, Session, Value};
+use onnx_dynq::runtime::{Session, Value};
 
-fn vi(name: &str, dims: &[usize]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn untyped(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, ins: &[&str], outs: &[&str]) -> Node {
-    Node::new(
-        format!("{op}_{}", outs[0]),
-        op,
-        "",
-        ins.iter().map(|s| s.to_string()).collect(),
-        outs.iter().map(|s| s.to_string()).collect(),
-    )
-}
+mod common;
+use common::graphs::{self, graph, model, node, run_profiled, untyped, vi};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -88,38 +49,20 @@ struct Case {
 }
 
 fn session(c: &Case, no_fusion: bool) -> Session {
-    let mut g = Graph::from_proto(GraphProto {
-        name: Some("g".into()),
-        input: vec![vi("x", &c.x)],
-        output: c.outputs.iter().map(|o| untyped(o)).collect(),
-        ..Default::default()
-    })
-    .unwrap();
-    g.nodes = c.nodes.clone();
+    let outputs = c.outputs.iter().map(|o| untyped(o)).collect();
+    let mut g = graph(
+        vec![vi("x", DataType::Float, &c.x)],
+        outputs,
+        c.nodes.clone(),
+    );
     for (name, a) in &c.inits {
         g.add_initializer(Tensor::from_array(*name, &a.view()));
     }
-    let mut p = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(c.opset),
-        }],
-        ..Default::default()
-    };
-    p.graph = Some(g.into_proto());
-    let m = onnx_dynq::Model::from_proto(p).unwrap();
-    let opts = Options {
-        threads: 1,
-        no_kernel_fusion: no_fusion,
-    };
-    Session::new(&m, &opts).unwrap()
+    graphs::session(&model(g, c.opset), no_fusion)
 }
 
 fn run(s: &Session, x: &ArrayD<f32>) -> (Vec<(String, Value)>, Vec<String>) {
-    let feed = HashMap::from([("x".to_string(), Value::F32(x.clone()))]);
-    let (outs, times) = s.run_profiled(feed).unwrap();
-    (outs, times.into_iter().map(|t| t.op_type).collect())
+    run_profiled(s, HashMap::from([("x".to_string(), Value::F32(x.clone()))]))
 }
 
 /// `x·W (+ b)` in f64, `x` of any rank ≥ 2 against `W [K, N]`.

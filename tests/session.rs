@@ -7,79 +7,11 @@ use ndarray::{ArrayD, IxDyn, array};
 use onnx_dynq::ir::attrs::{attr_int, attr_ints};
 use onnx_dynq::ir::{Graph, Node, Tensor};
 use onnx_dynq::onnx::tensor_proto::DataType;
-use onnx_dynq::onnx::{
-    AttributeProto, GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto, attribute_proto::AttributeType, tensor_shape_proto, type_proto,
-};
+use onnx_dynq::onnx::{AttributeProto, GraphProto, attribute_proto::AttributeType};
 use onnx_dynq::runtime::{Options, Session, Value};
 
-/// A typed value info; dims < 0 are symbolic ("N").
-fn vi(name: &str, dt: DataType, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(if d < 0 {
-                tensor_shape_proto::dimension::Value::DimParam("N".into())
-            } else {
-                tensor_shape_proto::dimension::Value::DimValue(d)
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(dt as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn untyped(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, ins: &[&str], outs: &[&str]) -> Node {
-    Node::new(
-        format!("{op}_{}", outs[0]),
-        op,
-        "",
-        ins.iter().map(|s| s.to_string()).collect(),
-        outs.iter().map(|s| s.to_string()).collect(),
-    )
-}
-
-fn graph(inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>, nodes: Vec<Node>) -> Graph {
-    let mut g = Graph::from_proto(GraphProto {
-        name: Some("g".into()),
-        input: inputs,
-        output: outputs,
-        ..Default::default()
-    })
-    .unwrap();
-    g.nodes = nodes;
-    g
-}
-
-fn model(g: Graph, opset: i64) -> onnx_dynq::Model {
-    let mut p = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
-        ..Default::default()
-    };
-    p.graph = Some(g.into_proto());
-    onnx_dynq::Model::from_proto(p).unwrap()
-}
+mod common;
+use common::graphs::{graph, model, node, untyped, vi_sym as vi};
 
 fn graph_attr(name: &str, g: Graph) -> AttributeProto {
     AttributeProto {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fixture_io;
+pub mod graphs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
