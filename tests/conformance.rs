@@ -15,13 +15,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use onnx_dynq::ir::Tensor;
-use onnx_dynq::onnx::TensorProto;
 use onnx_dynq::runtime::ops::default_registry;
 use onnx_dynq::runtime::{Options, Session, Value};
-use prost::Message;
+
+mod common;
+
+use common::backend_cases::{cases_dir, read_value};
+use common::repo;
 
 /// Prints past libtest's output capture, so the summary shows on success too.
 macro_rules! say {
@@ -31,48 +32,6 @@ macro_rules! say {
         let _ = writeln!(out, $($t)*);
         let _ = out.flush();
     }};
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ONNX_DYNQ_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = repo().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-fn cases_dir() -> PathBuf {
-    let dir = std::env::var("ONNX_DYNQ_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target/conformance"));
-    if !dir.join(".complete").exists() {
-        let py = python();
-        let out = Command::new(&py)
-            .arg(repo().join("scripts/export_conformance.py"))
-            .arg(&dir)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} to export the conformance cases: {e}",
-                    py.display()
-                )
-            });
-        assert!(
-            out.status.success() && dir.join(".complete").exists(),
-            "exporting the conformance cases with {} failed (needs the onnx package; set ONNX_DYNQ_PYTHON):\n{}",
-            py.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
 }
 
 fn known_gaps() -> HashMap<String, String> {
@@ -86,14 +45,6 @@ fn known_gaps() -> HashMap<String, String> {
             None => (l.to_string(), String::new()),
         })
         .collect()
-}
-
-fn read_value(path: &Path) -> Result<Value, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let proto =
-        TensorProto::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", path.display()))?;
-    let t = Tensor::new(proto).map_err(|e| e.to_string())?;
-    Value::from_tensor(&t).map_err(|e| e.to_string())
 }
 
 fn close(got: &Value, want: &Value, rtol: f64, atol: f64) -> Result<(), String> {

@@ -16,43 +16,10 @@ use onnx_dynq::runtime::ops::default_registry;
 use onnx_dynq::runtime::{Options, Session, Value};
 use prost::Message;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ONNX_DYNQ_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = repo().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-/// The exported cases, exporting them first when missing (as tests/conformance.rs does).
-fn cases_dir() -> PathBuf {
-    let dir = std::env::var("ONNX_DYNQ_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target/conformance"));
-    if !dir.join(".complete").exists() {
-        let py = python();
-        let out = Command::new(&py)
-            .arg(repo().join("scripts/export_conformance.py"))
-            .arg(&dir)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
-        assert!(
-            out.status.success() && dir.join(".complete").exists(),
-            "exporting the conformance cases with {} failed (needs the onnx package; set ONNX_DYNQ_PYTHON):\n{}",
-            py.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
-}
+use common::backend_cases::cases_dir;
+use common::python;
 
 fn inputs(dir: &Path, model: &onnx_dynq::Model) -> Option<HashMap<String, Value>> {
     let names: Vec<String> = model

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod backend_cases;
 pub mod fixture_io;
 pub mod graphs;
 
