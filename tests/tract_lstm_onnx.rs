@@ -27,81 +27,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
-
 use common::fixture_io::{self, compare};
-use onnx_dynq::runtime::{Options, Session, Value};
-use tract_onnx::prelude::*;
+use common::tract::run_tract_caught;
+use onnx_dynq::runtime::{Options, Session};
 
 const TOL: f64 = 1e-2;
 /// The mean difference must stay ten times smaller.
 const MEAN_TOL: f64 = 1e-3;
-
-fn to_tract(v: &Value) -> Tensor {
-    match v {
-        Value::F32(a) => a.clone().into(),
-        Value::F16(a) => a.clone().into(),
-        Value::F64(a) => a.clone().into(),
-        Value::I64(a) => a.clone().into(),
-        Value::I32(a) => a.clone().into(),
-        Value::I8(a) => a.clone().into(),
-        Value::U8(a) => a.clone().into(),
-        Value::Bool(a) => a.clone().into(),
-    }
-}
-
-fn from_tract(t: &Tensor) -> TractResult<Value> {
-    Ok(match t.datum_type() {
-        DatumType::F32 => Value::F32(t.to_plain_array_view::<f32>()?.to_owned()),
-        DatumType::I64 => Value::I64(t.to_plain_array_view::<i64>()?.to_owned()),
-        DatumType::I32 => Value::I32(t.to_plain_array_view::<i32>()?.to_owned()),
-        dt => anyhow::bail!("tract output of type {dt:?}"),
-    })
-}
-
-/// Loads `path` in tract with its input facts pinned to `feeds`, optimizes and runs it.
-fn run_tract(path: &Path, feeds: &HashMap<String, Value>) -> TractResult<Vec<Value>> {
-    // Declared shapes carry the symbolic batch dim, which contradicts the pinned inputs:
-    // drop them and let tract infer every shape.
-    let onnx = tract_onnx::onnx();
-    let mut proto = onnx.proto_model_for_path(path)?;
-    if let Some(g) = proto.graph.as_mut() {
-        g.value_info.clear();
-    }
-    let dir = path.parent().and_then(|d| d.to_str());
-    let mut model = onnx.parse(&proto, dir)?.model;
-    for ix in 0..model.output_outlets()?.len() {
-        model.set_output_fact(ix, InferenceFact::default())?;
-    }
-    let mut inputs = TVec::new();
-    for (ix, outlet) in model.input_outlets()?.to_vec().into_iter().enumerate() {
-        let name = model.node(outlet.node).name.clone();
-        let v = feeds
-            .get(&name)
-            .ok_or_else(|| anyhow::anyhow!("no sample for tract input '{name}'"))?;
-        let t = to_tract(v);
-        model.set_input_fact(ix, InferenceFact::dt_shape_from_tensor(&t))?;
-        inputs.push(t.into_tvalue());
-    }
-    let plan = model.into_optimized()?.into_runnable()?;
-    plan.run(inputs)?.iter().map(|t| from_tract(t)).collect()
-}
-
-fn run_tract_caught(path: &Path, feeds: &HashMap<String, Value>) -> Result<Vec<Value>, String> {
-    match catch_unwind(AssertUnwindSafe(|| run_tract(path, feeds))) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(p) => Err(format!(
-            "panic: {}",
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        )),
-    }
-}
 
 /// Op types of the graph and of every subgraph, with their domains.
 fn ops(g: &onnx_dynq::ir::Graph, out: &mut Vec<(String, String)>) {

@@ -9,6 +9,8 @@
 pub mod backend_cases;
 pub mod fixture_io;
 pub mod graphs;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
