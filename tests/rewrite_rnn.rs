@@ -87,6 +87,7 @@ fn rewrite_at(
         per_channel,
         lstm_mode: mode,
         opset,
+        defer_values: false,
     };
     let result: RewriteResult = if node.op_type() == "LSTM" {
         rewrite_lstm(node, &mut ctx)

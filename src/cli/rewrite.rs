@@ -106,6 +106,7 @@ impl RewriteArgs {
             weight_type == WeightType::Int8
         };
         Ok(QuantizeOptions {
+            defer_values: true,
             policy: self.policy.to_options()?,
             weights: WeightQuantOptions {
                 weight_type,

@@ -2,6 +2,7 @@
 //! typed tensor and attribute access, fresh names and shape inference.
 
 pub mod attrs;
+pub mod deferred;
 pub mod graph;
 pub mod names;
 pub mod shape;

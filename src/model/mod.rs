@@ -3,6 +3,7 @@
 
 mod external;
 mod load;
+mod prefetch;
 mod save;
 
 use std::collections::HashSet;

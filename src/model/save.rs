@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use super::Model;
+use super::prefetch::Payloads;
 use crate::error::{Error, Result};
+use crate::ir::deferred::MIN_DEFERRED;
 use crate::onnx::{
     GraphProto, ModelProto, StringStringEntryProto, TensorProto, tensor_proto::DataLocation,
 };
@@ -82,17 +84,28 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         let data_path = dir.join(&location);
         check_not_protected(&data_path, &opts.protect)?;
         let mut data = new_temp(&dir)?;
-        let mut writer = ExternalWriter {
-            location: &location,
-            out: std::io::BufWriter::new(data.as_file_mut()),
-            offset: 0,
-        };
-        if let Some(g) = proto.graph.as_mut() {
-            writer.move_graph(g).map_err(|e| Error::io(&data_path, e))?;
+        let mut order = Vec::new();
+        if let Some(g) = proto.graph.as_ref() {
+            external_order(g, &mut order);
         }
-        let written = writer.offset;
-        writer.out.flush().map_err(|e| Error::io(&data_path, e))?;
-        drop(writer);
+        let (payloads, producer) = super::prefetch::pipeline(order);
+        let written = std::thread::scope(|scope| {
+            if let Some(p) = producer {
+                scope.spawn(move || p.run());
+            }
+            let mut writer = ExternalWriter {
+                location: &location,
+                out: std::io::BufWriter::new(data.as_file_mut()),
+                offset: 0,
+                payloads,
+            };
+            if let Some(g) = proto.graph.as_mut() {
+                writer.move_graph(g)?;
+            }
+            writer.out.flush()?;
+            Ok::<_, std::io::Error>(writer.offset)
+        })
+        .map_err(|e| Error::io(&data_path, e))?;
         data.as_file()
             .sync_all()
             .map_err(|e| Error::io(&data_path, e))?;
@@ -134,16 +147,27 @@ fn encode_temp(path: &Path, proto: &ModelProto) -> Result<(tempfile::NamedTempFi
     };
     let tmp = new_temp(&dir)?;
     let len = proto.encoded_len() as u64;
-    let mut w = StreamBuf {
-        out: tmp.as_file(),
-        buf: Vec::with_capacity(STREAM_BUF),
-        err: None,
-        writeback: Writeback::new(tmp.as_file()),
-    };
-    proto
-        .encode(&mut w)
-        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    w.flush().map_err(|e| Error::io(path, e))?;
+    let mut order = Vec::new();
+    if let Some(g) = proto.graph.as_ref() {
+        inline_order(g, &mut order);
+    }
+    let (payloads, producer) = super::prefetch::pipeline(order);
+    std::thread::scope(|scope| {
+        if let Some(p) = producer {
+            scope.spawn(move || p.run());
+        }
+        let mut w = StreamBuf {
+            out: tmp.as_file(),
+            buf: Vec::with_capacity(STREAM_BUF),
+            err: None,
+            writeback: Writeback::new(tmp.as_file()),
+            payloads,
+        };
+        proto
+            .encode(&mut w)
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+        w.flush().map_err(|e| Error::io(path, e))
+    })?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     Ok((tmp, len))
 }
@@ -204,6 +228,7 @@ struct StreamBuf<W: Write> {
     buf: Vec<u8>,
     err: Option<std::io::Error>,
     writeback: Writeback,
+    payloads: Payloads,
 }
 
 impl<W: Write> StreamBuf<W> {
@@ -241,8 +266,22 @@ unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
-        // Large payloads (tensor data) go straight to the file instead of through the buffer.
-        if src.len() >= STREAM_BUF / 4 {
+        // Large payloads (tensor data) go straight to the file instead of through the buffer,
+        // deferred ones as they are computed.
+        if src.len() >= MIN_DEFERRED {
+            self.drain();
+            if self.err.is_none() {
+                let (out, writeback) = (&mut self.out, &mut self.writeback);
+                let r = self.payloads.write(src, &mut |piece| {
+                    out.write_all(piece)?;
+                    writeback.wrote(piece.len());
+                    Ok(())
+                });
+                if let Err(e) = r {
+                    self.err = Some(e);
+                }
+            }
+        } else if src.len() >= STREAM_BUF / 4 {
             self.drain();
             if self.err.is_none() {
                 match self.out.write_all(src) {
@@ -326,6 +365,7 @@ struct ExternalWriter<'a, W: Write> {
     location: &'a str,
     out: W,
     offset: u64,
+    payloads: Payloads,
 }
 
 impl<W: Write> ExternalWriter<'_, W> {
@@ -363,7 +403,9 @@ impl<W: Write> ExternalWriter<'_, W> {
         self.out
             .write_all(&[0u8; EXTERNAL_ALIGN as usize][..pad as usize])?;
         self.offset += pad;
-        self.out.write_all(raw)?;
+        let out = &mut self.out;
+        self.payloads
+            .write(raw, &mut |piece| out.write_all(piece))?;
         let entry = |k: &str, v: String| StringStringEntryProto {
             key: Some(k.into()),
             value: Some(v),
@@ -377,5 +419,40 @@ impl<W: Write> ExternalWriter<'_, W> {
         self.offset += raw.len() as u64;
         t.raw_data = None;
         Ok(())
+    }
+}
+
+/// Tensor payloads in the order prost encodes a graph: the nodes (attribute tensors and
+/// subgraphs, by field number) before the initializers.
+fn inline_order<'g>(g: &'g GraphProto, order: &mut Vec<&'g [u8]>) {
+    for n in &g.node {
+        for a in &n.attribute {
+            order.extend(a.t.as_ref().and_then(|t| t.raw_data.as_deref()));
+            if let Some(sg) = &a.g {
+                inline_order(sg, order);
+            }
+            order.extend(a.tensors.iter().filter_map(|t| t.raw_data.as_deref()));
+            for sg in &a.graphs {
+                inline_order(sg, order);
+            }
+        }
+    }
+    order.extend(g.initializer.iter().filter_map(|t| t.raw_data.as_deref()));
+}
+
+/// Tensor payloads in the order [`ExternalWriter::move_graph`] moves them.
+fn external_order<'g>(g: &'g GraphProto, order: &mut Vec<&'g [u8]>) {
+    order.extend(g.initializer.iter().filter_map(|t| t.raw_data.as_deref()));
+    for n in &g.node {
+        for a in &n.attribute {
+            order.extend(a.t.as_ref().and_then(|t| t.raw_data.as_deref()));
+            order.extend(a.tensors.iter().filter_map(|t| t.raw_data.as_deref()));
+            if let Some(sg) = &a.g {
+                external_order(sg, order);
+            }
+            for sg in &a.graphs {
+                external_order(sg, order);
+            }
+        }
     }
 }

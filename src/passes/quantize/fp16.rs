@@ -114,6 +114,7 @@ pub fn rewrite_via_f32(node: &Node, ctx: &mut NodeCtx, inner: Rewriter) -> Rewri
         per_channel: ctx.per_channel,
         lstm_mode: ctx.lstm_mode,
         opset: ctx.opset,
+        defer_values: ctx.defer_values,
     };
     let mut rep = inner(&view, &mut inner_ctx)?;
     // Converted constants the new nodes still read (a reused bias) become initializers.

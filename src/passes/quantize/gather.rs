@@ -15,7 +15,9 @@
 
 use super::matmul::check_opset;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::{WeightQuantOptions, WeightSrc, WeightType, quantize_weight};
+use super::weights::{
+    WeightQuantOptions, WeightSrc, WeightType, quantize_weight, quantize_weight_deferred,
+};
 use crate::ir::attrs::{attr_int, attr_ints};
 use crate::ir::{NameGen, Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
@@ -41,7 +43,11 @@ pub fn rewrite_gather(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         ..ctx.weights
     };
     let rows = view.shape()[0];
-    let mut q = quantize_weight(view, Some(0), &opts);
+    let mut q = if ctx.defer_values {
+        quantize_weight_deferred(view, Some(0), &opts)
+    } else {
+        quantize_weight(view, Some(0), &opts)
+    };
 
     let names = &mut *ctx.names;
     let stem = node.name().to_string();

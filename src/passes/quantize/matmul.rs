@@ -19,7 +19,7 @@ use super::int_product::{dynamic_quantize, rescale};
 use ndarray::ArrayD;
 
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::{WeightSrc, WeightType, quantize_weight};
+use super::weights::{WeightSrc, WeightType, quantize_weight, quantize_weight_deferred};
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
@@ -49,7 +49,11 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
     let names = &mut *ctx.names;
     let axis = ctx.per_channel.then_some(1);
     let n_cols = l.weight.shape()[1];
-    let mut q = quantize_weight(l.weight, axis, &ctx.weights);
+    let mut q = if ctx.defer_values {
+        quantize_weight_deferred(l.weight, axis, &ctx.weights)
+    } else {
+        quantize_weight(l.weight, axis, &ctx.weights)
+    };
     let shape: Vec<usize> = if axis.is_some() { vec![n_cols] } else { vec![] };
     let w_q = names.fresh(&format!("{}_quantized", l.base));
     let w_scale = names.fresh(&format!("{}_scale", l.base));

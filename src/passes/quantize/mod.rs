@@ -52,6 +52,11 @@ pub struct QuantizeOptions {
     pub policy: PolicyOptions,
     pub weights: WeightQuantOptions,
     pub per_channel: bool,
+    /// Leave the int8 values of large MatMul, Gemm and Gather weights to be computed while
+    /// the model is saved ([`crate::ir::deferred`]): the save then overlaps quantizing and
+    /// writing. Until then those initializers read as zeros, so only set this when the
+    /// model goes straight to [`crate::model::save`].
+    pub defer_values: bool,
 }
 
 /// The rewriter of each family.
@@ -159,17 +164,19 @@ pub fn quantize(
         &model.graph,
         plans.iter_mut().map(|p| (&p.path[..], p.node, &mut p.rep)),
     );
-    // Splice from the last position backwards so earlier indices stay valid.
-    plans.sort_by_key(|p| std::cmp::Reverse(plan_key(p)));
-    let mut opsets: BTreeSet<(String, i64)> = BTreeSet::new();
-    // Initializers are added in walk order (deterministic), after splicing.
-    let mut additions: Vec<(GraphPath, usize, Vec<Tensor>)> = Vec::new();
-    for p in plans {
-        let g = graph_at(&mut model.graph, &p.path);
-        opsets.extend(p.rep.opsets.iter().cloned());
-        g.nodes.splice(p.node..=p.node, p.rep.nodes);
-        additions.push((p.path, p.node, p.rep.initializers));
-    }
+    // Initializers are added in walk order (deterministic), before any splice: the paths
+    // index nodes of the graphs as they were walked, and splicing a replacement into a graph
+    // moves the nodes after it (an If after a quantized MatMul).
+    let mut additions: Vec<(GraphPath, usize, Vec<Tensor>)> = plans
+        .iter_mut()
+        .map(|p| {
+            (
+                p.path.clone(),
+                p.node,
+                std::mem::take(&mut p.rep.initializers),
+            )
+        })
+        .collect();
     additions.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     for (path, _, inits) in additions {
         let g = graph_at(&mut model.graph, &path);
@@ -177,10 +184,22 @@ pub fn quantize(
             g.add_initializer(t);
         }
     }
+    // Splice from the last position backwards so earlier indices stay valid: subgraph
+    // replacements (longer keys) go before the splices that move their parent node.
+    plans.sort_by_key(|p| std::cmp::Reverse(plan_key(p)));
+    let mut opsets: BTreeSet<(String, i64)> = BTreeSet::new();
+    for p in plans {
+        let g = graph_at(&mut model.graph, &p.path);
+        opsets.extend(p.rep.opsets.iter().cloned());
+        g.nodes.splice(p.node..=p.node, p.rep.nodes);
+    }
     for (d, v) in opsets {
         model.require_opset(&d, v);
     }
     cleanup::remove_unread(&mut model.graph, &mut read_by_replaced);
+    if !opts.defer_values {
+        model.graph.materialize_deferred();
+    }
     model.graph.validate(&HashSet::new())?;
     Ok(records)
 }
@@ -272,6 +291,7 @@ impl Walk<'_, '_> {
                 per_channel: self.opts.per_channel,
                 lstm_mode: self.opts.policy.lstm_mode,
                 opset: self.opset,
+                defer_values: self.opts.defer_values,
             };
             let inner = rewriter_for(kind);
             if fp16::is_fp16(n, &ctx) {

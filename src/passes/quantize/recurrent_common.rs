@@ -613,6 +613,7 @@ mod tests {
             per_channel,
             lstm_mode: mode,
             opset: 17,
+            defer_values: false,
         };
         rewrite_lstm(&g.nodes[0], &mut ctx)
     }

@@ -29,6 +29,9 @@ pub struct NodeCtx<'a> {
     pub lstm_mode: LstmMode,
     /// Default-domain opset of the model.
     pub opset: i64,
+    /// Leave the values of large weights to be computed when the model is written
+    /// ([`crate::ir::deferred`]); the scales and zero points are computed now.
+    pub defer_values: bool,
 }
 
 /// What replaces a node.

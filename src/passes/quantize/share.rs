@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::ir::deferred::{self, Lookup};
 use crate::ir::{Graph, Node, Tensor};
 
 use super::rewrite::Replacement;
@@ -83,13 +84,24 @@ pub fn share_identical<'a>(main: &Graph, entries: impl IntoIterator<Item = Entry
     }
 }
 
-/// Equal element type, dims and bytes (tensors without `raw_data` never match).
+/// Equal element type, dims and bytes (tensors without `raw_data` never match). Deferred
+/// payloads (not computed yet) match when they will be computed the same way from the same
+/// weight.
 fn same_tensor(a: &Tensor, b: &Tensor) -> bool {
     let (p, q) = (&a.proto, &b.proto);
-    p.data_type == q.data_type
-        && p.dims == q.dims
-        && p.raw_data.is_some()
-        && p.raw_data == q.raw_data
+    if p.data_type != q.data_type || p.dims != q.dims {
+        return false;
+    }
+    let (Some(x), Some(y)) = (&p.raw_data, &q.raw_data) else {
+        return false;
+    };
+    match (deferred::lookup(x), deferred::lookup(y)) {
+        (Lookup::Plain, Lookup::Plain) => x == y,
+        (Lookup::Whole(f), Lookup::Whole(g)) => f.identity() == g.identity(),
+        // Computed bytes against deferred ones: sharing is only an economy, so don't compute
+        // them to compare.
+        _ => false,
+    }
 }
 
 /// Output name -> (op type, first input) of a graph's `Identity`, `Transpose` and `Constant`

@@ -75,7 +75,10 @@ pub enum QValues {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedWeight {
+    /// Empty (with the right signedness) when `deferred` holds the values.
     pub values: QValues,
+    /// The values' shape and deferred payload ([`quantize_weight_deferred`]).
+    pub deferred: Option<(Vec<usize>, Bytes)>,
     /// One per tensor, or one per index along `axis`.
     pub scales: Vec<f32>,
     pub zero_points: Vec<i32>,
@@ -192,6 +195,16 @@ impl<'a> WeightSrc<'a> {
             data: Cow::Borrowed(&self.data[..]),
             mapped: self.mapped,
         })
+    }
+
+    /// The values as `Bytes` that outlive `self`: the mapped initializer itself when that
+    /// is where they are, else a copy.
+    fn owned_bytes(&self) -> Bytes {
+        let bytes: &[u8] = bytemuck::cast_slice(&self.data);
+        match self.mapped {
+            Some(m) if m.as_ptr() == bytes.as_ptr() && m.len() == bytes.len() => m.clone(),
+            _ => Bytes::copy_from_slice(bytes),
+        }
     }
 
     /// An owned array of the values (for the rarely used general path).
@@ -464,11 +477,11 @@ fn column_min_max(flat: &[[u8; 4]], cols: usize) -> (Vec<f32>, Vec<f32>) {
 
 /// Quantizes `w` per tensor (`axis = None`) or per index along `axis`.
 ///
-/// Per tensor: one parallel pass for the range, one for the values. Along the first axis
-/// (rows: embedding tables, recurrent weights) each row's range and values are done in one
-/// fused pass while the row is in cache. Along the last axis (columns: MatMul's `B`) one pass
-/// for the column ranges, one for the values. All of them read the source in place and write
-/// 8-bit values directly. Other axes go through a permuted copy. When the source is an
+/// Per tensor, along the first axis (rows: embedding tables, recurrent weights) and along
+/// the last (columns: MatMul's `B`): one parallel pass for the ranges, one for the values,
+/// both reading the source in place and the second writing 8-bit values directly (the two
+/// passes are also what lets [`quantize_weight_deferred`] run the second one later). Other
+/// axes go through a permuted copy. When the source is an
 /// initializer of a memory-mapped file, its pages are released afterwards (they are clean
 /// and file-backed: a later read just faults them in again), which keeps peak memory near
 /// the size of the largest weight rather than of the whole model.
@@ -478,8 +491,7 @@ pub fn quantize_weight<'a>(
     opts: &WeightQuantOptions,
 ) -> QuantizedWeight {
     let w = w.into();
-    let rank = w.shape.len();
-    let q = if rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank) {
+    let q = if needs_permute(w.shape.len(), axis) {
         quantize_weight_permuted(w.to_array().view(), axis, opts)
     } else {
         quantize_flat(&w, axis, opts)
@@ -490,108 +502,263 @@ pub fn quantize_weight<'a>(
     q
 }
 
-fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> QuantizedWeight {
-    let shape = &w.shape;
-    let rank = shape.len();
-    let flat: &[[u8; 4]] = &w.data;
-    let (qmin, qmax) = opts.qrange();
-    let p = Params {
-        qmin: qmin as f32,
-        qmax: qmax as f32,
+/// Whether quantizing along `axis` of a rank-`rank` weight takes the permuted path (scalars
+/// and middle axes).
+fn needs_permute(rank: usize, axis: Option<usize>) -> bool {
+    rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank)
+}
+
+/// Like [`quantize_weight`], but the values of a large weight quantized as a whole, by rows
+/// or by columns are left to be computed when the model is written
+/// ([`crate::ir::deferred`]): only the ranges pass runs now. `take_values_tensor` then
+/// gives an initializer whose payload is deferred.
+pub fn quantize_weight_deferred<'a>(
+    w: impl Into<WeightSrc<'a>>,
+    axis: Option<usize>,
+    opts: &WeightQuantOptions,
+) -> QuantizedWeight {
+    let w = w.into();
+    if needs_permute(w.shape.len(), axis) || w.data.len() < crate::ir::deferred::MIN_DEFERRED {
+        return quantize_weight(w, axis, opts);
+    }
+    let layout = flat_layout(&w, axis, opts);
+    let fill = DeferredValues {
+        src: w.owned_bytes(),
+        layout: layout.clone(),
+        params: Params::of(opts),
     };
+    let payload = crate::ir::deferred::deferred(std::sync::Arc::new(fill));
     let int8 = opts.weight_type == WeightType::Int8;
-    // Each work item releases the file pages it has read for the last time, on its own
-    // thread (the whole range is released again afterwards for the pages at chunk edges).
-    let mapped = w.mapped.is_some();
-    let done = |v: &[[u8; 4]]| {
-        // Pieces under two pages rarely hold a whole page: not worth the call.
-        if mapped && v.len() >= 2048 {
-            crate::model::release_pages(bytemuck::cast_slice(v));
+    let mut q = layout.into_weight(&w.shape, axis, |_| {
+        if int8 {
+            QValues::I8(ArrayD::zeros(IxDyn(&[0])))
+        } else {
+            QValues::U8(ArrayD::zeros(IxDyn(&[0])))
         }
-    };
-    let mut out = output_buffer(flat.len());
-    let (scales, zero_points): (Vec<f32>, Vec<i32>) = match axis {
+    });
+    q.deferred = Some((w.shape.clone(), payload));
+    q
+}
+
+/// The values pass of a weight, run piece by piece when the model is written.
+struct DeferredValues {
+    /// The float weight (little-endian), usually a slice of the memory-mapped input.
+    src: Bytes,
+    layout: FlatLayout,
+    params: Params,
+}
+
+impl crate::ir::deferred::Fill for DeferredValues {
+    fn len(&self) -> usize {
+        self.src.len() / 4
+    }
+
+    fn granule(&self) -> usize {
+        self.layout.granule()
+    }
+
+    fn fill(&self, offset: usize, out: &mut [u8]) {
+        let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
+        self.layout.fill(src, offset, out, &self.params);
+    }
+
+    fn identity(&self) -> Vec<u8> {
+        let mut id = Vec::new();
+        id.extend_from_slice(&(self.src.as_ptr() as usize).to_le_bytes());
+        id.extend_from_slice(&self.src.len().to_le_bytes());
+        id.extend_from_slice(&self.params.qmin.to_le_bytes());
+        id.extend_from_slice(&self.params.qmax.to_le_bytes());
+        let (tag, row, params): (u8, usize, &[(f32, i32)]) = match &self.layout {
+            FlatLayout::Tensor { scale, zero_point } => {
+                id.extend_from_slice(&scale.to_le_bytes());
+                id.extend_from_slice(&zero_point.to_le_bytes());
+                (0, 0, &[])
+            }
+            FlatLayout::Rows { row, params } => (1, *row, params),
+            FlatLayout::Cols { params } => (2, 0, params),
+        };
+        id.push(tag);
+        id.extend_from_slice(&row.to_le_bytes());
+        for (s, z) in params {
+            id.extend_from_slice(&s.to_le_bytes());
+            id.extend_from_slice(&z.to_le_bytes());
+        }
+        id
+    }
+}
+
+fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> QuantizedWeight {
+    let layout = flat_layout(w, axis, opts);
+    let mut out = output_buffer(w.data.len());
+    layout.fill(&w.data, 0, &mut out, &Params::of(opts));
+    layout.into_weight(&w.shape, axis, |dims| {
+        let dims = IxDyn(dims);
+        if opts.weight_type == WeightType::Int8 {
+            QValues::I8(
+                ArrayD::from_shape_vec(dims, bytemuck::cast_vec::<u8, i8>(out))
+                    .expect("same shape"),
+            )
+        } else {
+            QValues::U8(ArrayD::from_shape_vec(dims, out).expect("same shape"))
+        }
+    })
+}
+
+/// Quantization parameters of a weight quantized as a whole, by rows (first axis) or by
+/// columns (last axis): what the values pass needs besides the values.
+#[derive(Clone, Debug)]
+enum FlatLayout {
+    Tensor { scale: f32, zero_point: i32 },
+    Rows { row: usize, params: Vec<(f32, i32)> },
+    Cols { params: Vec<(f32, i32)> },
+}
+
+/// The ranges pass: one parallel read of the weight. Per rows, each row's range; per
+/// columns, each column's.
+fn flat_layout(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> FlatLayout {
+    let shape = &w.shape;
+    let flat: &[[u8; 4]] = &w.data;
+    match axis {
         None => {
             let (lo, hi) = if flat.is_empty() {
                 (0.0, 0.0)
             } else {
                 min_max(flat)
             };
-            let (s, z) = scale_zero_point(lo, hi, opts);
-            out.par_chunks_mut(CHUNK)
-                .zip(flat.par_chunks(CHUNK))
-                .for_each(|(o, v)| {
-                    fill_run(v, o, s, z as f32, &p);
-                    done(v);
-                });
-            (vec![s], vec![z])
+            let (scale, zero_point) = scale_zero_point(lo, hi, opts);
+            FlatLayout::Tensor { scale, zero_point }
         }
         Some(0) => {
             let rows = shape[0];
             let row = flat.len() / rows.max(1);
-            if row == 0 {
-                (0..rows).map(|_| scale_zero_point(0.0, 0.0, opts)).unzip()
+            let params = if row == 0 {
+                (0..rows)
+                    .map(|_| scale_zero_point(0.0, 0.0, opts))
+                    .collect()
             } else {
-                // Blocks of whole rows, each row's range and values in one pass.
                 let block = row * (CHUNK / row).max(1);
-                out.par_chunks_mut(block)
-                    .zip(flat.par_chunks(block))
-                    .map(|(ob, vb)| {
-                        let params: Vec<(f32, i32)> = ob
-                            .chunks_mut(row)
-                            .zip(vb.chunks(row))
-                            .map(|(o, v)| {
+                flat.par_chunks(block)
+                    .map(|vb| {
+                        vb.chunks(row)
+                            .map(|v| {
                                 let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
-                                let (s, z) = scale_zero_point(lo, hi, opts);
-                                fill_run(v, o, s, z as f32, &p);
-                                (s, z)
+                                scale_zero_point(lo, hi, opts)
                             })
-                            .collect();
-                        done(vb);
-                        params
+                            .collect::<Vec<_>>()
                     })
                     .collect::<Vec<_>>()
                     .into_iter()
                     .flatten()
-                    .unzip()
-            }
+                    .collect()
+            };
+            FlatLayout::Rows { row, params }
         }
         Some(_) => {
-            let cols = shape[rank - 1];
-            if cols == 0 {
-                (vec![], vec![])
+            let cols = shape[shape.len() - 1];
+            let params = if cols == 0 {
+                vec![]
             } else {
                 let (lo, hi) = column_min_max(flat, cols);
-                let (ss, zs): (Vec<f32>, Vec<i32>) = lo
-                    .iter()
+                lo.iter()
                     .zip(&hi)
                     .map(|(&l, &h)| scale_zero_point(l, h, opts))
-                    .unzip();
-                let zf: Vec<f32> = zs.iter().map(|&z| z as f32).collect();
-                out.par_chunks_mut(cols)
-                    .zip(flat.par_chunks(cols))
-                    .with_min_len((CHUNK / cols).max(1))
+                    .collect()
+            };
+            FlatLayout::Cols { params }
+        }
+    }
+}
+
+impl FlatLayout {
+    /// Elements a piece of the values must start and end on.
+    fn granule(&self) -> usize {
+        match self {
+            FlatLayout::Tensor { .. } => 1,
+            FlatLayout::Rows { row, .. } => (*row).max(1),
+            FlatLayout::Cols { params } => params.len().max(1),
+        }
+    }
+
+    /// The values pass over `src`, the elements from `first` on (a multiple of the
+    /// granule), into `out` (one byte per element), in parallel chunks. Each chunk's file
+    /// pages are released once it is quantized (only pages of a file map are touched).
+    fn fill(&self, src: &[[u8; 4]], first: usize, out: &mut [u8], p: &Params) {
+        let src = &src[first..first + out.len()];
+        let done = |v: &[[u8; 4]]| {
+            // Pieces under two pages rarely hold a whole page: not worth the call.
+            if v.len() >= 2048 {
+                crate::model::release_pages(bytemuck::cast_slice(v));
+            }
+        };
+        match self {
+            FlatLayout::Tensor { scale, zero_point } => {
+                let z = *zero_point as f32;
+                out.par_chunks_mut(CHUNK)
+                    .zip(src.par_chunks(CHUNK))
                     .for_each(|(o, v)| {
-                        fill_cols(v, o, &ss, &zf, &p);
+                        fill_run(v, o, *scale, z, p);
                         done(v);
                     });
-                (ss, zs)
+            }
+            FlatLayout::Rows { row, params } => {
+                if *row == 0 {
+                    return;
+                }
+                let first_row = first / row;
+                let block = row * (CHUNK / row).max(1);
+                out.par_chunks_mut(block)
+                    .zip(src.par_chunks(block))
+                    .enumerate()
+                    .for_each(|(b, (ob, vb))| {
+                        let rows = first_row + b * (block / row);
+                        for ((o, v), &(s, z)) in ob
+                            .chunks_mut(*row)
+                            .zip(vb.chunks(*row))
+                            .zip(&params[rows..])
+                        {
+                            fill_run(v, o, s, z as f32, p);
+                        }
+                        done(vb);
+                    });
+            }
+            FlatLayout::Cols { params } => {
+                let cols = params.len();
+                if cols == 0 {
+                    return;
+                }
+                let (ss, zs): (Vec<f32>, Vec<f32>) =
+                    params.iter().map(|&(s, z)| (s, z as f32)).unzip();
+                out.par_chunks_mut(cols)
+                    .zip(src.par_chunks(cols))
+                    .with_min_len((CHUNK / cols).max(1))
+                    .for_each(|(o, v)| {
+                        fill_cols(v, o, &ss, &zs, p);
+                        done(v);
+                    });
             }
         }
-    };
-    let dims = IxDyn(shape);
-    let values = if int8 {
-        QValues::I8(
-            ArrayD::from_shape_vec(dims, bytemuck::cast_vec::<u8, i8>(out)).expect("same shape"),
-        )
-    } else {
-        QValues::U8(ArrayD::from_shape_vec(dims, out).expect("same shape"))
-    };
-    QuantizedWeight {
-        values,
-        scales,
-        zero_points,
-        axis,
+    }
+
+    /// The weight with these parameters and the values `values(shape)` gives.
+    fn into_weight(
+        self,
+        shape: &[usize],
+        axis: Option<usize>,
+        values: impl FnOnce(&[usize]) -> QValues,
+    ) -> QuantizedWeight {
+        let (scales, zero_points) = match self {
+            FlatLayout::Tensor { scale, zero_point } => (vec![scale], vec![zero_point]),
+            FlatLayout::Rows { params, .. } | FlatLayout::Cols { params } => {
+                params.into_iter().unzip()
+            }
+        };
+        QuantizedWeight {
+            values: values(shape),
+            deferred: None,
+            scales,
+            zero_points,
+            axis,
+        }
     }
 }
 
@@ -617,9 +784,20 @@ fn output_buffer(n: usize) -> Vec<u8> {
 }
 
 /// The clamping range, as floats.
+#[derive(Clone, Copy, Debug)]
 struct Params {
     qmin: f32,
     qmax: f32,
+}
+
+impl Params {
+    fn of(opts: &WeightQuantOptions) -> Self {
+        let (qmin, qmax) = opts.qrange();
+        Params {
+            qmin: qmin as f32,
+            qmax: qmax as f32,
+        }
+    }
 }
 
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude below 2^22 to an integer,
@@ -754,6 +932,7 @@ fn quantize_weight_permuted(
     };
     QuantizedWeight {
         values,
+        deferred: None,
         scales,
         zero_points,
         axis,
@@ -763,7 +942,7 @@ fn quantize_weight_permuted(
 impl QuantizedWeight {
     /// The quantized values as an initializer.
     pub fn values_tensor(&self, name: &str) -> Tensor {
-        match &self.values {
+        match &*self.values_now() {
             QValues::I8(a) => Tensor::from_array(name, &a.view()),
             QValues::U8(a) => Tensor::from_array(name, &a.view()),
         }
@@ -772,6 +951,21 @@ impl QuantizedWeight {
     /// The quantized values as an initializer, moved out without a copy (`values` is left
     /// empty): the int8 copy of a large table is not duplicated on its way into the model.
     pub fn take_values_tensor(&mut self, name: &str) -> Tensor {
+        if let Some((shape, payload)) = self.deferred.take() {
+            let dtype = match self.values {
+                QValues::I8(_) => crate::onnx::tensor_proto::DataType::Int8,
+                QValues::U8(_) => crate::onnx::tensor_proto::DataType::Uint8,
+            };
+            return Tensor {
+                proto: crate::onnx::TensorProto {
+                    name: Some(name.to_string()),
+                    dims: shape.iter().map(|&d| d as i64).collect(),
+                    data_type: Some(dtype as i32),
+                    raw_data: Some(payload),
+                    ..Default::default()
+                },
+            };
+        }
         // The placeholder keeps the signedness: zero_point_tensor reads it afterwards.
         let empty = match &self.values {
             QValues::I8(_) => QValues::I8(ArrayD::zeros(IxDyn(&[0]))),
@@ -833,9 +1027,28 @@ impl QuantizedWeight {
         }
     }
 
+    /// The values, computed now if they were deferred.
+    fn values_now(&self) -> Cow<'_, QValues> {
+        let Some((shape, payload)) = &self.deferred else {
+            return Cow::Borrowed(&self.values);
+        };
+        let bytes = crate::ir::deferred::materialize(payload)
+            .map_or_else(|| payload.to_vec(), |b| b.to_vec());
+        let dims = IxDyn(shape);
+        Cow::Owned(match self.values {
+            QValues::I8(_) => QValues::I8(
+                ArrayD::from_shape_vec(dims, bytemuck::cast_vec::<u8, i8>(bytes))
+                    .expect("the payload has one byte per element"),
+            ),
+            QValues::U8(_) => QValues::U8(
+                ArrayD::from_shape_vec(dims, bytes).expect("the payload has one byte per element"),
+            ),
+        })
+    }
+
     /// Dequantized values (for accuracy checks and weight-only reference math).
     pub fn dequantize(&self) -> ArrayD<f32> {
-        let q: ArrayD<f32> = match &self.values {
+        let q: ArrayD<f32> = match &*self.values_now() {
             QValues::I8(a) => a.mapv(|v| v as f32),
             QValues::U8(a) => a.mapv(|v| v as f32),
         };
@@ -1117,24 +1330,82 @@ mod tests {
         }
     }
 
+    /// A float32 initializer whose `raw_data` starts `offset` bytes into its buffer, as
+    /// tensors in a memory-mapped file start at any alignment.
+    fn float_tensor_at(values: &[f32], dims: &[usize], offset: usize) -> Tensor {
+        let mut buf = vec![0u8; offset];
+        buf.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        Tensor::new(crate::onnx::TensorProto {
+            name: Some("w".into()),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(DataType::Float as i32),
+            raw_data: Some(bytes::Bytes::from(buf).slice(offset..)),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn deferred_values_equal_the_eager_ones() {
+        // Large enough to be deferred; odd sizes so pieces end mid-chunk.
+        let (rows, cols) = (331, 217);
+        let t = float_tensor_at(&tricky(rows * cols, 5), &[rows, cols], 1);
+        for axis in [None, Some(0), Some(1)] {
+            for o in [
+                WeightQuantOptions::default(),
+                opts(WeightType::Uint8, false, false),
+                opts(WeightType::Int8, false, true),
+            ] {
+                let eager = quantize_weight(WeightSrc::from_tensor(&t).unwrap(), axis, &o);
+                let mut lazy =
+                    quantize_weight_deferred(WeightSrc::from_tensor(&t).unwrap(), axis, &o);
+                assert!(lazy.deferred.is_some(), "{axis:?} {o:?} was not deferred");
+                assert_eq!(
+                    (&lazy.scales, &lazy.zero_points),
+                    (&eager.scales, &eager.zero_points)
+                );
+                // (Bit patterns: the tricky values include infinities, which dequantize to NaN.)
+                let bits = |a: ArrayD<f32>| a.mapv(f32::to_bits);
+                assert_eq!(bits(lazy.dequantize()), bits(eager.dequantize()));
+                assert_eq!(lazy.values_tensor("v"), eager.values_tensor("v"));
+                let payload = lazy.take_values_tensor("v").proto.raw_data.unwrap();
+                assert!(matches!(
+                    crate::ir::deferred::lookup(&payload),
+                    crate::ir::deferred::Lookup::Whole(_)
+                ));
+                let computed = crate::ir::deferred::materialize(&payload).unwrap();
+                assert_eq!(
+                    computed,
+                    eager.values_tensor("v").proto.raw_data.unwrap(),
+                    "{axis:?} {o:?}"
+                );
+                // Piece by piece, on granule boundaries, gives the same bytes.
+                if let crate::ir::deferred::Lookup::Whole(fill) =
+                    crate::ir::deferred::lookup(&payload)
+                {
+                    let mut pieced = vec![0u8; fill.len()];
+                    for (a, b) in crate::ir::deferred::pieces(&*fill, 5000) {
+                        fill.fill(a, &mut pieced[a..b]);
+                    }
+                    assert_eq!(&pieced[..], &computed[..]);
+                }
+            }
+        }
+        // Small weights and middle axes are quantized at once.
+        let small = ArrayD::from_shape_vec(IxDyn(&[4, 5]), tricky(20, 1)).unwrap();
+        assert!(
+            quantize_weight_deferred(small.view(), None, &WeightQuantOptions::default())
+                .deferred
+                .is_none()
+        );
+    }
+
     #[test]
     fn unaligned_initializers_quantize_in_place_like_aligned_arrays() {
         let values = tricky(64 * 33, 9);
         let w = ArrayD::from_shape_vec(IxDyn(&[64, 33]), values.clone()).unwrap();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         for offset in 0..4 {
-            // raw_data starting at every alignment, as in a memory-mapped file.
-            let mut buf = vec![0u8; offset];
-            buf.extend_from_slice(&bytes);
-            let raw = bytes::Bytes::from(buf).slice(offset..);
-            let t = Tensor::new(crate::onnx::TensorProto {
-                name: Some("w".into()),
-                dims: vec![64, 33],
-                data_type: Some(DataType::Float as i32),
-                raw_data: Some(raw),
-                ..Default::default()
-            })
-            .unwrap();
+            let t = float_tensor_at(&values, &[64, 33], offset);
             for axis in [None, Some(0), Some(1)] {
                 for o in [
                     WeightQuantOptions::default(),
