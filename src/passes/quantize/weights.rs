@@ -559,7 +559,7 @@ impl crate::ir::deferred::Fill for DeferredValues {
 
     fn fill(&self, offset: usize, out: &mut [u8]) {
         let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
-        self.layout.fill(src, offset, out, &self.params);
+        self.layout.fill(src, offset, out, &self.params, false);
     }
 
     fn identity(&self) -> Vec<u8> {
@@ -590,7 +590,7 @@ impl crate::ir::deferred::Fill for DeferredValues {
 fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> QuantizedWeight {
     let layout = flat_layout(w, axis, opts);
     let mut out = output_buffer(w.data.len());
-    layout.fill(&w.data, 0, &mut out, &Params::of(opts));
+    layout.fill(&w.data, 0, &mut out, &Params::of(opts), true);
     layout.into_weight(&w.shape, axis, |dims| {
         let dims = IxDyn(dims);
         if opts.weight_type == WeightType::Int8 {
@@ -680,13 +680,17 @@ impl FlatLayout {
     }
 
     /// The values pass over `src`, the elements from `first` on (a multiple of the
-    /// granule), into `out` (one byte per element), in parallel chunks. Each chunk's file
-    /// pages are released once it is quantized (only pages of a file map are touched).
-    fn fill(&self, src: &[[u8; 4]], first: usize, out: &mut [u8], p: &Params) {
+    /// granule), into `out` (one byte per element), in parallel chunks. With `release`, each
+    /// chunk's file pages are released once it is quantized (only pages of a file map are
+    /// touched): that keeps the resident size down while quantized weights pile up in
+    /// memory. Deferred values don't pile up, and the ranges pass has mapped the whole
+    /// weight by then anyway, so they skip it: the `madvise` calls were a quarter of the
+    /// CPU time of a rewrite, twice what unmapping at exit costs.
+    fn fill(&self, src: &[[u8; 4]], first: usize, out: &mut [u8], p: &Params, release: bool) {
         let src = &src[first..first + out.len()];
         let done = |v: &[[u8; 4]]| {
             // Pieces under two pages rarely hold a whole page: not worth the call.
-            if v.len() >= 2048 {
+            if release && v.len() >= 2048 {
                 crate::model::release_pages(bytemuck::cast_slice(v));
             }
         };
