@@ -18,6 +18,7 @@ use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
 /// Writes argv[1]/big.onnx and argv[1]/feeds.npz. Every weight but `small` holds more
 /// than 64 Ki elements (the size from which values are deferred):
 /// - `emb = Gather(E[1200, 64], ids)`, then `h = emb @ W[64, 1100] + b`;
+/// - `e2 = Gather(T[17000, 8], ids2)`: enough rows for the scales to be deferred too;
 /// - `y1 = h @ V[1100, 80]`, `y2 = Gemm(h, V^T stored as Vt[80, 1100], transB=1)`: two forms
 ///   of one matrix, and `y3 = h @ V` again (shared with y1);
 /// - `z = If(flag) then h @ A[1100, 70] else h @ B[1100, 70]` with A and B outer-scope
@@ -36,6 +37,7 @@ branch = lambda name, weight: h.make_graph(
     name, [], [h.make_tensor_value_info("z_" + name, T.FLOAT, [2, 5, 70])])
 nodes = [
     h.make_node("Gather", ["E", "ids"], ["emb"], name="embed"),
+    h.make_node("Gather", ["Tb", "ids2"], ["e2"], name="embed2"),
     h.make_node("MatMul", ["emb", "W"], ["hw"], name="lin"),
     h.make_node("Add", ["hw", "b"], ["h"], name="lin_bias"),
     h.make_node("MatMul", ["h", "V"], ["y1"], name="head1"),
@@ -48,17 +50,20 @@ nodes = [
 ]
 g = h.make_graph(
     nodes, "big",
-    [h.make_tensor_value_info("ids", T.INT64, [2, 5]), h.make_tensor_value_info("flag", T.BOOL, [])],
+    [h.make_tensor_value_info("ids", T.INT64, [2, 5]), h.make_tensor_value_info("flag", T.BOOL, []),
+     h.make_tensor_value_info("ids2", T.INT64, [3])],
     [h.make_tensor_value_info("y1", T.FLOAT, [2, 5, 80]), h.make_tensor_value_info("y2", T.FLOAT, [10, 80]),
      h.make_tensor_value_info("y3", T.FLOAT, [2, 5, 80]), h.make_tensor_value_info("ys", T.FLOAT, [2, 5, 8]),
-     h.make_tensor_value_info("z", T.FLOAT, [2, 5, 70])],
+     h.make_tensor_value_info("z", T.FLOAT, [2, 5, 70]), h.make_tensor_value_info("e2", T.FLOAT, [3, 8])],
     [nh.from_array(E, "E"), nh.from_array(W, "W"), nh.from_array(b, "b"), nh.from_array(V, "V"),
      nh.from_array(np.ascontiguousarray(V.T), "Vt"), nh.from_array(A, "A"), nh.from_array(B, "B"),
-     nh.from_array(S, "S"), nh.from_array(np.array([10, 1100], np.int64), "flat")])
+     nh.from_array(S, "S"), nh.from_array(np.array([10, 1100], np.int64), "flat"),
+     nh.from_array(w(17000, 8, s=1.0), "Tb")])
 m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
 onnx.checker.check_model(m, full_check=True)
 onnx.save(m, out + "/big.onnx")
 np.savez(out + "/feeds.npz", **{"input.ids": rng.integers(0, 1200, (2, 5)).astype(np.int64),
+                                "input.ids2": np.array([0, 16999, 12345], np.int64),
                                 "input.flag": np.array(True)})
 "#;
 
@@ -168,7 +173,9 @@ fn deferred_output_of_the_cli_is_valid_and_agrees_with_the_float_model() {
             .filter(|n| n["quantized"].as_bool() == Some(true))
             .map(|n| n["node"].as_str().unwrap())
             .collect();
-        for node in ["embed", "head1", "head2", "head3", "mm_then", "mm_else"] {
+        for node in [
+            "embed", "embed2", "head1", "head2", "head3", "mm_then", "mm_else",
+        ] {
             assert!(
                 quantized.contains(&node),
                 "{extra:?}: {node} not quantized: {quantized:?}"

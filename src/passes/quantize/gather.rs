@@ -13,11 +13,10 @@
 //! Gather's negative-index rule applies to both gathers alike. `--reduce-range` is ignored
 //! for tables: it exists for the int8 product's saturation, which a lookup never does.
 
+use super::deferred_weights::quantize_weight_deferred;
 use super::matmul::check_opset;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::{
-    WeightQuantOptions, WeightSrc, WeightType, quantize_weight, quantize_weight_deferred,
-};
+use super::weights::{WeightQuantOptions, WeightSrc, WeightType, quantize_weight};
 use crate::ir::attrs::{attr_int, attr_ints};
 use crate::ir::{NameGen, Node, Tensor};
 use crate::onnx::tensor_proto::DataType;

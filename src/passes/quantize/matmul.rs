@@ -18,8 +18,9 @@
 use super::int_product::{dynamic_quantize, rescale};
 use ndarray::ArrayD;
 
+use super::deferred_weights::quantize_weight_deferred;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
-use super::weights::{WeightSrc, WeightType, quantize_weight, quantize_weight_deferred};
+use super::weights::{WeightSrc, WeightType, quantize_weight};
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 

@@ -16,6 +16,7 @@
 mod cleanup;
 pub mod consts;
 pub mod conv;
+pub mod deferred_weights;
 pub mod fp16;
 pub mod gather;
 pub mod gemm;

@@ -79,6 +79,9 @@ pub struct QuantizedWeight {
     pub values: QValues,
     /// The values' shape and deferred payload ([`quantize_weight_deferred`]).
     pub deferred: Option<(Vec<usize>, Bytes)>,
+    /// The scales as a deferred float32 payload, when they are computed with the values
+    /// (`scales` is then empty).
+    pub deferred_scales: Option<Bytes>,
     /// One per tensor, or one per index along `axis`.
     pub scales: Vec<f32>,
     pub zero_points: Vec<i32>,
@@ -124,8 +127,8 @@ pub fn scale_zero_point(min: f32, max: f32, opts: &WeightQuantOptions) -> (f32, 
 /// kernels below load each value with `f32::from_le_bytes`, which compiles to plain
 /// unaligned vector loads.
 pub struct WeightSrc<'a> {
-    shape: Vec<usize>,
-    data: Cow<'a, [[u8; 4]]>,
+    pub(super) shape: Vec<usize>,
+    pub(super) data: Cow<'a, [[u8; 4]]>,
     /// The initializer bytes this came from: their pages are released once quantized.
     mapped: Option<&'a Bytes>,
 }
@@ -199,7 +202,7 @@ impl<'a> WeightSrc<'a> {
 
     /// The values as `Bytes` that outlive `self`: the mapped initializer itself when that
     /// is where they are, else a copy.
-    fn owned_bytes(&self) -> Bytes {
+    pub(super) fn owned_bytes(&self) -> Bytes {
         let bytes: &[u8] = bytemuck::cast_slice(&self.data);
         match self.mapped {
             Some(m) if m.as_ptr() == bytes.as_ptr() && m.len() == bytes.len() => m.clone(),
@@ -243,7 +246,7 @@ fn load(b: [u8; 4]) -> f32 {
 macro_rules! dispatch {
     ($(#[$m:meta])* fn $name:ident = $body:ident ($($a:ident: $t:ty),*) $(-> $r:ty)?) => {
         $(#[$m])*
-        fn $name($($a: $t),*) $(-> $r)? {
+        pub(super) fn $name($($a: $t),*) $(-> $r)? {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: AVX2 is present, checked just above.
@@ -439,7 +442,7 @@ fn chunk_min_max_body(c: &[[u8; 4]], init: (f32, f32)) -> (f32, f32) {
 
 /// Elements per parallel work item: big enough to amortize rayon's scheduling, small enough
 /// to stay in L2 and to split a 1 MB LSTM weight across both cores.
-const CHUNK: usize = 1 << 15;
+pub(super) const CHUNK: usize = 1 << 15;
 
 fn min_max(values: &[[u8; 4]]) -> (f32, f32) {
     values
@@ -504,87 +507,8 @@ pub fn quantize_weight<'a>(
 
 /// Whether quantizing along `axis` of a rank-`rank` weight takes the permuted path (scalars
 /// and middle axes).
-fn needs_permute(rank: usize, axis: Option<usize>) -> bool {
+pub(super) fn needs_permute(rank: usize, axis: Option<usize>) -> bool {
     rank == 0 || axis.is_some_and(|a| a != 0 && a + 1 != rank)
-}
-
-/// Like [`quantize_weight`], but the values of a large weight quantized as a whole, by rows
-/// or by columns are left to be computed when the model is written
-/// ([`crate::ir::deferred`]): only the ranges pass runs now. `take_values_tensor` then
-/// gives an initializer whose payload is deferred.
-pub fn quantize_weight_deferred<'a>(
-    w: impl Into<WeightSrc<'a>>,
-    axis: Option<usize>,
-    opts: &WeightQuantOptions,
-) -> QuantizedWeight {
-    let w = w.into();
-    if needs_permute(w.shape.len(), axis) || w.data.len() < crate::ir::deferred::MIN_DEFERRED {
-        return quantize_weight(w, axis, opts);
-    }
-    let layout = flat_layout(&w, axis, opts);
-    let fill = DeferredValues {
-        src: w.owned_bytes(),
-        layout: layout.clone(),
-        params: Params::of(opts),
-    };
-    let payload = crate::ir::deferred::deferred(std::sync::Arc::new(fill));
-    let int8 = opts.weight_type == WeightType::Int8;
-    let mut q = layout.into_weight(&w.shape, axis, |_| {
-        if int8 {
-            QValues::I8(ArrayD::zeros(IxDyn(&[0])))
-        } else {
-            QValues::U8(ArrayD::zeros(IxDyn(&[0])))
-        }
-    });
-    q.deferred = Some((w.shape.clone(), payload));
-    q
-}
-
-/// The values pass of a weight, run piece by piece when the model is written.
-struct DeferredValues {
-    /// The float weight (little-endian), usually a slice of the memory-mapped input.
-    src: Bytes,
-    layout: FlatLayout,
-    params: Params,
-}
-
-impl crate::ir::deferred::Fill for DeferredValues {
-    fn len(&self) -> usize {
-        self.src.len() / 4
-    }
-
-    fn granule(&self) -> usize {
-        self.layout.granule()
-    }
-
-    fn fill(&self, offset: usize, out: &mut [u8]) {
-        let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
-        self.layout.fill(src, offset, out, &self.params, false);
-    }
-
-    fn identity(&self) -> Vec<u8> {
-        let mut id = Vec::new();
-        id.extend_from_slice(&(self.src.as_ptr() as usize).to_le_bytes());
-        id.extend_from_slice(&self.src.len().to_le_bytes());
-        id.extend_from_slice(&self.params.qmin.to_le_bytes());
-        id.extend_from_slice(&self.params.qmax.to_le_bytes());
-        let (tag, row, params): (u8, usize, &[(f32, i32)]) = match &self.layout {
-            FlatLayout::Tensor { scale, zero_point } => {
-                id.extend_from_slice(&scale.to_le_bytes());
-                id.extend_from_slice(&zero_point.to_le_bytes());
-                (0, 0, &[])
-            }
-            FlatLayout::Rows { row, params } => (1, *row, params),
-            FlatLayout::Cols { params } => (2, 0, params),
-        };
-        id.push(tag);
-        id.extend_from_slice(&row.to_le_bytes());
-        for (s, z) in params {
-            id.extend_from_slice(&s.to_le_bytes());
-            id.extend_from_slice(&z.to_le_bytes());
-        }
-        id
-    }
 }
 
 fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> QuantizedWeight {
@@ -607,7 +531,7 @@ fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) 
 /// Quantization parameters of a weight quantized as a whole, by rows (first axis) or by
 /// columns (last axis): what the values pass needs besides the values.
 #[derive(Clone, Debug)]
-enum FlatLayout {
+pub(super) enum FlatLayout {
     Tensor { scale: f32, zero_point: i32 },
     Rows { row: usize, params: Vec<(f32, i32)> },
     Cols { params: Vec<(f32, i32)> },
@@ -615,7 +539,11 @@ enum FlatLayout {
 
 /// The ranges pass: one parallel read of the weight. Per rows, each row's range; per
 /// columns, each column's.
-fn flat_layout(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> FlatLayout {
+pub(super) fn flat_layout(
+    w: &WeightSrc,
+    axis: Option<usize>,
+    opts: &WeightQuantOptions,
+) -> FlatLayout {
     let shape = &w.shape;
     let flat: &[[u8; 4]] = &w.data;
     match axis {
@@ -671,7 +599,7 @@ fn flat_layout(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) ->
 
 impl FlatLayout {
     /// Elements a piece of the values must start and end on.
-    fn granule(&self) -> usize {
+    pub(super) fn granule(&self) -> usize {
         match self {
             FlatLayout::Tensor { .. } => 1,
             FlatLayout::Rows { row, .. } => (*row).max(1),
@@ -686,7 +614,14 @@ impl FlatLayout {
     /// memory. Deferred values don't pile up, and the ranges pass has mapped the whole
     /// weight by then anyway, so they skip it: the `madvise` calls were a quarter of the
     /// CPU time of a rewrite, twice what unmapping at exit costs.
-    fn fill(&self, src: &[[u8; 4]], first: usize, out: &mut [u8], p: &Params, release: bool) {
+    pub(super) fn fill(
+        &self,
+        src: &[[u8; 4]],
+        first: usize,
+        out: &mut [u8],
+        p: &Params,
+        release: bool,
+    ) {
         let src = &src[first..first + out.len()];
         let done = |v: &[[u8; 4]]| {
             // Pieces under two pages rarely hold a whole page: not worth the call.
@@ -744,7 +679,7 @@ impl FlatLayout {
     }
 
     /// The weight with these parameters and the values `values(shape)` gives.
-    fn into_weight(
+    pub(super) fn into_weight(
         self,
         shape: &[usize],
         axis: Option<usize>,
@@ -759,6 +694,7 @@ impl FlatLayout {
         QuantizedWeight {
             values: values(shape),
             deferred: None,
+            deferred_scales: None,
             scales,
             zero_points,
             axis,
@@ -789,13 +725,13 @@ fn output_buffer(n: usize) -> Vec<u8> {
 
 /// The clamping range, as floats.
 #[derive(Clone, Copy, Debug)]
-struct Params {
-    qmin: f32,
-    qmax: f32,
+pub(super) struct Params {
+    pub(super) qmin: f32,
+    pub(super) qmax: f32,
 }
 
 impl Params {
-    fn of(opts: &WeightQuantOptions) -> Self {
+    pub(super) fn of(opts: &WeightQuantOptions) -> Self {
         let (qmin, qmax) = opts.qrange();
         Params {
             qmin: qmin as f32,
@@ -937,6 +873,7 @@ fn quantize_weight_permuted(
     QuantizedWeight {
         values,
         deferred: None,
+        deferred_scales: None,
         scales,
         zero_points,
         axis,
@@ -1012,7 +949,32 @@ impl QuantizedWeight {
     /// Scales as an initializer of the given shape (`[]` for per-tensor, `[N]` per-axis, or
     /// e.g. `[D, 4H]` for recurrent weights).
     pub fn scale_tensor(&self, name: &str, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(name, shape, self.scales.clone())
+        match &self.deferred_scales {
+            Some(payload) => Tensor {
+                proto: crate::onnx::TensorProto {
+                    name: Some(name.to_string()),
+                    dims: shape.iter().map(|&d| d as i64).collect(),
+                    data_type: Some(DataType::Float as i32),
+                    raw_data: Some(payload.clone()),
+                    ..Default::default()
+                },
+            },
+            None => Tensor::from_vec(name, shape, self.scales.clone()),
+        }
+    }
+
+    /// The scales, computed now if they were deferred.
+    pub fn scales_now(&self) -> Cow<'_, [f32]> {
+        let Some(payload) = &self.deferred_scales else {
+            return Cow::Borrowed(&self.scales);
+        };
+        let bytes = crate::ir::deferred::materialize(payload).unwrap_or_else(|| payload.clone());
+        Cow::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
     }
 
     /// Zero points as an initializer of the given shape, typed like the values.
@@ -1056,12 +1018,13 @@ impl QuantizedWeight {
             QValues::I8(a) => a.mapv(|v| v as f32),
             QValues::U8(a) => a.mapv(|v| v as f32),
         };
+        let scales = self.scales_now();
         match self.axis {
-            None => q.mapv(|v| (v - self.zero_points[0] as f32) * self.scales[0]),
+            None => q.mapv(|v| (v - self.zero_points[0] as f32) * scales[0]),
             Some(a) => {
                 let mut out = q;
                 for (i, mut lane) in out.axis_iter_mut(Axis(a)).enumerate() {
-                    let (s, z) = (self.scales[i], self.zero_points[i] as f32);
+                    let (s, z) = (scales[i], self.zero_points[i] as f32);
                     lane.mapv_inplace(|v| (v - z) * s);
                 }
                 out
@@ -1071,11 +1034,15 @@ impl QuantizedWeight {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ndarray::arr2;
 
-    fn opts(weight_type: WeightType, symmetric: bool, reduce_range: bool) -> WeightQuantOptions {
+    pub(in crate::passes::quantize) fn opts(
+        weight_type: WeightType,
+        symmetric: bool,
+        reduce_range: bool,
+    ) -> WeightQuantOptions {
         WeightQuantOptions {
             weight_type,
             symmetric,
@@ -1262,7 +1229,7 @@ mod tests {
     }
 
     /// Values that stress the kernels: ties, NaN, infinities, huge and tiny magnitudes.
-    fn tricky(n: usize, seed: u32) -> Vec<f32> {
+    pub(in crate::passes::quantize) fn tricky(n: usize, seed: u32) -> Vec<f32> {
         let specials = [
             0.5f32,
             -0.5,
@@ -1336,7 +1303,11 @@ mod tests {
 
     /// A float32 initializer whose `raw_data` starts `offset` bytes into its buffer, as
     /// tensors in a memory-mapped file start at any alignment.
-    fn float_tensor_at(values: &[f32], dims: &[usize], offset: usize) -> Tensor {
+    pub(in crate::passes::quantize) fn float_tensor_at(
+        values: &[f32],
+        dims: &[usize],
+        offset: usize,
+    ) -> Tensor {
         let mut buf = vec![0u8; offset];
         buf.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         Tensor::new(crate::onnx::TensorProto {
@@ -1347,61 +1318,6 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
-    }
-
-    #[test]
-    fn deferred_values_equal_the_eager_ones() {
-        // Large enough to be deferred; odd sizes so pieces end mid-chunk.
-        let (rows, cols) = (331, 217);
-        let t = float_tensor_at(&tricky(rows * cols, 5), &[rows, cols], 1);
-        for axis in [None, Some(0), Some(1)] {
-            for o in [
-                WeightQuantOptions::default(),
-                opts(WeightType::Uint8, false, false),
-                opts(WeightType::Int8, false, true),
-            ] {
-                let eager = quantize_weight(WeightSrc::from_tensor(&t).unwrap(), axis, &o);
-                let mut lazy =
-                    quantize_weight_deferred(WeightSrc::from_tensor(&t).unwrap(), axis, &o);
-                assert!(lazy.deferred.is_some(), "{axis:?} {o:?} was not deferred");
-                assert_eq!(
-                    (&lazy.scales, &lazy.zero_points),
-                    (&eager.scales, &eager.zero_points)
-                );
-                // (Bit patterns: the tricky values include infinities, which dequantize to NaN.)
-                let bits = |a: ArrayD<f32>| a.mapv(f32::to_bits);
-                assert_eq!(bits(lazy.dequantize()), bits(eager.dequantize()));
-                assert_eq!(lazy.values_tensor("v"), eager.values_tensor("v"));
-                let payload = lazy.take_values_tensor("v").proto.raw_data.unwrap();
-                assert!(matches!(
-                    crate::ir::deferred::lookup(&payload),
-                    crate::ir::deferred::Lookup::Whole(_)
-                ));
-                let computed = crate::ir::deferred::materialize(&payload).unwrap();
-                assert_eq!(
-                    computed,
-                    eager.values_tensor("v").proto.raw_data.unwrap(),
-                    "{axis:?} {o:?}"
-                );
-                // Piece by piece, on granule boundaries, gives the same bytes.
-                if let crate::ir::deferred::Lookup::Whole(fill) =
-                    crate::ir::deferred::lookup(&payload)
-                {
-                    let mut pieced = vec![0u8; fill.len()];
-                    for (a, b) in crate::ir::deferred::pieces(&*fill, 5000) {
-                        fill.fill(a, &mut pieced[a..b]);
-                    }
-                    assert_eq!(&pieced[..], &computed[..]);
-                }
-            }
-        }
-        // Small weights and middle axes are quantized at once.
-        let small = ArrayD::from_shape_vec(IxDyn(&[4, 5]), tricky(20, 1)).unwrap();
-        assert!(
-            quantize_weight_deferred(small.view(), None, &WeightQuantOptions::default())
-                .deferred
-                .is_none()
-        );
     }
 
     #[test]
