@@ -128,6 +128,33 @@ fn check(q: &Path, f: &Path, feeds: &Path) -> Checked {
 
 const ALL: [&str; 4] = ["--min-weight-elements", "1", "--min-inner-dim", "1"];
 
+/// Bytes of the initializers `check` listed.
+fn init_bytes(c: &Checked) -> u64 {
+    c.inits
+        .iter()
+        .map(|(_, dtype, dims)| {
+            let n: u64 = match dims.as_str() {
+                "scalar" => 1,
+                d => d.split('x').map(|d| d.parse::<u64>().unwrap()).product(),
+            };
+            n * if dtype == "FLOAT" { 4 } else { 1 }
+        })
+        .sum()
+}
+
+/// The report's totals count each tensor once, however many nodes read it: before, the
+/// input's float weights (`float_bytes`); after, exactly the output's initializers.
+fn check_totals(report: &Path, float_bytes: u64, c: &Checked) {
+    let t = &read_report(report)["totals"];
+    assert_eq!(t["weight_bytes_before"].as_u64(), Some(float_bytes), "{t}");
+    assert_eq!(
+        t["weight_bytes_after"].as_u64(),
+        Some(init_bytes(c)),
+        "{t} vs {:?}",
+        c.inits
+    );
+}
+
 fn size(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
 }
@@ -139,12 +166,15 @@ fn two_matmuls_on_one_weight_share_its_quantized_copy() {
     let (input, feeds) = (dir.path().join("twice.onnx"), dir.path().join("feeds.npz"));
     for per_channel in [false, true] {
         let out = dir.path().join(format!("twice_q_{per_channel}.onnx"));
+        let report = dir.path().join("report.json");
         let mut args = ALL.to_vec();
+        args.extend(["--report", report.to_str().unwrap()]);
         if per_channel {
             args.push("--per-channel");
         }
         rewrite(&input, &out, &args);
         let c = check(&out, &input, &feeds);
+        check_totals(&report, 2 * 64 * 48 * 4, &c);
         assert!(c.cos > 0.999, "per_channel {per_channel}: cos {}", c.cos);
         // W and V (equal shapes, different values): two int8 matrices, not three.
         assert_eq!(c.count("INT8", "64x48"), 2, "{:?}", c.inits);
@@ -179,10 +209,12 @@ fn a_weight_also_read_by_a_float_node_keeps_its_float_copy() {
     py(MAKE, &[dir.path().to_str().unwrap()]);
     let (input, feeds) = (dir.path().join("twice.onnx"), dir.path().join("feeds.npz"));
     let out = dir.path().join("twice_excl.onnx");
+    let report = dir.path().join("report.json");
     let mut args = ALL.to_vec();
-    args.extend(["--exclude", "mm2"]);
+    args.extend(["--exclude", "mm2", "--report", report.to_str().unwrap()]);
     rewrite(&input, &out, &args);
     let c = check(&out, &input, &feeds);
+    check_totals(&report, 2 * 64 * 48 * 4, &c);
     assert!(c.cos > 0.999, "cos {}", c.cos);
     assert!(c.has("W"), "mm2 stays float and needs W: {:?}", c.inits);
     assert!(c.has("W_quantized"), "{:?}", c.inits);

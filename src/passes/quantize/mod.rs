@@ -81,6 +81,8 @@ struct Plan {
     path: GraphPath,
     node: usize,
     rep: Replacement,
+    /// Its entry in the report.
+    record: usize,
 }
 
 struct Walk<'o, 'p> {
@@ -93,6 +95,9 @@ struct Walk<'o, 'p> {
     plans: Vec<Plan>,
     /// Names the replaced nodes read: candidates for removal once nothing reads them.
     read_by_replaced: HashSet<String>,
+    bytes: ByteCounter,
+    /// Records whose bytes the walk has filled in.
+    filled: Vec<bool>,
     done: usize,
     total: usize,
     progress: &'p mut dyn FnMut(usize, usize, &str),
@@ -147,24 +152,35 @@ pub fn quantize(
         records,
         plans: Vec::new(),
         read_by_replaced: HashSet::new(),
+        bytes: ByteCounter::default(),
+        filled: vec![false; decisions.len()],
         done: 0,
         total,
         progress,
     };
     let mut path = Vec::new();
     walk.graph(&model.graph, None, &HashMap::new(), "", &mut path);
-    fill_skipped_bytes(&model.graph, None, "", &mut walk.records);
+    let mut skipped = Skipped {
+        records: &mut walk.records,
+        filled: &mut walk.filled,
+        bytes: &mut walk.bytes,
+    };
+    skipped.fill(&model.graph, None, "");
 
     let Walk {
         mut plans,
-        records,
+        mut records,
         mut read_by_replaced,
         ..
     } = walk;
-    share::share_identical(
+    let dropped = share::share_identical(
         &model.graph,
         plans.iter_mut().map(|p| (&p.path[..], p.node, &mut p.rep)),
     );
+    // A quantized weight shared with an earlier replacement counts for that one.
+    for (p, d) in plans.iter().zip(dropped) {
+        records[p.record].weight_bytes_after -= d;
+    }
     // Initializers are added in walk order (deterministic), before any splice: the paths
     // index nodes of the graphs as they were walked, and splicing a replacement into a graph
     // moves the nodes after it (an If after a quantized MatMul).
@@ -226,16 +242,36 @@ fn sub_scope(scope: &str, node: &Node, attr: &str) -> String {
     }
 }
 
-/// Bytes of the distinct constant inputs of `node`.
-fn const_bytes(node: &Node, lookup: &dyn Fn(&str) -> Option<u64>) -> u64 {
-    let mut seen: Vec<&str> = Vec::new();
+/// Identifies a constant tensor across the walk: name, payload address and length.
+type TensorKey = (String, usize, usize);
+
+fn tensor_key(t: &Tensor) -> TensorKey {
+    let raw = t.proto.raw_data.as_deref().unwrap_or_default();
+    (t.name().to_string(), raw.as_ptr() as usize, t.byte_len())
+}
+
+/// Counts each constant tensor once in the report: a weight read by several nodes counts
+/// for the first of them (in walk order, quantized nodes first), so that the totals are the
+/// bytes of distinct tensors, before and after.
+#[derive(Default)]
+struct ByteCounter {
+    before: HashSet<TensorKey>,
+    after: HashSet<TensorKey>,
+}
+
+/// Bytes of the constant inputs of `node` that `seen` has not counted yet (now counted).
+fn const_bytes<'t>(
+    node: &Node,
+    lookup: &dyn Fn(&str) -> Option<&'t Tensor>,
+    seen: &mut HashSet<TensorKey>,
+) -> u64 {
     let mut sum = 0;
     for i in node.inputs() {
-        if i.is_empty() || seen.contains(&i.as_str()) {
-            continue;
+        if let Some(t) = lookup(i)
+            && seen.insert(tensor_key(t))
+        {
+            sum += t.byte_len() as u64;
         }
-        seen.push(i);
-        sum += lookup(i).unwrap_or(0);
     }
     sum
 }
@@ -282,7 +318,7 @@ impl Walk<'_, '_> {
         index: usize,
     ) {
         let get = |name: &str| consts.get(name);
-        let before = const_bytes(n, &|name| get(name).map(|t| t.byte_len() as u64));
+        let before = const_bytes(n, &get, &mut self.bytes.before);
         let result: RewriteResult = {
             let mut ctx = NodeCtx {
                 constants: as_lookup(&get),
@@ -301,6 +337,7 @@ impl Walk<'_, '_> {
                 inner(n, &mut ctx)
             }
         };
+        self.filled[rec] = true;
         let r = &mut self.records[rec];
         r.weight_bytes_before = before;
         match result {
@@ -312,13 +349,9 @@ impl Walk<'_, '_> {
                     .collect();
                 let mut after: u64 = new.values().sum();
                 // Existing constants the replacement still reads (a reused bias) count too.
-                let mut seen: HashSet<&str> = HashSet::new();
+                let existing = |i: &str| get(i).filter(|_| !new.contains_key(i));
                 for m in &rep.nodes {
-                    for i in m.inputs() {
-                        if !i.is_empty() && !new.contains_key(i.as_str()) && seen.insert(i) {
-                            after += get(i).map_or(0, |t| t.byte_len() as u64);
-                        }
-                    }
+                    after += const_bytes(m, &existing, &mut self.bytes.after);
                 }
                 r.weight_bytes_after = after;
                 r.quantized = true;
@@ -329,10 +362,12 @@ impl Walk<'_, '_> {
                     path: path.to_vec(),
                     node: index,
                     rep,
+                    record: rec,
                 });
             }
             Err(skip) => {
-                r.weight_bytes_after = before;
+                // The node keeps its float constants.
+                r.weight_bytes_after = const_bytes(n, &get, &mut self.bytes.after);
                 r.reason = skip.0;
             }
         }
@@ -341,30 +376,35 @@ impl Walk<'_, '_> {
     }
 }
 
-/// Weight bytes of the nodes the policy left float (their "after" equals "before").
-fn fill_skipped_bytes(
-    g: &Graph,
-    parent: Option<&ConstScope>,
-    scope: &str,
-    records: &mut [NodeReport],
-) {
-    let consts = ConstScope::new(g, parent);
-    for n in &g.nodes {
-        if OpKind::of(n).is_some() {
-            let name = n.display_name();
-            for r in records.iter_mut() {
-                if !r.quantized && r.weight_bytes_before == 0 && r.scope == scope && r.node == name
-                {
-                    let b = const_bytes(n, &|i| consts.get(i).map(|t| t.byte_len() as u64));
-                    r.weight_bytes_before = b;
-                    r.weight_bytes_after = b;
-                    break;
+/// Fills in the weight bytes of the nodes the policy left float (they keep their
+/// constants).
+struct Skipped<'a> {
+    records: &'a mut [NodeReport],
+    filled: &'a mut [bool],
+    bytes: &'a mut ByteCounter,
+}
+
+impl Skipped<'_> {
+    fn fill(&mut self, g: &Graph, parent: Option<&ConstScope>, scope: &str) {
+        let consts = ConstScope::new(g, parent);
+        let get = |name: &str| consts.get(name);
+        for n in &g.nodes {
+            if OpKind::of(n).is_some() {
+                let name = n.display_name();
+                let slot = self.records.iter().enumerate().position(|(i, r)| {
+                    !self.filled[i] && !r.quantized && r.scope == scope && r.node == name
+                });
+                if let Some(i) = slot {
+                    self.filled[i] = true;
+                    let r = &mut self.records[i];
+                    r.weight_bytes_before = const_bytes(n, &get, &mut self.bytes.before);
+                    r.weight_bytes_after = const_bytes(n, &get, &mut self.bytes.after);
                 }
             }
-        }
-        for s in &n.subgraphs {
-            let inner = sub_scope(scope, n, &s.attr);
-            fill_skipped_bytes(&s.graph, Some(&consts), &inner, records);
+            for s in &n.subgraphs {
+                let inner = sub_scope(scope, n, &s.attr);
+                self.fill(&s.graph, Some(&consts), &inner);
+            }
         }
     }
 }

@@ -14,9 +14,13 @@ pub struct NodeReport {
     pub quantized: bool,
     /// How it was quantized, or why it stayed float.
     pub reason: String,
-    /// Bytes of the constant inputs the node read in the input model.
+    /// Bytes of the constant inputs the node read in the input model. A tensor read by
+    /// several nodes counts for the first of them (quantized nodes in walk order, then the
+    /// others), so that the totals are the bytes of distinct tensors.
     pub weight_bytes_before: u64,
-    /// Bytes of the constants the replacement reads (equal to before when skipped).
+    /// Bytes of the constants the replacement reads (those of the node itself when
+    /// skipped), counted once likewise: a quantized weight shared by two replacements
+    /// counts for the first.
     pub weight_bytes_after: u64,
     /// The Linear unit a MatMul/Gemm heads ("Linear+bias+Relu"), whose bias and activation
     /// follow the quantized product directly.

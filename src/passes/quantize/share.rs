@@ -28,13 +28,15 @@ type GraphPath = Vec<(usize, usize)>;
 pub type Entry<'a> = (&'a [(usize, usize)], usize, &'a mut Replacement);
 
 /// Shares identical new initializers between replacements of nodes that read a common
-/// weight; `main` is the graph before splicing. Earlier entries keep their tensors.
-pub fn share_identical<'a>(main: &Graph, entries: impl IntoIterator<Item = Entry<'a>>) {
+/// weight; `main` is the graph before splicing. Earlier entries keep their tensors. Returns,
+/// per entry, the bytes of the initializers it dropped.
+pub fn share_identical<'a>(main: &Graph, entries: impl IntoIterator<Item = Entry<'a>>) -> Vec<u64> {
     let mut entries: Vec<Entry<'a>> = entries.into_iter().collect();
     // Earlier entries by (graph path, root weight).
     let mut seen: HashMap<(GraphPath, String), Vec<usize>> = HashMap::new();
     let mut producers: HashMap<GraphPath, Producers> = HashMap::new();
-    for j in 0..entries.len() {
+    let mut dropped = vec![0u64; entries.len()];
+    for (j, dropped_here) in dropped.iter_mut().enumerate() {
         let (done, rest) = entries.split_at_mut(j);
         let (path, node, rep) = &mut rest[0];
         let chain = graphs_on(main, path);
@@ -68,6 +70,7 @@ pub fn share_identical<'a>(main: &Graph, entries: impl IntoIterator<Item = Entry
             match twin {
                 Some(k) => {
                     renames.insert(t.name().to_string(), k.name().to_string());
+                    *dropped_here += t.byte_len() as u64;
                     false
                 }
                 None => true,
@@ -82,6 +85,7 @@ pub fn share_identical<'a>(main: &Graph, entries: impl IntoIterator<Item = Entry
             seen.entry((path.to_vec(), r)).or_default().push(j);
         }
     }
+    dropped
 }
 
 /// Equal element type, dims and bytes (tensors without `raw_data` never match). Deferred
