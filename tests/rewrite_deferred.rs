@@ -8,9 +8,10 @@
 mod common;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use common::*;
-use onnx_dynq::model::{ExternalDataMode, SaveOptions};
+use onnx_dynq::model::{ExternalDataMode, SaveOptions, SaveProgress};
 use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
@@ -77,13 +78,15 @@ fn options(weights: WeightQuantOptions, per_channel: bool, defer: bool) -> Quant
 }
 
 /// Fuses, quantizes (deferred or not) and saves `input` to `output`; returns the bytes of
-/// the model file and of its external data file (empty when inline).
+/// the model file and of its external data file (empty when inline). Checks the progress
+/// the save reports.
 fn rewrite_lib(
     input: &Path,
     output: &Path,
     opts: &QuantizeOptions,
     external: bool,
 ) -> (Vec<u8>, Vec<u8>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
     let mut model = onnx_dynq::load(input).unwrap();
     fuse_with(&mut model, FuseOptions::default()).unwrap();
     quantize(&mut model, opts, &mut |_, _, _| {}).unwrap();
@@ -94,13 +97,33 @@ fn rewrite_lib(
             ExternalDataMode::Never
         },
         protect: vec![input.to_path_buf()],
+        progress: Some(SaveProgress(Arc::new({
+            let calls = calls.clone();
+            move |done, total| calls.lock().unwrap().push((done, total))
+        }))),
     };
     let saved = onnx_dynq::save(&model, output, &save).unwrap();
     let data = saved
         .external_file
         .map(|p| std::fs::read(p).unwrap())
         .unwrap_or_default();
-    (std::fs::read(output).unwrap(), data)
+    let model_file = std::fs::read(output).unwrap();
+    // The progress goes up to the size of the file that holds the tensors.
+    let calls = calls.lock().unwrap();
+    let &(last, total) = calls.last().expect("progress was reported");
+    assert_eq!(last, total);
+    assert!(
+        calls
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1)
+    );
+    if external {
+        // Alignment padding is not counted.
+        assert!(total <= data.len() as u64 && total + 64 * 20 > data.len() as u64);
+    } else {
+        assert_eq!(total, model_file.len() as u64);
+    }
+    (model_file, data)
 }
 
 #[test]

@@ -60,6 +60,7 @@ fn round_trip(src: &Path, mode: ExternalDataMode) {
     let opts = SaveOptions {
         external_data: mode,
         protect: vec![src.to_path_buf()],
+        ..Default::default()
     };
     onnx_dynq::model::save(&model, &dst, &opts).unwrap();
     // Our own decoder sees the same model again.

@@ -52,6 +52,7 @@ pub fn run(args: &FuseArgs) -> Result<()> {
             ExternalDataMode::Auto
         },
         protect,
+        progress: None,
     };
     onnx_dynq::save(&model, &args.output, &save_opts)?;
     if let Some(path) = &args.report {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use onnx_dynq::model::{ExternalDataMode, SaveOptions};
+use onnx_dynq::model::{ExternalDataMode, SaveOptions, SaveProgress};
 use onnx_dynq::passes::fold_constants::fold_constants;
 use onnx_dynq::passes::fuse::units::unit_labels;
 use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
@@ -178,9 +178,19 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     for n in &mut nodes {
         n.unit = units.get(&(n.scope.clone(), n.node.clone())).cloned();
     }
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    // The rest of the bar follows the writing, which computes most of the int8 values.
+    let save_progress = bar.clone().map(|b| {
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(format!("writing {}", args.output.display()));
+        b.set_position(0);
+        SaveProgress(std::sync::Arc::new(move |done, total| {
+            b.set_length(total);
+            b.set_position(done);
+        }))
+    });
 
     let mut protect = Vec::new();
     if !args.overwrite_input {
@@ -194,8 +204,12 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             ExternalDataMode::Auto
         },
         protect,
+        progress: save_progress,
     };
     let saved = onnx_dynq::save(&model, &args.output, &save_opts)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
 
     let mut report = QuantizeReport {
         input: args.input.display().to_string(),

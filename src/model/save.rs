@@ -37,6 +37,36 @@ pub struct SaveOptions {
     pub external_data: ExternalDataMode,
     /// Files that must not be overwritten (the input model and its external data).
     pub protect: Vec<PathBuf>,
+    /// Told how far the writing is (deferred tensors are computed as they are written, so
+    /// this is most of a rewrite's time).
+    pub progress: Option<SaveProgress>,
+}
+
+/// Called with (bytes written, bytes to write) as the files are written: the model file,
+/// or the external data file when there is one.
+#[derive(Clone)]
+pub struct SaveProgress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for SaveProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaveProgress")
+    }
+}
+
+/// Bytes written so far out of a total, reported through the caller's [`SaveProgress`].
+struct Progress<'a> {
+    report: Option<&'a SaveProgress>,
+    done: u64,
+    total: u64,
+}
+
+impl Progress<'_> {
+    fn wrote(&mut self, n: usize) {
+        self.done += n as u64;
+        if let Some(r) = self.report {
+            (r.0)(self.done.min(self.total), self.total);
+        }
+    }
 }
 
 /// What a save wrote.
@@ -88,6 +118,16 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         if let Some(g) = proto.graph.as_ref() {
             external_order(g, &mut order);
         }
+        let total: u64 = order
+            .iter()
+            .filter(|raw| raw.len() >= EXTERNAL_THRESHOLD)
+            .map(|raw| raw.len() as u64)
+            .sum();
+        let progress = Progress {
+            report: opts.progress.as_ref(),
+            done: 0,
+            total,
+        };
         let (payloads, producer) = super::prefetch::pipeline(order);
         let written = std::thread::scope(|scope| {
             if let Some(p) = producer {
@@ -98,6 +138,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
                 out: std::io::BufWriter::new(data.as_file_mut()),
                 offset: 0,
                 payloads,
+                progress,
             };
             if let Some(g) = proto.graph.as_mut() {
                 writer.move_graph(g)?;
@@ -115,7 +156,13 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
     }
     // Both files are complete in temporaries before either is renamed into place; if the
     // model's rename fails, the data file just renamed is removed again.
-    let (model_tmp, model_bytes) = encode_temp(path, &proto)?;
+    // With external data, the progress is the data file's; the model file is small.
+    let model_progress = if external {
+        None
+    } else {
+        opts.progress.as_ref()
+    };
+    let (model_tmp, model_bytes) = encode_temp(path, &proto, model_progress)?;
     saved.model_bytes = model_bytes;
     if let Some((data, data_path)) = pending_data {
         data.persist(&data_path)
@@ -140,7 +187,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Encodes `proto` straight into a temporary file beside `path`, through a small buffer:
 /// no whole-model copy in memory (peak memory stays near the input's size).
-fn encode_temp(path: &Path, proto: &ModelProto) -> Result<(tempfile::NamedTempFile, u64)> {
+fn encode_temp(
+    path: &Path,
+    proto: &ModelProto,
+    progress: Option<&SaveProgress>,
+) -> Result<(tempfile::NamedTempFile, u64)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -162,6 +213,11 @@ fn encode_temp(path: &Path, proto: &ModelProto) -> Result<(tempfile::NamedTempFi
             err: None,
             writeback: Writeback::new(tmp.as_file()),
             payloads,
+            progress: Progress {
+                report: progress,
+                done: 0,
+                total: len,
+            },
         };
         proto
             .encode(&mut w)
@@ -223,19 +279,23 @@ impl Writeback {
 
 /// A `BufMut` that flushes to a file whenever its buffer fills; the first write error is
 /// kept and returned by `flush`.
-struct StreamBuf<W: Write> {
+struct StreamBuf<'p, W: Write> {
     out: W,
     buf: Vec<u8>,
     err: Option<std::io::Error>,
     writeback: Writeback,
     payloads: Payloads,
+    progress: Progress<'p>,
 }
 
-impl<W: Write> StreamBuf<W> {
+impl<W: Write> StreamBuf<'_, W> {
     fn drain(&mut self) {
         if self.err.is_none() {
             match self.out.write_all(&self.buf) {
-                Ok(()) => self.writeback.wrote(self.buf.len()),
+                Ok(()) => {
+                    self.writeback.wrote(self.buf.len());
+                    self.progress.wrote(self.buf.len());
+                }
                 Err(e) => self.err = Some(e),
             }
         }
@@ -252,7 +312,7 @@ impl<W: Write> StreamBuf<W> {
 }
 
 // SAFETY: delegates to Vec<u8>'s BufMut, draining it before it would grow past STREAM_BUF.
-unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
+unsafe impl<W: Write> bytes::BufMut for StreamBuf<'_, W> {
     fn remaining_mut(&self) -> usize {
         usize::MAX - self.buf.len()
     }
@@ -271,10 +331,12 @@ unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
         if src.len() >= MIN_DEFERRED {
             self.drain();
             if self.err.is_none() {
-                let (out, writeback) = (&mut self.out, &mut self.writeback);
+                let (out, writeback, progress) =
+                    (&mut self.out, &mut self.writeback, &mut self.progress);
                 let r = self.payloads.write(src, &mut |piece| {
                     out.write_all(piece)?;
                     writeback.wrote(piece.len());
+                    progress.wrote(piece.len());
                     Ok(())
                 });
                 if let Err(e) = r {
@@ -285,7 +347,10 @@ unsafe impl<W: Write> bytes::BufMut for StreamBuf<W> {
             self.drain();
             if self.err.is_none() {
                 match self.out.write_all(src) {
-                    Ok(()) => self.writeback.wrote(src.len()),
+                    Ok(()) => {
+                        self.writeback.wrote(src.len());
+                        self.progress.wrote(src.len());
+                    }
                     Err(e) => self.err = Some(e),
                 }
             }
@@ -366,6 +431,7 @@ struct ExternalWriter<'a, W: Write> {
     out: W,
     offset: u64,
     payloads: Payloads,
+    progress: Progress<'a>,
 }
 
 impl<W: Write> ExternalWriter<'_, W> {
@@ -403,9 +469,12 @@ impl<W: Write> ExternalWriter<'_, W> {
         self.out
             .write_all(&[0u8; EXTERNAL_ALIGN as usize][..pad as usize])?;
         self.offset += pad;
-        let out = &mut self.out;
-        self.payloads
-            .write(raw, &mut |piece| out.write_all(piece))?;
+        let (out, progress) = (&mut self.out, &mut self.progress);
+        self.payloads.write(raw, &mut |piece| {
+            out.write_all(piece)?;
+            progress.wrote(piece.len());
+            Ok(())
+        })?;
         let entry = |k: &str, v: String| StringStringEntryProto {
             key: Some(k.into()),
             value: Some(v),
