@@ -56,18 +56,88 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 /// Owns the reserved map of one deferred payload and its registry entry.
 struct Reserved {
-    map: memmap2::Mmap,
+    map: ZeroMap,
 }
 
 impl AsRef<[u8]> for Reserved {
     fn as_ref(&self) -> &[u8] {
-        &self.map
+        self.map.as_slice()
     }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        registry().remove(&(self.map.as_ptr() as usize));
+        registry().remove(&(self.map.as_slice().as_ptr() as usize));
+    }
+}
+
+/// A read-only private anonymous map: it reads as zeros, and since nothing can write it,
+/// it takes no memory and no commit charge (`MAP_NORESERVE`), whatever its size.
+#[cfg(unix)]
+struct ZeroMap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the map is read-only for its whole life; sharing or sending a pointer to memory
+// nobody writes is sound.
+#[cfg(unix)]
+unsafe impl Send for ZeroMap {}
+#[cfg(unix)]
+unsafe impl Sync for ZeroMap {}
+
+#[cfg(unix)]
+impl ZeroMap {
+    fn new(len: usize) -> Option<Self> {
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks; no existing
+        // memory is touched. Failure is reported as MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(ZeroMap { ptr, len })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for ZeroMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no slice of it outlives `self`
+        // (slices borrow it through the `Bytes` that owns it).
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
+}
+
+/// Elsewhere, an ordinary anonymous map (it counts toward committed memory).
+#[cfg(not(unix))]
+struct ZeroMap(memmap2::Mmap);
+
+#[cfg(not(unix))]
+impl ZeroMap {
+    fn new(len: usize) -> Option<Self> {
+        memmap2::MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .and_then(memmap2::MmapMut::make_read_only)
+            .ok()
+            .map(ZeroMap)
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -78,14 +148,10 @@ pub fn deferred(fill: Arc<dyn Fill>) -> Bytes {
     if len < MIN_DEFERRED {
         return Bytes::from(compute(&*fill));
     }
-    let map = memmap2::MmapOptions::new()
-        .len(len)
-        .map_anon()
-        .and_then(memmap2::MmapMut::make_read_only);
-    let Ok(map) = map else {
+    let Some(map) = ZeroMap::new(len) else {
         return Bytes::from(compute(&*fill));
     };
-    registry().insert(map.as_ptr() as usize, (len, fill));
+    registry().insert(map.as_slice().as_ptr() as usize, (len, fill));
     Bytes::from_owner(Reserved { map })
 }
 
@@ -225,6 +291,18 @@ mod tests {
         let addr = clone.as_ptr() as usize;
         drop(clone);
         assert!(!registry().contains_key(&addr));
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn huge_payloads_reserve_no_memory() {
+        // 64 GiB, more than this machine has: only address space is taken (a writable map
+        // of this size would be refused by the kernel's overcommit check).
+        let len = 64usize << 30;
+        let b = deferred(Arc::new(ramp(len, 9)));
+        assert_eq!(b.len(), len);
+        assert!(matches!(lookup(&b), Lookup::Whole(_)));
+        assert_eq!((b[0], b[len / 2], b[len - 1]), (0, 0, 0));
     }
 
     #[test]
