@@ -13,6 +13,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::matmul::{Linear, check_opset, int8_linear, weight_2d};
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
+use super::weights::WeightSrc;
 use crate::ir::Node;
 use crate::ir::attrs::attr_ints;
 use crate::onnx::tensor_proto::DataType;
@@ -34,13 +35,9 @@ pub fn rewrite_gemm(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         return Err(Skip("Gemm has no output".into()));
     };
     let w = weight_2d(ctx, b)?;
-    let view = w.view::<f32>().map_err(|e| Skip(e.to_string()))?;
-    let weight = if trans_b {
-        view.view().reversed_axes()
-    } else {
-        view.view()
-    };
-    let n = weight.shape()[1];
+    // Read in place; with transB the stored matrix is [N, K] and stays so (transposed.rs).
+    let weight = WeightSrc::from_tensor(w).map_err(|e| Skip(e.to_string()))?;
+    let n = weight.shape()[if trans_b { 0 } else { 1 }];
 
     let (bias, bias_name) = match node.input(2) {
         Some(c) if beta != 0.0 => bias_of(ctx, c, beta, n)?,
@@ -67,7 +64,8 @@ pub fn rewrite_gemm(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     int8_linear(
         Linear {
             a: a_in,
-            weight: weight.into(),
+            weight,
+            weight_transposed: trans_b,
             alpha,
             bias,
             bias_name,

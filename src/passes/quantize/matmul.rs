@@ -20,6 +20,7 @@ use ndarray::ArrayD;
 
 use super::deferred_weights::quantize_weight_deferred;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
+use super::transposed::quantize_weight_transposed;
 use super::weights::{WeightSrc, WeightType, quantize_weight};
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
@@ -31,8 +32,10 @@ pub const MIN_OPSET: i64 = 11;
 pub(crate) struct Linear<'w> {
     /// Float input (after any transpose).
     pub a: String,
-    /// `[K, N]`.
+    /// `[K, N]`, or `[N, K]` when `weight_transposed`.
     pub weight: WeightSrc<'w>,
+    /// The product reads the transpose of `weight` (Gemm's `transB`).
+    pub weight_transposed: bool,
     /// Folded into the weight scale.
     pub alpha: f32,
     /// Added after the product (broadcast against `[.., N]`).
@@ -49,11 +52,13 @@ pub(crate) struct Linear<'w> {
 pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacement) {
     let names = &mut *ctx.names;
     let axis = ctx.per_channel.then_some(1);
-    let n_cols = l.weight.shape()[1];
-    let mut q = if ctx.defer_values {
-        quantize_weight_deferred(l.weight, axis, &ctx.weights)
-    } else {
-        quantize_weight(l.weight, axis, &ctx.weights)
+    let n_cols = l.weight.shape()[if l.weight_transposed { 0 } else { 1 }];
+    let mut q = match (l.weight_transposed, ctx.defer_values) {
+        (true, defer) => {
+            quantize_weight_transposed(&l.weight, ctx.per_channel, &ctx.weights, defer)
+        }
+        (false, true) => quantize_weight_deferred(l.weight, axis, &ctx.weights),
+        (false, false) => quantize_weight(l.weight, axis, &ctx.weights),
     };
     let shape: Vec<usize> = if axis.is_some() { vec![n_cols] } else { vec![] };
     let w_q = names.fresh(&format!("{}_quantized", l.base));
@@ -187,6 +192,7 @@ pub fn rewrite_matmul(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
         Linear {
             a: a.to_string(),
             weight,
+            weight_transposed: false,
             alpha: 1.0,
             bias: None,
             bias_name: None,

@@ -32,6 +32,7 @@ pub mod recurrent_weight_only;
 pub mod report;
 pub mod rewrite;
 mod share;
+pub mod transposed;
 pub mod weights;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
