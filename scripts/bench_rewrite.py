@@ -4,6 +4,10 @@ tutorial-sized word LM (vocab 33278, emb 512, 5-layer LSTM 256; 113.9 MB fp32).
 
 Usage: bench_rewrite.py [--bin target/release/onnx-dynq] [--lm /tmp/bench_lm.onnx]
                         [--make-python /work/venv-torch/bin/python] [--repeat 3]
+                        [--linear /tmp/bench_linear.onnx]
+
+With --linear, the model is instead one 134 MB Linear layer as torch exports it (Gemm
+8192x4096 with transB=1, plus bias), built here with numpy when missing.
 
 The LM is generated with `fixtures/make_fixtures.py --bench-lm PATH` (needs torch) when it
 does not exist. Each tool runs in its own process, per tensor and per channel, `--repeat`
@@ -51,6 +55,20 @@ def measure(cmd):
     return float(wall), int(rss), float(cpu), out[1] if len(out) > 1 else ""
 
 
+def make_linear(path):
+    """A Linear layer as torch.onnx exports it: Gemm(x, W[8192, 4096], b, transB=1)."""
+    import numpy as np, onnx
+    from onnx import helper as h, TensorProto as T, numpy_helper as nh
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8192, 4096)) * 0.05).astype(np.float32)
+    b = (rng.standard_normal(8192) * 0.05).astype(np.float32)
+    g = h.make_graph([h.make_node("Gemm", ["x", "W", "b"], ["y"], name="fc", transB=1)], "linear",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["n", 4096])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 8192])],
+                     [nh.from_array(w, "W"), nh.from_array(b, "b")])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]), path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/onnx-dynq")
@@ -58,7 +76,12 @@ def main():
     ap.add_argument("--make-python", default="/work/venv-torch/bin/python")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--linear", help="benchmark a Gemm transB=1 model at this path instead")
     a = ap.parse_args()
+    if a.linear:
+        if not os.path.exists(a.linear):
+            make_linear(a.linear)
+        a.lm = a.linear
     if a.repeat < 1:
         sys.exit("--repeat must be at least 1")
     if not os.path.exists(a.lm):

@@ -3,13 +3,14 @@
 //!
 //! The output columns are the stored rows, so per-channel parameters are per stored row (one
 //! contiguous pass each) and the per-tensor range is one pass over the whole weight. The
-//! values pass reads the stored rows in strips of [`STRIP`] columns, quantizes each strip
-//! with the vector kernel, and scatters it into `STRIP` rows of the output, which stay in
-//! cache: no float copy of the transposed weight (the general path's strided copy took a
-//! second and four times the weight's size in memory for a 134 MB Linear). The bytes are
-//! those of quantizing the transposed matrix along its columns.
+//! values pass quantizes the stored rows as they lie (the fast sequential path), into an
+//! int8 copy in huge pages, and the output is that copy transposed in 8x8-byte tiles: no
+//! float copy of the transposed weight (the general path's strided copy took a second and
+//! four times the weight's size in memory for a 134 MB Linear; reading the float rows in
+//! column strips instead was TLB-bound). The bytes are those of quantizing the transposed
+//! matrix along its columns.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ndarray::{ArrayD, IxDyn};
@@ -17,12 +18,12 @@ use rayon::prelude::*;
 
 use super::weights::{
     FlatLayout, Params, QValues, QuantizedWeight, WeightQuantOptions, WeightSrc, WeightType,
-    fill_run, flat_layout,
+    flat_layout, output_buffer,
 };
 use crate::ir::deferred::{self, Fill};
 
-/// Stored columns (output rows) quantized together: 64 floats, two kernel iterations.
-const STRIP: usize = 64;
+/// Output rows per parallel work item.
+const ROWS_PER_TASK: usize = 64;
 
 /// Quantizes `w`, stored `[N, K]`, into values `[K, N]` with per-tensor or per-column (`N`)
 /// parameters; with `defer`, large values are left to be computed when the model is written.
@@ -46,6 +47,7 @@ pub fn quantize_weight_transposed(
         k,
         layout: layout.clone(),
         params: Params::of(opts),
+        stored: Mutex::new(None),
     };
     let int8 = opts.weight_type == WeightType::Int8;
     let shape = [k, n];
@@ -87,15 +89,27 @@ struct TransposedValues {
     /// Per tensor, or per stored row.
     layout: FlatLayout,
     params: Params,
+    /// The int8 values in the stored order `[N, K]`: made for the first piece, dropped
+    /// after the last.
+    stored: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
 impl TransposedValues {
-    fn scale_zero_point(&self, row: usize) -> (f32, f32) {
-        match &self.layout {
-            FlatLayout::Tensor { scale, zero_point } => (*scale, *zero_point as f32),
-            FlatLayout::Rows { params, .. } => (params[row].0, params[row].1 as f32),
-            FlatLayout::Cols { .. } => unreachable!("laid out per tensor or per stored row"),
+    /// The stored-order values; `last` takes them out of the cache.
+    fn stored(&self, last: bool) -> Arc<Vec<u8>> {
+        let mut cache = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        let q = cache
+            .get_or_insert_with(|| {
+                let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
+                let mut q = output_buffer(src.len());
+                self.layout.fill(src, 0, &mut q, &self.params, false);
+                Arc::new(q)
+            })
+            .clone();
+        if last {
+            *cache = None;
         }
+        q
     }
 }
 
@@ -114,28 +128,8 @@ impl Fill for TransposedValues {
         if n == 0 {
             return;
         }
-        let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
-        let first = offset / n;
-        out.par_chunks_mut(STRIP * n)
-            .enumerate()
-            .for_each(|(t, block)| {
-                let c0 = first + t * STRIP;
-                let width = block.len() / n;
-                let mut strip = [0u8; STRIP];
-                for (r, row) in src.chunks_exact(k).enumerate() {
-                    let (s, z) = self.scale_zero_point(r);
-                    fill_run(
-                        &row[c0..c0 + width],
-                        &mut strip[..width],
-                        s,
-                        z,
-                        &self.params,
-                    );
-                    for (j, &q) in strip[..width].iter().enumerate() {
-                        block[j * n + r] = q;
-                    }
-                }
-            });
+        let last = offset + out.len() == self.len();
+        transpose_columns(&self.stored(last), n, k, offset / n, out);
     }
 
     fn identity(&self) -> Vec<u8> {
@@ -145,16 +139,69 @@ impl Fill for TransposedValues {
         id.extend_from_slice(&self.n.to_le_bytes());
         id.extend_from_slice(&self.params.qmin.to_le_bytes());
         id.extend_from_slice(&self.params.qmax.to_le_bytes());
-        for r in 0..self.n {
-            let (s, z) = self.scale_zero_point(r);
+        let params: &[(f32, i32)] = match &self.layout {
+            FlatLayout::Tensor { scale, zero_point } => &[(*scale, *zero_point)],
+            FlatLayout::Rows { params, .. } | FlatLayout::Cols { params } => params,
+        };
+        for (s, z) in params {
             id.extend_from_slice(&s.to_le_bytes());
             id.extend_from_slice(&z.to_le_bytes());
-            if matches!(self.layout, FlatLayout::Tensor { .. }) {
-                break;
-            }
         }
         id
     }
+}
+
+/// `out[j * n + r] = src[r * k + first + j]`: columns `first ..` of the row-major `[n, k]`
+/// bytes `src`, as rows (`out.len() / n` of them), in parallel blocks of output rows, each
+/// built from 8x8-byte tiles (eight 8-byte loads, a register transpose, eight stores).
+fn transpose_columns(src: &[u8], n: usize, k: usize, first: usize, out: &mut [u8]) {
+    out.par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(t, block)| {
+            let c0 = first + t * ROWS_PER_TASK;
+            let width = block.len() / n;
+            let (full_w, full_n) = (width / 8 * 8, n / 8 * 8);
+            for r0 in (0..full_n).step_by(8) {
+                for j0 in (0..full_w).step_by(8) {
+                    let mut tile = [0u64; 8];
+                    for (i, t) in tile.iter_mut().enumerate() {
+                        let at = (r0 + i) * k + c0 + j0;
+                        *t = u64::from_le_bytes(src[at..at + 8].try_into().expect("8 bytes"));
+                    }
+                    for (jj, row) in transpose8(tile).iter().enumerate() {
+                        let at = (j0 + jj) * n + r0;
+                        block[at..at + 8].copy_from_slice(&row.to_le_bytes());
+                    }
+                }
+            }
+            // The edges: rows past the last full tile, columns past the last full tile.
+            for r in 0..n {
+                let cols = if r < full_n { full_w..width } else { 0..width };
+                for j in cols {
+                    block[j * n + r] = src[r * k + c0 + j];
+                }
+            }
+        });
+}
+
+/// Transposes an 8x8 byte matrix held as eight little-endian rows: byte `j` of row `i`
+/// becomes byte `i` of row `j`. Three rounds swap 4x4, 2x2 and 1x1 blocks.
+fn transpose8(mut x: [u64; 8]) -> [u64; 8] {
+    for (half, mask) in [
+        (4, 0x0000_0000_FFFF_FFFFu64),
+        (2, 0x0000_FFFF_0000_FFFF),
+        (1, 0x00FF_00FF_00FF_00FF),
+    ] {
+        let shift = 8 * half;
+        for i in 0..8 {
+            if i & half == 0 {
+                let (a, b) = (x[i], x[i + half]);
+                x[i] = (a & mask) | ((b & mask) << shift);
+                x[i + half] = ((a >> shift) & mask) | (b & !mask);
+            }
+        }
+    }
+    x
 }
 
 #[cfg(test)]
@@ -163,6 +210,33 @@ mod tests {
     use super::super::weights::tests::{float_tensor_at, opts, tricky};
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn byte_tiles_and_columns_transpose() {
+        let tile: [u64; 8] =
+            std::array::from_fn(|i| u64::from_le_bytes(std::array::from_fn(|j| (i * 8 + j) as u8)));
+        let t = transpose8(tile);
+        for (j, row) in t.iter().enumerate() {
+            for (i, b) in row.to_le_bytes().iter().enumerate() {
+                assert_eq!(*b as usize, i * 8 + j);
+            }
+        }
+        for (n, k, first, w) in [
+            (19, 37, 5, 30),
+            (8, 8, 0, 8),
+            (130, 70, 0, 70),
+            (3, 100, 90, 10),
+        ] {
+            let src: Vec<u8> = (0..n * k).map(|v| (v * 7 % 251) as u8).collect();
+            let mut out = vec![0u8; w * n];
+            transpose_columns(&src, n, k, first, &mut out);
+            for j in 0..w {
+                for r in 0..n {
+                    assert_eq!(out[j * n + r], src[r * k + first + j], "{n}x{k} {j} {r}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn transposed_weights_quantize_like_the_transposed_matrix() {

@@ -705,7 +705,7 @@ impl FlatLayout {
 /// A zeroed buffer for `n` quantized values. Large ones ask for transparent huge pages: the
 /// kernel then faults in (and zeroes) 2 MB at a time instead of 4 KB, which was a sixth of
 /// the CPU time of a rewrite of a 100 MB model.
-fn output_buffer(n: usize) -> Vec<u8> {
+pub(super) fn output_buffer(n: usize) -> Vec<u8> {
     let v = vec![0u8; n];
     #[cfg(target_os = "linux")]
     if n >= 4 << 20 {
