@@ -154,7 +154,7 @@ impl Fill for TransposedValues {
 /// `out[j * n + r] = src[r * k + first + j]`: columns `first ..` of the row-major `[n, k]`
 /// bytes `src`, as rows (`out.len() / n` of them), in parallel blocks of output rows, each
 /// built from 8x8-byte tiles (eight 8-byte loads, a register transpose, eight stores).
-fn transpose_columns(src: &[u8], n: usize, k: usize, first: usize, out: &mut [u8]) {
+pub(super) fn transpose_columns(src: &[u8], n: usize, k: usize, first: usize, out: &mut [u8]) {
     out.par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(t, block)| {
