@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
 use super::weights::{
@@ -47,14 +46,7 @@ pub fn quantize_weight_deferred<'a>(
         params: Params::of(opts),
     };
     let payload = deferred::deferred(Arc::new(fill));
-    let int8 = opts.weight_type == WeightType::Int8;
-    let mut q = layout.into_weight(&w.shape, axis, |_| {
-        if int8 {
-            QValues::I8(ArrayD::zeros(IxDyn(&[0])))
-        } else {
-            QValues::U8(ArrayD::zeros(IxDyn(&[0])))
-        }
-    });
+    let mut q = layout.into_weight(&w.shape, axis, |_| QValues::empty(opts.weight_type));
     q.deferred = Some((w.shape.clone(), payload));
     q
 }
@@ -232,7 +224,7 @@ fn rows_in_one_pass(w: &WeightSrc, opts: &WeightQuantOptions) -> Option<Quantize
     let values = deferred::deferred(Arc::new(RowValues(pass.clone())));
     let scales = deferred::deferred(Arc::new(RowScales(pass)));
     Some(QuantizedWeight {
-        values: QValues::I8(ArrayD::zeros(IxDyn(&[0]))),
+        values: QValues::empty(WeightType::Int8),
         deferred: Some((w.shape.clone(), values)),
         deferred_scales: Some(scales),
         scales: Vec::new(),
@@ -246,6 +238,7 @@ mod tests {
     use super::super::weights::tests::{float_tensor_at, opts, tricky};
     use super::*;
     use crate::ir::deferred::{Lookup, lookup, materialize, pieces};
+    use ndarray::{ArrayD, IxDyn};
 
     #[test]
     fn deferred_values_equal_the_eager_ones() {

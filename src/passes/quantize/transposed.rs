@@ -53,7 +53,7 @@ pub fn quantize_weight_transposed(
     let shape = [k, n];
     let mut q = layout.into_weight(&shape, per_channel.then_some(1), |dims| {
         if defer && n * k >= deferred::MIN_DEFERRED {
-            return empty(int8);
+            return QValues::empty(opts.weight_type);
         }
         let bytes = deferred::compute(&fill);
         let dims = IxDyn(dims);
@@ -70,14 +70,6 @@ pub fn quantize_weight_transposed(
         q.deferred = Some((shape.to_vec(), deferred::deferred(Arc::new(fill))));
     }
     q
-}
-
-fn empty(int8: bool) -> QValues {
-    if int8 {
-        QValues::I8(ArrayD::zeros(IxDyn(&[0])))
-    } else {
-        QValues::U8(ArrayD::zeros(IxDyn(&[0])))
-    }
 }
 
 /// The `[K, N]` values of a weight stored `[N, K]`.

@@ -73,6 +73,17 @@ pub enum QValues {
     U8(ArrayD<u8>),
 }
 
+impl QValues {
+    /// No values, with the signedness of `weight_type` (a placeholder where the values are
+    /// deferred or moved out: zero points still need the type).
+    pub fn empty(weight_type: WeightType) -> Self {
+        match weight_type {
+            WeightType::Int8 => QValues::I8(ArrayD::zeros(IxDyn(&[0]))),
+            WeightType::Uint8 => QValues::U8(ArrayD::zeros(IxDyn(&[0]))),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedWeight {
     /// Empty (with the right signedness) when `deferred` holds the values.
@@ -908,10 +919,10 @@ impl QuantizedWeight {
             };
         }
         // The placeholder keeps the signedness: zero_point_tensor reads it afterwards.
-        let empty = match &self.values {
-            QValues::I8(_) => QValues::I8(ArrayD::zeros(IxDyn(&[0]))),
-            QValues::U8(_) => QValues::U8(ArrayD::zeros(IxDyn(&[0]))),
-        };
+        let empty = QValues::empty(match &self.values {
+            QValues::I8(_) => WeightType::Int8,
+            QValues::U8(_) => WeightType::Uint8,
+        });
         let (dims, dtype, bytes) = match std::mem::replace(&mut self.values, empty) {
             QValues::I8(a) if a.is_standard_layout() => {
                 let dims = a.shape().to_vec();
