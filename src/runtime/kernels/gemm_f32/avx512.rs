@@ -31,39 +31,20 @@ pub unsafe fn tile<const R: usize, const U: usize>(
 ) {
     // SAFETY (whole body): pointer arithmetic stays inside the extents the caller guarantees.
     unsafe {
-        let mut acc = [[[_mm512_setzero_ps(); 2]; R]; U];
-        let mut kk = 0;
-        while kk + U <= k {
-            for (u, acc) in acc.iter_mut().enumerate() {
-                let bp = b.add((kk + u) * NR);
-                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-                let ap = a.add((kk + u) * R);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ap.add(r));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-                }
-            }
-            kk += U;
-        }
-        while kk < k {
-            let bp = b.add(kk * NR);
-            let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-            let ap = a.add(kk * R);
-            for (r, acc) in acc[0].iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(r));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-            }
-            kk += 1;
-        }
-        let mut sum = acc[0];
-        for acc in &acc[1..] {
-            for (s, a) in sum.iter_mut().zip(acc) {
-                s[0] = _mm512_add_ps(s[0], a[0]);
-                s[1] = _mm512_add_ps(s[1], a[1]);
-            }
-        }
+        let mut sum = tile_sums!(
+            k,
+            a,
+            b,
+            R,
+            U,
+            NR,
+            16,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps
+        );
         let m0: __mmask16 = if cols >= 16 {
             0xffff
         } else {
