@@ -251,12 +251,6 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
             out = o;
         }
     }
-    let act = match_activation(steps, out, cx, idx).map(|(ai, act, o)| {
-        chain.push(ai);
-        names.push(steps[ai].op_type.clone());
-        out = o;
-        act
-    });
     // Absorb the DynamicQuantizeLinear when this chain is its only reader.
     let absorb = idx.only_reader(xq, cx) == Some(i)
         && idx.only_reader(xz, cx) == Some(i)
@@ -268,18 +262,62 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
     } else {
         (AForm::Quantized, vec![Some(xq), Some(xs), Some(xz)])
     };
-    let op = Int8Linear::new(
+    finish(
+        steps,
+        cx,
+        idx,
+        Partial {
+            steps: chain,
+            names,
+            inputs,
+            output: out,
+            form,
+            packed,
+            b_scales,
+            bias,
+        },
+    )
+}
+
+/// A matched chain before its optional trailing activation.
+struct Partial {
+    steps: Vec<usize>,
+    names: Vec<String>,
+    inputs: Vec<Option<usize>>,
+    output: usize,
+    form: AForm,
+    packed: PackedB,
+    b_scales: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// Takes a following activation into the chain (see [`match_activation`]) and builds the
+/// fused step.
+fn finish(steps: &[Step], cx: &Ctx, idx: &Index, p: Partial) -> Option<Chain> {
+    let Partial {
+        steps: mut chain,
+        mut names,
+        inputs,
+        mut output,
         form,
         packed,
         b_scales,
         bias,
-        act.unwrap_or(Activation::None),
-    )
-    .ok()?;
+    } = p;
+    let act = match match_activation(steps, output, cx, idx) {
+        Some((ai, act, o)) => {
+            chain.push(ai);
+            names.push(steps[ai].op_type.clone());
+            output = o;
+            act
+        }
+        None => Activation::None,
+    };
+    let op = Int8Linear::new(form, packed, b_scales, bias, act).ok()?;
     Some(Chain {
         steps: chain,
         inputs,
-        output: out,
+        output,
         op,
         names,
     })
@@ -334,30 +372,21 @@ fn match_ms(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
             Some(v)
         }
     };
-    let mut out = single_output(st)?;
-    let mut chain = vec![i];
-    let mut names = vec![st.op_type.clone()];
-    let act = match_activation(steps, out, cx, idx).map(|(ai, act, o)| {
-        chain.push(ai);
-        names.push(steps[ai].op_type.clone());
-        out = o;
-        act
-    });
-    let op = Int8Linear::new(
-        form,
-        packed,
-        b_scales,
-        bias,
-        act.unwrap_or(Activation::None),
+    finish(
+        steps,
+        cx,
+        idx,
+        Partial {
+            steps: vec![i],
+            names: vec![st.op_type.clone()],
+            inputs,
+            output: single_output(st)?,
+            form,
+            packed,
+            b_scales,
+            bias,
+        },
     )
-    .ok()?;
-    Some(Chain {
-        steps: chain,
-        inputs,
-        output: out,
-        op,
-        names,
-    })
 }
 
 /// The single reader of `x` if it is a Relu, LeakyRelu or Clip with constant bounds: its
