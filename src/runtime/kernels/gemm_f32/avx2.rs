@@ -2,6 +2,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::runtime::kernels::simd_act::act_m256;
+
 use super::Act;
 
 /// Columns per packed panel of B.
@@ -54,7 +56,7 @@ pub unsafe fn tile<const R: usize, const U: usize>(
         }
         for s in sum.iter_mut() {
             for v in s.iter_mut() {
-                *v = apply(act, *v);
+                *v = act_m256(*v, act);
             }
         }
         for (r, s) in sum.iter().enumerate() {
@@ -67,26 +69,6 @@ pub unsafe fn tile<const R: usize, const U: usize>(
                 _mm256_storeu_ps(tmp.as_mut_ptr(), s[0]);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), s[1]);
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), cp, cols);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn apply(act: Act, v: __m256) -> __m256 {
-    // SAFETY: only called from `tile`, which runs with AVX2 enabled.
-    unsafe {
-        match act {
-            Act::None => v,
-            // max(v, 0) returns the second operand for NaN, as f32::max(NaN, 0) gives 0.
-            Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-            Act::Clip { min, max } => {
-                // NaN is kept (the second operand is returned for NaN), as Clip does.
-                _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), v))
-            }
-            Act::LeakyRelu { alpha } => {
-                let neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
-                _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(alpha)), neg)
             }
         }
     }

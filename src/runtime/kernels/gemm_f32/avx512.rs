@@ -2,6 +2,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::runtime::kernels::simd_act::act_m512;
+
 use super::Act;
 
 /// Columns per packed panel of B.
@@ -67,7 +69,7 @@ pub unsafe fn tile<const R: usize, const U: usize>(
         }
         for s in sum.iter_mut() {
             for v in s.iter_mut() {
-                *v = apply(act, *v);
+                *v = act_m512(*v, act);
             }
         }
         for (r, s) in sum.iter().enumerate() {
@@ -78,26 +80,6 @@ pub unsafe fn tile<const R: usize, const U: usize>(
             } else {
                 _mm512_mask_storeu_ps(cp, m0, s[0]);
                 _mm512_mask_storeu_ps(cp.add(16), m1, s[1]);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn apply(act: Act, v: __m512) -> __m512 {
-    // SAFETY: only called from `tile`, which runs with AVX-512F enabled.
-    unsafe {
-        match act {
-            Act::None => v,
-            // max(v, 0) returns the second operand for NaN, as f32::max(NaN, 0) gives 0.
-            Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
-            Act::Clip { min, max } => {
-                // NaN is kept (the second operand is returned for NaN), as Clip does.
-                _mm512_min_ps(_mm512_set1_ps(max), _mm512_max_ps(_mm512_set1_ps(min), v))
-            }
-            Act::LeakyRelu { alpha } => {
-                let neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-                _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(alpha))
             }
         }
     }

@@ -22,7 +22,7 @@
 //! [`gemm_u8i8_f32`] fuses the dequantization,
 //! `out[m,n] = f32(C[m,n]) * (a_scale * b_scale[n]) + bias[n]`, then an optional
 //! [`Activation`] (ReLU, Clip, LeakyRelu) with the semantics of the ONNX ops the runtime
-//! implements (see [`Activation::apply`]). Every kernel evaluates that expression in the same
+//! implements (see [`Act::eval`](crate::runtime::kernels::gemm_f32::Act::eval)). Every kernel evaluates that expression in the same
 //! order with separate multiply and add (no FMA), so all paths agree bit for bit.
 //!
 //! # Kernels
