@@ -30,6 +30,8 @@ use super::value::Value;
 
 mod fuse_int8;
 mod fuse_linear;
+mod fuse_lstm_cell;
+mod step_links;
 use fuse_linear::fuse_float_linear;
 
 /// How a session runs.
@@ -462,6 +464,7 @@ impl<'r> Planner<'r> {
             self.opsets,
             self.options,
         );
+        fuse_lstm_cell::fuse_lstm_cells(&mut steps, graph, &self.consts, &graph_outs, self.options);
         // Lifetimes: a slot dies after its last reader; a step output nobody reads dies at once.
         let keep: HashSet<usize> = outputs
             .iter()

@@ -17,6 +17,53 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+/// The k loop of the packed f32 tiles (`avx2.rs`, `avx512.rs`), written once for both vector
+/// widths: `U` independent accumulator sets of `R` rows × two vectors (`$nr` columns, `$half`
+/// per vector), each step broadcasting one A value per row against two B vectors; returns the
+/// sets summed. Expands inside the caller's `unsafe` block and `target_feature` function, so
+/// the intrinsics inline there.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_sums {
+    ($k:expr, $a:expr, $b:expr, $r:ident, $u:ident, $nr:expr, $half:expr,
+     $zero:ident, $load:ident, $set1:ident, $fma:ident, $add:ident) => {{
+        let (k, a, b) = ($k, $a, $b);
+        let mut acc = [[[$zero(); 2]; $r]; $u];
+        let mut kk = 0;
+        while kk + $u <= k {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let bp = b.add((kk + u) * $nr);
+                let (b0, b1) = ($load(bp), $load(bp.add($half)));
+                let ap = a.add((kk + u) * $r);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = $set1(*ap.add(r));
+                    acc[0] = $fma(av, b0, acc[0]);
+                    acc[1] = $fma(av, b1, acc[1]);
+                }
+            }
+            kk += $u;
+        }
+        while kk < k {
+            let bp = b.add(kk * $nr);
+            let (b0, b1) = ($load(bp), $load(bp.add($half)));
+            let ap = a.add(kk * $r);
+            for (r, acc) in acc[0].iter_mut().enumerate() {
+                let av = $set1(*ap.add(r));
+                acc[0] = $fma(av, b0, acc[0]);
+                acc[1] = $fma(av, b1, acc[1]);
+            }
+            kk += 1;
+        }
+        let mut sum = acc[0];
+        for acc in &acc[1..] {
+            for (s, a) in sum.iter_mut().zip(acc) {
+                s[0] = $add(s[0], a[0]);
+                s[1] = $add(s[1], a[1]);
+            }
+        }
+        sum
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

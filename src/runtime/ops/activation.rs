@@ -3,6 +3,9 @@
 //! - `Relu` (also signed integers, opset 14), `LeakyRelu` (`alpha` 0.01), `Sigmoid`,
 //!   `HardSigmoid` (`max(0, min(1, alpha·x + beta))`, 0.2 / 0.5), `Tanh`, `Erf`,
 //!   `Gelu` (20; `approximate` "none": `x·Φ(x)` via erf, "tanh": the tanh form).
+//!   f32 `Sigmoid` and `Tanh` are onnxruntime's MLAS approximations, vectorized
+//!   ([`crate::runtime::kernels::activation`]: within 1e-7 / 2e-7 absolute of the exact
+//!   functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
 //! - `Softmax`, `LogSoftmax`: before opset 13 the input is viewed as 2-D
 //!   `[prod(shape[..axis]), prod(shape[axis..])]` (default axis 1) and normalized per row; from
 //!   13 along one axis (default -1). Max-subtracted, so large inputs do not overflow.
@@ -16,6 +19,8 @@ use num_traits::Float;
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
+use crate::runtime::kernels::activation::{sigmoid_into, tanh_into};
+use crate::runtime::kernels::gemm_f32::output_buffer;
 use crate::ufn;
 
 use super::data::reshape_value;
@@ -69,6 +74,17 @@ impl UFn for Gelu {
         };
         T::from(y).unwrap_or(T::nan())
     }
+}
+
+/// An f32 array through a slice kernel (`f(src, dst)`), into a fresh row-major array.
+fn map_f32(a: &ArrayD<f32>, f: fn(&[f32], &mut [f32])) -> Result<ArrayD<f32>> {
+    let src = a.as_standard_layout();
+    let s = src
+        .as_slice()
+        .ok_or_else(|| err("internal: a standard-layout array has no slice"))?;
+    let mut out = output_buffer(s.len());
+    f(s, &mut out);
+    ArrayD::from_shape_vec(a.raw_dim(), out).map_err(|e| err(format!("internal: {e}")))
 }
 
 fn relu(v: &Value) -> Result<Value> {
@@ -217,11 +233,17 @@ fn build(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         Ok(vec![match kind.as_str() {
             "Relu" => relu(x)?,
             "LeakyRelu" => unary_float(x, &LeakyRelu(alpha.unwrap_or(0.01)))?,
-            "Sigmoid" => unary_float(x, &Sigmoid)?,
+            "Sigmoid" => match x {
+                Value::F32(a) => Value::F32(map_f32(a, sigmoid_into)?),
+                _ => unary_float(x, &Sigmoid)?,
+            },
             "HardSigmoid" => {
                 unary_float(x, &HardSigmoid(alpha.unwrap_or(0.2), beta.unwrap_or(0.5)))?
             }
-            "Tanh" => unary_float(x, &Tanh)?,
+            "Tanh" => match x {
+                Value::F32(a) => Value::F32(map_f32(a, tanh_into)?),
+                _ => unary_float(x, &Tanh)?,
+            },
             "Erf" => unary_float(x, &Erf)?,
             "Gelu" => unary_float(x, &Gelu { tanh })?,
             other => return Err(err(format!("unknown activation {other}"))),

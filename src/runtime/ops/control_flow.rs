@@ -135,7 +135,31 @@ pub fn stack_values(vals: &[Value], axis: usize) -> Result<Value> {
 
 /// Element `i` along `axis`, with that axis removed.
 fn take_index(v: &Value, axis: usize, i: usize) -> Value {
-    map_same!(v, a => standard(a.index_axis(Axis(axis), i)))
+    map_same!(v, a => take_at(a, axis, i))
+}
+
+/// [`take_index`] on one array: row-major runs of `prod(shape[axis+1..])` values when `a` is
+/// row-major (a Scan's sequences usually are), else through an ndarray view.
+fn take_at<T: Copy>(a: &ArrayD<T>, axis: usize, i: usize) -> ArrayD<T> {
+    let shape = a.shape();
+    if let Some(src) = a.as_slice()
+        && axis < shape.len()
+    {
+        let len = shape[axis];
+        let inner: usize = shape[axis + 1..].iter().product();
+        let outer: usize = shape[..axis].iter().product();
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            let at = (o * len + i) * inner;
+            out.extend_from_slice(&src[at..at + inner]);
+        }
+        let mut s = shape.to_vec();
+        s.remove(axis);
+        if let Ok(r) = ArrayD::from_shape_vec(IxDyn(&s), out) {
+            return r;
+        }
+    }
+    standard(a.index_axis(Axis(axis), i))
 }
 
 struct LoopOp {
@@ -244,7 +268,17 @@ impl ScanOp {
         }
         let mut state = state;
         let n_out = self.body.num_outputs().saturating_sub(self.n_state);
-        let mut outs: Vec<Vec<Value>> = vec![Vec::new(); n_out];
+        if n_out > 0 && len == 0 {
+            return Err(err("Scan over an empty sequence"));
+        }
+        // Each step's scan outputs go straight to their place in the stacked result.
+        let mut outs: Vec<Stacked> = (0..n_out)
+            .map(|k| Stacked {
+                axis: self.out_axes[k],
+                rev: self.out_rev[k],
+                buf: None,
+            })
+            .collect();
         for t in 0..len {
             let mut inputs = std::mem::take(&mut state);
             for (k, v) in seqs.iter().enumerate() {
@@ -253,22 +287,92 @@ impl ScanOp {
             }
             let mut r = self.body.run(ins, inputs)?.into_iter();
             state = r.by_ref().take(self.n_state).collect();
-            for (k, v) in r.enumerate() {
-                outs[k].push(v);
+            for (o, v) in outs.iter_mut().zip(r) {
+                o.put(len, t, v)?;
             }
         }
         let mut result = state;
-        for (k, mut o) in outs.into_iter().enumerate() {
-            if o.is_empty() {
-                return Err(err("Scan over an empty sequence"));
-            }
-            if self.out_rev[k] {
-                o.reverse();
-            }
-            let axis = norm_axis(self.out_axes[k], o[0].shape().len() + 1)?;
-            result.push(stack_values(&o, axis)?);
+        for o in outs {
+            result.push(
+                o.buf
+                    .ok_or_else(|| err("Scan body returned too few outputs"))?,
+            );
         }
         Ok(result)
+    }
+}
+
+/// Copies `a` into `b`'s entry `pos` along `axis` (`b` has `a`'s shape with that axis
+/// inserted): row-major runs of `prod(a.shape[axis..])` values when both are row-major
+/// (always, for the body's outputs), else element by element.
+fn put_at<T: Copy>(b: &mut ArrayD<T>, a: &ArrayD<T>, axis: usize, pos: usize) {
+    let len = b.shape()[axis];
+    let inner: usize = a.shape()[axis..].iter().product();
+    if let (Some(src), Some(dst)) = (a.as_slice(), b.as_slice_mut()) {
+        if inner > 0 {
+            for (o, run) in src.chunks_exact(inner).enumerate() {
+                let at = (o * len + pos) * inner;
+                dst[at..at + inner].copy_from_slice(run);
+            }
+        }
+        return;
+    }
+    b.index_axis_mut(Axis(axis), pos).assign(a);
+}
+
+/// One Scan output, stacked as the steps produce it: allocated from the first step's value
+/// (with the sequence length inserted at `axis`), then each step's value is copied into its
+/// place (saves collecting the steps' values and concatenating them at the end).
+struct Stacked {
+    axis: i64,
+    rev: bool,
+    buf: Option<Value>,
+}
+
+impl Stacked {
+    /// Puts step `t`'s value `v` (of a sequence of `len` steps) in place.
+    fn put(&mut self, len: usize, t: usize, v: Value) -> Result<()> {
+        let rank = v.shape().len();
+        let axis = norm_axis(self.axis, rank + 1)?;
+        let pos = if self.rev { len - 1 - t } else { t };
+        let buf = match &mut self.buf {
+            Some(b) => b,
+            None => {
+                let mut shape = v.shape().to_vec();
+                shape.insert(axis, len);
+                self.buf.insert(
+                    map_same!(&v, _a => ArrayD::from_elem(IxDyn(&shape), Default::default())),
+                )
+            }
+        };
+        let want = {
+            let mut s = buf.shape().to_vec();
+            s.remove(axis);
+            s
+        };
+        if v.shape() != want.as_slice() {
+            return Err(err(format!(
+                "Scan body output changes shape between steps: {:?} then {:?}",
+                want,
+                v.shape()
+            )));
+        }
+        macro_rules! put {
+            ($($var:ident),*) => {
+                match (buf, &v) {
+                    $((Value::$var(b), Value::$var(a)) => put_at(b, a, axis, pos),)*
+                    (b, a) => {
+                        return Err(err(format!(
+                            "Scan body output changes type between steps: {} then {}",
+                            super::util::dname(b),
+                            super::util::dname(a)
+                        )));
+                    }
+                }
+            };
+        }
+        put!(F32, F16, F64, I64, I32, I8, U8, Bool);
+        Ok(())
     }
 }
 
@@ -383,4 +487,63 @@ pub fn register(r: &mut Registry) {
     r.register_scoped("", "If", build_if);
     r.register_scoped("", "Loop", build_loop);
     r.register_scoped("", "Scan", build_scan);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stacking step by step equals stacking all values at the end ([`stack_values`]), for
+    /// every axis, both directions, and a non-row-major step value.
+    #[test]
+    fn stacked_outputs_equal_stack_values_and_take_index_inverts_it() {
+        let len = 4;
+        let steps: Vec<Value> = (0..len)
+            .map(|t| {
+                let a = ndarray::Array::from_shape_fn(IxDyn(&[2, 3]), |i| {
+                    (t * 100 + i[0] * 10 + i[1]) as f32
+                });
+                // One value transposed twice: same shape, not row-major in memory.
+                if t == 2 {
+                    let mut c = ArrayD::zeros(IxDyn(&[3, 2])).reversed_axes();
+                    c.assign(&a);
+                    Value::F32(c)
+                } else {
+                    Value::F32(a)
+                }
+            })
+            .collect();
+        for axis in [0i64, 1, 2, -1] {
+            for rev in [false, true] {
+                let mut s = Stacked {
+                    axis,
+                    rev,
+                    buf: None,
+                };
+                for (t, v) in steps.iter().enumerate() {
+                    s.put(len, t, v.clone()).unwrap();
+                }
+                let mut order = steps.clone();
+                if rev {
+                    order.reverse();
+                }
+                let want = stack_values(&order, norm_axis(axis, 3).unwrap()).unwrap();
+                assert_eq!(s.buf.unwrap(), want, "axis {axis}, reverse {rev}");
+            }
+        }
+        for axis in 0..3 {
+            for (t, v) in steps.iter().enumerate() {
+                let stacked = stack_values(&steps, axis).unwrap();
+                assert_eq!(take_index(&stacked, axis, t), *v, "axis {axis}, step {t}");
+            }
+        }
+        let mut s = Stacked {
+            axis: 0,
+            rev: false,
+            buf: None,
+        };
+        s.put(2, 0, Value::F32(ArrayD::zeros(IxDyn(&[2])))).unwrap();
+        assert!(s.put(2, 1, Value::F32(ArrayD::zeros(IxDyn(&[3])))).is_err());
+        assert!(s.put(2, 1, Value::I64(ArrayD::zeros(IxDyn(&[2])))).is_err());
+    }
 }

@@ -64,6 +64,9 @@ use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
 use crate::runtime::kernels::gemm_i8::{Epilogue, PackedB, gemm_u8i8_f32};
+// The MLAS activations live with the other elementwise kernels; re-exported for the tests
+// that check them against onnxruntime.
+pub use crate::runtime::kernels::activation::{mlas_logistic, mlas_tanh};
 
 use super::rnn::Activation;
 use super::util::{dname, err, opt, req};
@@ -74,71 +77,7 @@ pub fn register(r: &mut Registry) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// MLAS activations and quantization
-
-/// `MlasComputeLogistic` as onnxruntime dispatches it on x86-64 with FMA3
-/// (`MlasComputeLogisticF32KernelFma3`): a rational approximation on `x` clamped to ±18,
-/// evaluated with fused multiply-adds, output clamped below at 0 only.
-// Constants spelled as in MLAS (logistic.cpp), so they round to the same f32.
-#[allow(clippy::excessive_precision)]
-#[inline(always)]
-pub fn mlas_logistic(x: f32) -> f32 {
-    const A9: f32 = 4.37031012579801e-11;
-    const A7: f32 = 1.15627324459942e-07;
-    const A5: f32 = 6.08574864600143e-05;
-    const A3: f32 = 8.51377133304701e-03;
-    const A1: f32 = 2.48287947061529e-01;
-    const B10: f32 = 6.10247389755681e-13;
-    const B8: f32 = 5.76102136993427e-09;
-    const B6: f32 = 6.29106785017040e-06;
-    const B4: f32 = 1.70198817374094e-03;
-    const B2: f32 = 1.16817656904453e-01;
-    const B0: f32 = 9.93151921023180e-01;
-    let x = x.clamp(-18.0, 18.0);
-    let x2 = x * x;
-    let p = x2.mul_add(A9, A7);
-    let p = x2.mul_add(p, A5);
-    let p = x2.mul_add(p, A3);
-    let p = x2.mul_add(p, A1);
-    let q = x2.mul_add(B10, B8);
-    let q = x2.mul_add(q, B6);
-    let q = x2.mul_add(q, B4);
-    let q = x2.mul_add(q, B2);
-    let q = x2.mul_add(q, B0);
-    let v = (x * p) / q + 0.5;
-    if v > 0.0 { v } else { 0.0 }
-}
-
-/// `MlasComputeTanh` as onnxruntime dispatches it on x86-64 with FMA3: Eigen's odd rational
-/// approximation on `x` clamped to ±9, evaluated with fused multiply-adds.
-// Constants spelled as in MLAS (tanh.cpp).
-#[allow(clippy::excessive_precision)]
-#[inline(always)]
-pub fn mlas_tanh(x: f32) -> f32 {
-    const A13: f32 = -2.76076847742355e-16;
-    const A11: f32 = 2.00018790482477e-13;
-    const A9: f32 = -8.60467152213735e-11;
-    const A7: f32 = 5.12229709037114e-08;
-    const A5: f32 = 1.48572235717979e-05;
-    const A3: f32 = 6.37261928875436e-04;
-    const A1: f32 = 4.89352455891786e-03;
-    const B6: f32 = 1.19825839466702e-06;
-    const B4: f32 = 1.18534705686654e-04;
-    const B2: f32 = 2.26843463243900e-03;
-    const B0: f32 = 4.89352518554385e-03;
-    let x = x.clamp(-9.0, 9.0);
-    let x2 = x * x;
-    let p = x2.mul_add(A13, A11);
-    let p = x2.mul_add(p, A9);
-    let p = x2.mul_add(p, A7);
-    let p = x2.mul_add(p, A5);
-    let p = x2.mul_add(p, A3);
-    let p = x2.mul_add(p, A1);
-    let q = x2.mul_add(B6, B4);
-    let q = x2.mul_add(q, B2);
-    let q = x2.mul_add(q, B0);
-    (x * p) / q
-}
+// MLAS quantization (the activations are in `kernels::activation`)
 
 /// Round half to even for `|v| < 2^22` in the default rounding mode (adding and removing
 /// 1.5·2^23 leaves no fraction bits), branch-free so loops vectorize.

@@ -38,6 +38,7 @@ use crate::runtime::ops::BuildCtx;
 use crate::runtime::ops::int8_linear::{AForm, Int8Linear};
 use crate::runtime::ops::quant::pack_const_b;
 
+use super::step_links::{Links, drop_steps, place_fused, single_output};
 use super::{Options, Step};
 
 /// The graph and planner state the matcher reads.
@@ -61,8 +62,7 @@ struct Chain {
 }
 
 struct Index<'a> {
-    readers: HashMap<usize, Vec<usize>>,
-    producer: HashMap<usize, usize>,
+    links: Links,
     /// Slot of a node's first named output -> the node (for attributes).
     nodes: HashMap<usize, &'a Node>,
 }
@@ -88,18 +88,9 @@ pub(super) fn fuse_int8_linear(
         opsets,
     };
     let mut idx = Index {
-        readers: HashMap::new(),
-        producer: HashMap::new(),
+        links: Links::new(steps),
         nodes: HashMap::new(),
     };
-    for (i, st) in steps.iter().enumerate() {
-        for &s in st.inputs.iter().flatten() {
-            idx.readers.entry(s).or_default().push(i);
-        }
-        for &s in st.outputs.iter().flatten() {
-            idx.producer.insert(s, i);
-        }
-    }
     for node in &cx.graph.nodes {
         if let Some(o) = node.outputs().iter().find(|o| !o.is_empty())
             && let Some(&s) = cx.slots.get(o)
@@ -128,45 +119,27 @@ pub(super) fn fuse_int8_linear(
     if chains.is_empty() {
         return;
     }
-    let mut drop_steps = HashSet::new();
+    let mut drop = HashSet::new();
     for c in chains {
-        let last = *c.steps.iter().max().unwrap_or(&0);
-        let op_type = c.names.join("+");
         // The last node's step becomes the fused one (its name and any other bookkeeping
         // fields are kept).
-        let st = &mut steps[last];
-        st.op = Box::new(c.op);
-        st.op_type = op_type;
-        st.inputs = c.inputs;
-        st.outputs = vec![Some(c.output)];
-        st.frees = Vec::new();
-        st.onnx_domain = false;
-        drop_steps.extend(c.steps.into_iter().filter(|&s| s != last));
+        place_fused(
+            steps,
+            &c.steps,
+            Box::new(c.op),
+            c.names.join("+"),
+            c.inputs,
+            vec![Some(c.output)],
+            &mut drop,
+        );
     }
-    let mut k = 0;
-    steps.retain(|_| {
-        k += 1;
-        !drop_steps.contains(&(k - 1))
-    });
+    drop_steps(steps, &drop);
 }
 
 impl Index<'_> {
     /// The single reader of an intermediate slot that is not a graph output.
     fn only_reader(&self, slot: usize, cx: &Ctx) -> Option<usize> {
-        if cx.graph_outs.contains(&slot) {
-            return None;
-        }
-        match self.readers.get(&slot).map(Vec::as_slice) {
-            Some(&[r]) => Some(r),
-            _ => None,
-        }
-    }
-}
-
-fn single_output(st: &Step) -> Option<usize> {
-    match st.outputs[..] {
-        [Some(o)] => Some(o),
-        _ => None,
+        self.links.only_reader(slot, cx.graph_outs)
     }
 }
 
@@ -213,7 +186,7 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
     };
     let wz = mm.inputs.get(3).copied().flatten();
     // A from a DynamicQuantizeLinear whose zero point is the one MatMulInteger uses.
-    let &qi = idx.producer.get(&xq)?;
+    let &qi = idx.links.producer.get(&xq)?;
     let q = &steps[qi];
     if !(q.onnx_domain && q.op_type == "DynamicQuantizeLinear") {
         return None;
@@ -247,7 +220,7 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
         return None;
     }
     let sc = other_input(fmul, cf)?;
-    let &si = idx.producer.get(&sc)?;
+    let &si = idx.links.producer.get(&sc)?;
     let smul = &steps[si];
     if !(smul.onnx_domain && smul.op_type == "Mul") || idx.only_reader(sc, cx)? != fi {
         return None;
@@ -278,12 +251,6 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
             out = o;
         }
     }
-    let act = match_activation(steps, out, cx, idx).map(|(ai, act, o)| {
-        chain.push(ai);
-        names.push(steps[ai].op_type.clone());
-        out = o;
-        act
-    });
     // Absorb the DynamicQuantizeLinear when this chain is its only reader.
     let absorb = idx.only_reader(xq, cx) == Some(i)
         && idx.only_reader(xz, cx) == Some(i)
@@ -295,18 +262,62 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
     } else {
         (AForm::Quantized, vec![Some(xq), Some(xs), Some(xz)])
     };
-    let op = Int8Linear::new(
+    finish(
+        steps,
+        cx,
+        idx,
+        Partial {
+            steps: chain,
+            names,
+            inputs,
+            output: out,
+            form,
+            packed,
+            b_scales,
+            bias,
+        },
+    )
+}
+
+/// A matched chain before its optional trailing activation.
+struct Partial {
+    steps: Vec<usize>,
+    names: Vec<String>,
+    inputs: Vec<Option<usize>>,
+    output: usize,
+    form: AForm,
+    packed: PackedB,
+    b_scales: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+/// Takes a following activation into the chain (see [`match_activation`]) and builds the
+/// fused step.
+fn finish(steps: &[Step], cx: &Ctx, idx: &Index, p: Partial) -> Option<Chain> {
+    let Partial {
+        steps: mut chain,
+        mut names,
+        inputs,
+        mut output,
         form,
         packed,
         b_scales,
         bias,
-        act.unwrap_or(Activation::None),
-    )
-    .ok()?;
+    } = p;
+    let act = match match_activation(steps, output, cx, idx) {
+        Some((ai, act, o)) => {
+            chain.push(ai);
+            names.push(steps[ai].op_type.clone());
+            output = o;
+            act
+        }
+        None => Activation::None,
+    };
+    let op = Int8Linear::new(form, packed, b_scales, bias, act).ok()?;
     Some(Chain {
         steps: chain,
         inputs,
-        output: out,
+        output,
         op,
         names,
     })
@@ -333,7 +344,7 @@ fn match_ms(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
         if let Some(z) = az
             && cx.consts[z].is_none()
         {
-            let &p = idx.producer.get(&z)?;
+            let &p = idx.links.producer.get(&z)?;
             if !(steps[p].onnx_domain && steps[p].op_type == "DynamicQuantizeLinear") {
                 return None;
             }
@@ -361,30 +372,21 @@ fn match_ms(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
             Some(v)
         }
     };
-    let mut out = single_output(st)?;
-    let mut chain = vec![i];
-    let mut names = vec![st.op_type.clone()];
-    let act = match_activation(steps, out, cx, idx).map(|(ai, act, o)| {
-        chain.push(ai);
-        names.push(steps[ai].op_type.clone());
-        out = o;
-        act
-    });
-    let op = Int8Linear::new(
-        form,
-        packed,
-        b_scales,
-        bias,
-        act.unwrap_or(Activation::None),
+    finish(
+        steps,
+        cx,
+        idx,
+        Partial {
+            steps: vec![i],
+            names: vec![st.op_type.clone()],
+            inputs,
+            output: single_output(st)?,
+            form,
+            packed,
+            b_scales,
+            bias,
+        },
     )
-    .ok()?;
-    Some(Chain {
-        steps: chain,
-        inputs,
-        output: out,
-        op,
-        names,
-    })
 }
 
 /// The single reader of `x` if it is a Relu, LeakyRelu or Clip with constant bounds: its

@@ -2,6 +2,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::runtime::kernels::simd_act::act_m256;
+
 use super::Act;
 
 /// Columns per packed panel of B.
@@ -28,39 +30,20 @@ pub unsafe fn tile<const R: usize, const U: usize>(
 ) {
     // SAFETY (whole body): pointer arithmetic stays inside the extents the caller guarantees.
     unsafe {
-        let mut acc = [[[_mm256_setzero_ps(); 2]; R]; U];
-        let mut kk = 0;
-        while kk + U <= k {
-            for (u, acc) in acc.iter_mut().enumerate() {
-                let bp = b.add((kk + u) * NR);
-                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
-                let ap = a.add((kk + u) * R);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*ap.add(r));
-                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-                }
-            }
-            kk += U;
-        }
-        while kk < k {
-            let bp = b.add(kk * NR);
-            let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
-            let ap = a.add(kk * R);
-            for (r, acc) in acc[0].iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(r));
-                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-            }
-            kk += 1;
-        }
-        let mut sum = acc[0];
-        for acc in &acc[1..] {
-            for (s, a) in sum.iter_mut().zip(acc) {
-                s[0] = _mm256_add_ps(s[0], a[0]);
-                s[1] = _mm256_add_ps(s[1], a[1]);
-            }
-        }
+        let mut sum = tile_sums!(
+            k,
+            a,
+            b,
+            R,
+            U,
+            NR,
+            8,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps,
+            _mm256_add_ps
+        );
         let mut bias_pad = [0f32; NR];
         if let Some(bias) = bias {
             std::ptr::copy_nonoverlapping(bias, bias_pad.as_mut_ptr(), cols);
@@ -73,7 +56,7 @@ pub unsafe fn tile<const R: usize, const U: usize>(
         }
         for s in sum.iter_mut() {
             for v in s.iter_mut() {
-                *v = apply(act, *v);
+                *v = act_m256(*v, act);
             }
         }
         for (r, s) in sum.iter().enumerate() {
@@ -86,26 +69,6 @@ pub unsafe fn tile<const R: usize, const U: usize>(
                 _mm256_storeu_ps(tmp.as_mut_ptr(), s[0]);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), s[1]);
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), cp, cols);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn apply(act: Act, v: __m256) -> __m256 {
-    // SAFETY: only called from `tile`, which runs with AVX2 enabled.
-    unsafe {
-        match act {
-            Act::None => v,
-            // max(v, 0) returns the second operand for NaN, as f32::max(NaN, 0) gives 0.
-            Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-            Act::Clip { min, max } => {
-                // NaN is kept (the second operand is returned for NaN), as Clip does.
-                _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), v))
-            }
-            Act::LeakyRelu { alpha } => {
-                let neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
-                _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(alpha)), neg)
             }
         }
     }

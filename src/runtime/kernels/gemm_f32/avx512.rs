@@ -2,6 +2,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::runtime::kernels::simd_act::act_m512;
+
 use super::Act;
 
 /// Columns per packed panel of B.
@@ -31,39 +33,20 @@ pub unsafe fn tile<const R: usize, const U: usize>(
 ) {
     // SAFETY (whole body): pointer arithmetic stays inside the extents the caller guarantees.
     unsafe {
-        let mut acc = [[[_mm512_setzero_ps(); 2]; R]; U];
-        let mut kk = 0;
-        while kk + U <= k {
-            for (u, acc) in acc.iter_mut().enumerate() {
-                let bp = b.add((kk + u) * NR);
-                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-                let ap = a.add((kk + u) * R);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ap.add(r));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-                }
-            }
-            kk += U;
-        }
-        while kk < k {
-            let bp = b.add(kk * NR);
-            let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-            let ap = a.add(kk * R);
-            for (r, acc) in acc[0].iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(r));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-            }
-            kk += 1;
-        }
-        let mut sum = acc[0];
-        for acc in &acc[1..] {
-            for (s, a) in sum.iter_mut().zip(acc) {
-                s[0] = _mm512_add_ps(s[0], a[0]);
-                s[1] = _mm512_add_ps(s[1], a[1]);
-            }
-        }
+        let mut sum = tile_sums!(
+            k,
+            a,
+            b,
+            R,
+            U,
+            NR,
+            16,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_add_ps
+        );
         let m0: __mmask16 = if cols >= 16 {
             0xffff
         } else {
@@ -86,7 +69,7 @@ pub unsafe fn tile<const R: usize, const U: usize>(
         }
         for s in sum.iter_mut() {
             for v in s.iter_mut() {
-                *v = apply(act, *v);
+                *v = act_m512(*v, act);
             }
         }
         for (r, s) in sum.iter().enumerate() {
@@ -97,26 +80,6 @@ pub unsafe fn tile<const R: usize, const U: usize>(
             } else {
                 _mm512_mask_storeu_ps(cp, m0, s[0]);
                 _mm512_mask_storeu_ps(cp.add(16), m1, s[1]);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn apply(act: Act, v: __m512) -> __m512 {
-    // SAFETY: only called from `tile`, which runs with AVX-512F enabled.
-    unsafe {
-        match act {
-            Act::None => v,
-            // max(v, 0) returns the second operand for NaN, as f32::max(NaN, 0) gives 0.
-            Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
-            Act::Clip { min, max } => {
-                // NaN is kept (the second operand is returned for NaN), as Clip does.
-                _mm512_min_ps(_mm512_set1_ps(max), _mm512_max_ps(_mm512_set1_ps(min), v))
-            }
-            Act::LeakyRelu { alpha } => {
-                let neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-                _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(alpha))
             }
         }
     }

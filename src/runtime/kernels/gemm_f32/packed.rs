@@ -25,18 +25,24 @@ use super::{PARALLEL_MIN_FLOPS, scalar};
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
 
-/// The activation fused into the output loop.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The activation fused into the output loop (of these float kernels and of the int8 ones,
+/// which re-export it as `gemm_i8::Activation`), with the exact semantics of the runtime's ONNX
+/// ops, so a fused Linear + activation equals the unfused nodes (bit for bit up to the sign of
+/// a zero):
+/// - `Relu`: `x > 0 ? x : 0` (NaN and -0.0 give +0.0, as `maxps(x, 0)` in the SIMD paths;
+///   numerically equal to the Relu op's `f32::max(x, 0)`);
+/// - `Clip { min, max }`: `x < min ? min : x`, then `x > max ? max : x` (NaN stays NaN; an
+///   absent bound is ±infinity);
+/// - `LeakyRelu { alpha }`: `x < 0 ? x * alpha : x`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Act {
+    #[default]
     None,
-    /// `max(x, 0)`.
     Relu,
-    /// `min(max(x, min), max)` (ONNX `Clip`; NaN stays NaN).
     Clip {
         min: f32,
         max: f32,
     },
-    /// `x` for `x >= 0`, else `alpha · x`.
     LeakyRelu {
         alpha: f32,
     },
@@ -48,9 +54,14 @@ impl Act {
     pub fn eval(self, v: f32) -> f32 {
         match self {
             Act::None => v,
-            Act::Relu => v.max(0.0),
+            Act::Relu => {
+                if v > 0.0 {
+                    v
+                } else {
+                    0.0
+                }
+            }
             Act::Clip { min, max } => {
-                // As ONNX Clip: NaN stays NaN; min > max gives max.
                 let v = if v < min { min } else { v };
                 if v > max { max } else { v }
             }

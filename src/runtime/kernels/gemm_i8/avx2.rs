@@ -10,8 +10,10 @@
 
 use std::arch::x86_64::*;
 
+use crate::runtime::kernels::simd_act::act_m256;
+
 use super::pack::Data;
-use super::{Activation, Job, Out};
+use super::{Job, Out};
 
 /// Columns per panel.
 pub(crate) const NR: usize = 16;
@@ -150,30 +152,11 @@ unsafe fn epilogue<const R: usize>(
                         if let Some(bias) = bias {
                             v = _mm256_add_ps(v, _mm256_loadu_ps(bias.as_ptr().add(c)));
                         }
-                        v = activate(v, act);
+                        v = act_m256(v, act);
                         _mm256_storeu_ps(ptr.add(row * n + c), v);
                     }
                 }
             }
-        }
-    }
-}
-
-/// [`Activation::apply`] on 8 lanes. `maxps`/`minps` return their second operand when either
-/// is NaN, which gives the scalar definition's NaN behaviour with the operand orders below.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn activate(v: __m256, act: Activation) -> __m256 {
-    match act {
-        Activation::None => v,
-        Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-        Activation::Clip { min, max } => {
-            let v = _mm256_max_ps(_mm256_set1_ps(min), v);
-            _mm256_min_ps(_mm256_set1_ps(max), v)
-        }
-        Activation::LeakyRelu { alpha } => {
-            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
-            _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(alpha)), neg)
         }
     }
 }

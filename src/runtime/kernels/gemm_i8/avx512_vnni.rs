@@ -11,8 +11,10 @@
 
 use std::arch::x86_64::*;
 
+use crate::runtime::kernels::simd_act::act_m512;
+
 use super::pack::Data;
-use super::{Activation, Job, Out};
+use super::{Job, Out};
 
 /// Columns per panel.
 pub(crate) const NR: usize = 64;
@@ -171,30 +173,11 @@ unsafe fn epilogue<const R: usize>(
                         if let Some(bias) = bias {
                             v = _mm512_add_ps(v, bias);
                         }
-                        v = activate(v, act);
+                        v = act_m512(v, act);
                         _mm512_mask_storeu_ps(ptr.add((m0 + r) * n + c), mask, v);
                     }
                 }
             }
-        }
-    }
-}
-
-/// [`Activation::apply`] on 16 lanes. `maxps`/`minps` return their second operand when either
-/// is NaN, which gives the scalar definition's NaN behaviour with the operand orders below.
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn activate(v: __m512, act: Activation) -> __m512 {
-    match act {
-        Activation::None => v,
-        Activation::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
-        Activation::Clip { min, max } => {
-            let v = _mm512_max_ps(_mm512_set1_ps(min), v);
-            _mm512_min_ps(_mm512_set1_ps(max), v)
-        }
-        Activation::LeakyRelu { alpha } => {
-            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
-            _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(alpha))
         }
     }
 }

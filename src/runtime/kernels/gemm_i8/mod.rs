@@ -22,7 +22,7 @@
 //! [`gemm_u8i8_f32`] fuses the dequantization,
 //! `out[m,n] = f32(C[m,n]) * (a_scale * b_scale[n]) + bias[n]`, then an optional
 //! [`Activation`] (ReLU, Clip, LeakyRelu) with the semantics of the ONNX ops the runtime
-//! implements (see [`Activation::apply`]). Every kernel evaluates that expression in the same
+//! implements (see [`Act::eval`](crate::runtime::kernels::gemm_f32::Act::eval)). Every kernel evaluates that expression in the same
 //! order with separate multiply and add (no FMA), so all paths agree bit for bit.
 //!
 //! # Kernels
@@ -185,47 +185,12 @@ impl<'a> From<&Epilogue<'a>> for ActEpilogue<'a> {
     }
 }
 
-/// The activation a fused epilogue applies after scale and bias, with the exact semantics of
-/// the runtime's ONNX ops (so a fused Linear + activation equals the unfused nodes bit for bit):
-/// - `Relu`: `max(x, 0)` as Rust's `f32::max` (NaN gives 0).
-/// - `Clip { min, max }`: `x < min ? min : x`, then `x > max ? max : x` (NaN stays NaN; an
-///   absent bound is ±infinity).
-/// - `LeakyRelu { alpha }`: `x < 0 ? x * alpha : x`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum Activation {
-    #[default]
-    None,
-    Relu,
-    Clip {
-        min: f32,
-        max: f32,
-    },
-    LeakyRelu {
-        alpha: f32,
-    },
-}
-
-impl Activation {
-    /// The scalar definition every SIMD path reproduces.
-    #[inline(always)]
-    pub fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::None => v,
-            Activation::Relu => relu_f32(v),
-            Activation::Clip { min, max } => {
-                let v = if v < min { min } else { v };
-                if v > max { max } else { v }
-            }
-            Activation::LeakyRelu { alpha } => {
-                if v < 0.0 {
-                    v * alpha
-                } else {
-                    v
-                }
-            }
-        }
-    }
-}
+/// The activation a fused epilogue applies after scale and bias: the float kernels' [`Act`]
+/// (one definition for both epilogues; its `eval` is the scalar form every SIMD path
+/// reproduces).
+///
+/// [`Act`]: crate::runtime::kernels::gemm_f32::Act
+pub use super::gemm_f32::Act as Activation;
 
 /// A for [`matmul_integer`]: data `[M, K]` row-major with its zero points (len 0 = none,
 /// 1 = per tensor, M = per row), either signedness.
@@ -548,18 +513,11 @@ impl Job<'_> {
                 if let Some(bias) = bias {
                     v += bias[col];
                 }
-                v = act.apply(v);
+                v = act.eval(v);
                 unsafe { *ptr.add(idx) = v };
             }
         }
     }
-}
-
-/// ReLU with `maxps(v, 0)` semantics (NaN and -0.0 give +0.0), so scalar and SIMD paths
-/// agree; numerically equal to the Relu op's `f32::max(v, 0)` (which may keep -0.0).
-#[inline(always)]
-pub(crate) fn relu_f32(v: f32) -> f32 {
-    if v > 0.0 { v } else { 0.0 }
 }
 
 /// Below this many multiply-adds (~40 µs of single-core VNNI work) a call stays on one

@@ -69,7 +69,7 @@ fn reference_f32(acc: &[i32], n: usize, a_scale: f32, epi: &ActEpilogue) -> Vec<
             if let Some(bias) = epi.bias {
                 x += bias[c];
             }
-            // The ONNX ops' definitions, written out independently of `Activation::apply`.
+            // The ONNX ops' definitions, written out independently of `Act::eval`.
             match epi.act {
                 Activation::None => x,
                 Activation::Relu => x.max(0.0),
