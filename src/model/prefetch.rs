@@ -129,7 +129,7 @@ impl Payloads {
                 let i = self.index.remove(&(raw.as_ptr() as usize));
                 match i {
                     Some(i) => self.write_prefetched(i, &*fill, out),
-                    None => self.write_inline(&*fill, out),
+                    None => self.write_range(&*fill, 0, out),
                 }
             }
         }
@@ -169,14 +169,6 @@ impl Payloads {
             r?;
         }
         Ok(())
-    }
-
-    fn write_inline(
-        &mut self,
-        fill: &dyn Fill,
-        out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-    ) -> io::Result<()> {
-        self.write_range(fill, 0, out)
     }
 
     /// Computes and writes the payload from byte `from` (a piece boundary) on.
