@@ -133,8 +133,10 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
             if let Some(p) = producer {
                 scope.spawn(move || p.run());
             }
+            let writeback = Writeback::new(data.as_file());
             let mut writer = ExternalWriter {
                 location: &location,
+                writeback,
                 out: std::io::BufWriter::new(data.as_file_mut()),
                 offset: 0,
                 payloads,
@@ -432,6 +434,8 @@ struct ExternalWriter<'a, W: Write> {
     offset: u64,
     payloads: Payloads,
     progress: Progress<'a>,
+    /// Starts the data file's disk writes as it grows (models over 2 GiB always come here).
+    writeback: Writeback,
 }
 
 impl<W: Write> ExternalWriter<'_, W> {
@@ -469,10 +473,13 @@ impl<W: Write> ExternalWriter<'_, W> {
         self.out
             .write_all(&[0u8; EXTERNAL_ALIGN as usize][..pad as usize])?;
         self.offset += pad;
-        let (out, progress) = (&mut self.out, &mut self.progress);
+        let (out, progress, writeback) = (&mut self.out, &mut self.progress, &mut self.writeback);
         self.payloads.write(raw, &mut |piece| {
             out.write_all(piece)?;
             progress.wrote(piece.len());
+            // (Alignment padding is not counted: the ranges only steer when writeback
+            // starts, and the final fsync covers everything.)
+            writeback.wrote(piece.len());
             Ok(())
         })?;
         let entry = |k: &str, v: String| StringStringEntryProto {
