@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use onnx_dynq::model::{ExternalDataMode, SaveOptions};
 use onnx_dynq::passes::fuse::fuse;
 
 #[derive(Args)]
@@ -40,20 +39,13 @@ pub fn run(args: &FuseArgs) -> Result<()> {
     let report = fuse(&mut model)?;
     let mut after = 0;
     model.graph.visit(&mut |g| after += g.nodes.len());
-    let mut protect = Vec::new();
-    if !args.overwrite_input {
-        protect.push(args.input.clone());
-        protect.extend(model.external_files.iter().cloned());
-    }
-    let save_opts = SaveOptions {
-        external_data: if args.external_data {
-            ExternalDataMode::Always
-        } else {
-            ExternalDataMode::Auto
-        },
-        protect,
-        progress: None,
-    };
+    let save_opts = super::save_options(
+        &args.input,
+        &model,
+        args.overwrite_input,
+        args.external_data,
+        None,
+    );
     onnx_dynq::save(&model, &args.output, &save_opts)?;
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use onnx_dynq::model::{ExternalDataMode, SaveOptions, SaveProgress};
+use onnx_dynq::model::SaveProgress;
 use onnx_dynq::passes::fold_constants::fold_constants;
 use onnx_dynq::passes::fuse::units::unit_labels;
 use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
@@ -192,20 +192,13 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         }))
     });
 
-    let mut protect = Vec::new();
-    if !args.overwrite_input {
-        protect.push(args.input.clone());
-        protect.extend(model.external_files.iter().cloned());
-    }
-    let save_opts = SaveOptions {
-        external_data: if args.external_data {
-            ExternalDataMode::Always
-        } else {
-            ExternalDataMode::Auto
-        },
-        protect,
-        progress: save_progress,
-    };
+    let save_opts = super::save_options(
+        &args.input,
+        &model,
+        args.overwrite_input,
+        args.external_data,
+        save_progress,
+    );
     let saved = onnx_dynq::save(&model, &args.output, &save_opts)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
