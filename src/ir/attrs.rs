@@ -96,6 +96,22 @@ pub fn attr_type(a: &AttributeProto) -> AttributeType {
 }
 
 impl Node {
+    /// The axis permutation of a Transpose node over a rank-`rank` input: its `perm`, or
+    /// the axes reversed when it has none; `None` when `perm` is not a permutation of
+    /// `0..rank`.
+    pub fn transpose_perm(&self, rank: usize) -> Option<Vec<usize>> {
+        let perm: Vec<usize> = match self.attr::<Vec<i64>>("perm").ok()? {
+            Some(p) => p
+                .iter()
+                .map(|&a| usize::try_from(a).ok())
+                .collect::<Option<_>>()?,
+            None => (0..rank).rev().collect(),
+        };
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        (sorted == (0..rank).collect::<Vec<_>>()).then_some(perm)
+    }
+
     pub fn attribute(&self, name: &str) -> Option<&AttributeProto> {
         self.proto.attribute.iter().find(|a| a.name() == name)
     }

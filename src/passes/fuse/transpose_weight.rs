@@ -30,19 +30,7 @@ fn rewrite(cx: &MatchCtx, m: &Match, names: &mut NameGen) -> Option<Edit> {
     let (t, mm) = (m.at(0)?, m.at(1)?);
     let tn = &cx.graph.nodes[t];
     let w = cx.constant(tn.input(0)?)?;
-    let rank = w.dims().len();
-    let perm: Vec<usize> = match tn.attr::<Vec<i64>>("perm").ok()? {
-        Some(p) => p
-            .iter()
-            .map(|&a| usize::try_from(a).ok())
-            .collect::<Option<_>>()?,
-        None => (0..rank).rev().collect(),
-    };
-    let mut sorted = perm.clone();
-    sorted.sort_unstable();
-    if sorted != (0..rank).collect::<Vec<_>>() {
-        return None;
-    }
+    let perm = tn.transpose_perm(w.dims().len())?;
     let v = Value::from_tensor(w).ok()?;
     let out = transpose_value(&v, &perm).ok()?;
     let name = names.fresh(&format!("{}_transposed", w.name()));

@@ -59,19 +59,7 @@ impl<'a> ConstScope<'a> {
             "Identity" => self.get(n.input(0)?)?.clone(),
             "Transpose" => {
                 let x = self.get(n.input(0)?)?;
-                let rank = x.dims().len();
-                let perm: Vec<usize> = match n.attr::<Vec<i64>>("perm").ok()? {
-                    Some(p) => p
-                        .iter()
-                        .map(|&v| usize::try_from(v).ok())
-                        .collect::<Option<_>>()?,
-                    None => (0..rank).rev().collect(),
-                };
-                let mut sorted = perm.clone();
-                sorted.sort_unstable();
-                if sorted != (0..rank).collect::<Vec<_>>() {
-                    return None;
-                }
+                let perm = n.transpose_perm(x.dims().len())?;
                 match x.data_type().ok()? {
                     DataType::Float => transpose::<f32>(x, &perm)?,
                     DataType::Float16 => transpose::<half::f16>(x, &perm)?,
