@@ -463,28 +463,21 @@ impl QuantLstm {
                 weights[0].w.k()
             )));
         }
-        let bias = match opt(ins, 3) {
-            Some(b) if b.shape() != [d, 2 * g] => {
+        // An optional float input of the given shape.
+        let optional = |i: usize, what: &str, shape: &[usize]| -> Result<Option<&[f32]>> {
+            let Some(v) = opt(ins, i) else {
+                return Ok(None);
+            };
+            if v.shape() != shape {
                 return Err(err(format!(
-                    "B has shape {:?}, expected [{d}, {}]",
-                    b.shape(),
-                    2 * g
+                    "{what} has shape {:?}, expected {shape:?}",
+                    v.shape()
                 )));
             }
-            Some(b) => Some(f32_slice(b, "B")?),
-            None => None,
+            f32_slice(v, what).map(Some)
         };
-        let peep = match opt(ins, 7) {
-            Some(p) if p.shape() != [d, 3 * h] => {
-                return Err(err(format!(
-                    "P has shape {:?}, expected [{d}, {}]",
-                    p.shape(),
-                    3 * h
-                )));
-            }
-            Some(p) => Some(f32_slice(p, "P")?),
-            None => None,
-        };
+        let bias = optional(3, "B", &[d, 2 * g])?;
+        let peep = optional(7, "P", &[d, 3 * h])?;
         let lens: Vec<usize> = match opt(ins, 4) {
             None => vec![seq; batch],
             Some(v) => {
@@ -515,20 +508,8 @@ impl QuantLstm {
                     .collect::<Result<_>>()?
             }
         };
-        let state = |i: usize, what: &str| -> Result<Option<&[f32]>> {
-            let Some(v) = opt(ins, i) else {
-                return Ok(None);
-            };
-            if v.shape() != [d, batch, h] {
-                return Err(err(format!(
-                    "{what} has shape {:?}, expected [{d}, {batch}, {h}]",
-                    v.shape()
-                )));
-            }
-            f32_slice(v, what).map(Some)
-        };
-        let h0 = state(5, "initial_h")?;
-        let c0 = state(6, "initial_c")?;
+        let h0 = optional(5, "initial_h", &[d, batch, h])?;
+        let c0 = optional(6, "initial_c", &[d, batch, h])?;
 
         // X is quantized once over the rows some direction computes.
         let max_len = lens.iter().copied().max().unwrap_or(0);
