@@ -1194,9 +1194,16 @@ mod tests {
         );
         let short = op.run(&[Some(&x3), Some(&w), Some(&r)]).unwrap();
         let (yf, ys) = (full[0].as_f32().unwrap(), short[0].as_f32().unwrap());
-        assert_eq!(yf.slice(s![..3, .., .., ..]).into_dyn(), ys.view());
+        // The masked run multiplies one row at a time, the short run the whole batch: the
+        // kernels may sum in another order, so agreement is to rounding, not to the bit.
+        let close = |a: &f32, b: &f32| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+        let head = yf.slice(s![..3, .., .., ..]);
+        assert_eq!(head.shape(), ys.shape());
+        assert!(head.iter().zip(ys.iter()).all(|(a, b)| close(a, b)));
         assert!(yf.slice(s![3.., .., .., ..]).iter().all(|&v| v == 0.0));
-        assert_eq!(full[1], short[1]);
+        let (hf, hs) = (full[1].as_f32().unwrap(), short[1].as_f32().unwrap());
+        assert_eq!(hf.shape(), hs.shape());
+        assert!(hf.iter().zip(hs.iter()).all(|(a, b)| close(a, b)));
     }
 
     #[test]

@@ -509,7 +509,14 @@ fn matches_onnxruntime_matmul_integer() {
     let (m, k, n) = (7, 259, 70);
     let dir = tempfile::tempdir().expect("temp dir");
     for (ta, tb) in [("u8", "i8"), ("u8", "u8"), ("i8", "i8")] {
-        let a = rng.u8s(m * k);
+        let mut a = rng.u8s(m * k);
+        if (ta, tb) == ("u8", "i8") {
+            // onnxruntime's u8 x s8 kernel on AVX2 without VNNI sums byte pairs with
+            // vpmaddubsw, which saturates at i16 (the reason `reduce_range` exists). Keep
+            // A below 128 so its answer is exact on every machine; the full-range exactness
+            // of our kernels is checked against the i64 reference elsewhere.
+            a.iter_mut().for_each(|v| *v &= 0x7f);
+        }
         let b = rng.u8s(k * n);
         let za = rng.u8s(1);
         let zb = rng.u8s(n);
