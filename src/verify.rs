@@ -218,9 +218,20 @@ pub fn compare_models(
     inputs: HashMap<String, Value>,
     tol: &Tolerance,
 ) -> Result<Report> {
-    let opts = Options::default();
-    let fs = Session::new(float, &opts)?;
-    let qs = Session::new(quant, &opts)?;
+    compare_models_with(float, quant, inputs, tol, &Options::default())
+}
+
+/// [`compare_models`] with the quantized model run under `quant_options` (e.g. emulating
+/// onnxruntime's saturating u8 x s8 kernel).
+pub fn compare_models_with(
+    float: &Model,
+    quant: &Model,
+    inputs: HashMap<String, Value>,
+    tol: &Tolerance,
+    quant_options: &Options,
+) -> Result<Report> {
+    let fs = Session::new(float, &Options::default())?;
+    let qs = Session::new(quant, quant_options)?;
     let fo = fs.run(inputs.clone())?;
     let qo: HashMap<String, Value> = qs.run(inputs)?.into_iter().collect();
     let mut outputs = Vec::new();

@@ -42,13 +42,13 @@ fn max_abs(v: &Value) -> f64 {
 /// |ours - ORT| / float scale and the fused step names.
 fn check(model: &Path, s: &Sample) -> (f64, Vec<String>) {
     let m = onnx_dynq::load(model).unwrap();
-    let session = Session::new(&m, &Options::with_threads(1)).unwrap();
+    let session = Session::new(&m, &common::ort_like_options()).unwrap();
     let (outs, times) = session.run_profiled(feeds(&session, s)).unwrap();
     let plain = Session::new(
         &m,
         &Options {
-            threads: 1,
             no_kernel_fusion: true,
+            ..common::ort_like_options()
         },
     )
     .unwrap();

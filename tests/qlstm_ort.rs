@@ -144,7 +144,7 @@ fn check_jobs(dir: &Path, jobs: &[Job]) -> Vec<String> {
             .collect();
         let opts = Options::with_threads(1);
         let quant = onnx_dynq::load(&j.file).unwrap();
-        let got = Session::new(&quant, &opts)
+        let got = Session::new(&quant, &common::ort_like_options())
             .and_then(|s| s.run(feed.clone()))
             .unwrap_or_else(|e| panic!("{}: our runtime failed: {e}", j.tag));
         let float = onnx_dynq::load(&j.float).unwrap();

@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use onnx_dynq::runtime::{Options, Session, Value};
+use onnx_dynq::runtime::{Session, Value};
 
 fn floats(v: &Value) -> Vec<f64> {
     match v {
@@ -65,7 +65,7 @@ fn check_fixture(name: &str, per_channel: bool) {
         .collect();
     let ort = onnx_dynq::npy::read_npz(&out).unwrap();
     let model = onnx_dynq::load(&dst).unwrap();
-    let s = Session::new(&model, &Options::with_threads(1)).unwrap();
+    let s = Session::new(&model, &common::ort_like_options()).unwrap();
     let got = s.run(feed).unwrap();
     for (n, v) in &got {
         let float = data
@@ -149,7 +149,7 @@ fn check_ms_op(op: &str, tol: f64) {
     let data = onnx_dynq::npy::read_npz(&npz).unwrap();
     let get = |k: &str| data.iter().find(|(n, _)| n == k).unwrap().1.clone();
     let model = onnx_dynq::load(&path).unwrap();
-    let s = Session::new(&model, &Options::default()).unwrap();
+    let s = Session::new(&model, &common::ort_like_options()).unwrap();
     let out = s
         .run(HashMap::from([("A".to_string(), get("input.A"))]))
         .unwrap();

@@ -21,7 +21,7 @@ use onnx_dynq::passes::fold_constants::fold_constants;
 use onnx_dynq::passes::quantize::gru_rnn::rewrite_gru_rnn;
 use onnx_dynq::passes::quantize::lstm::rewrite_lstm;
 use onnx_dynq::passes::quantize::policy::LstmMode;
-use onnx_dynq::passes::quantize::rewrite::{NodeCtx, RewriteResult};
+use onnx_dynq::passes::quantize::rewrite::{ActivationQuant, NodeCtx, RewriteResult};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use serde_json::Value;
 
@@ -29,7 +29,12 @@ use common::python;
 
 fn run_python(args: &[&Path]) -> String {
     let py = python();
-    let out = Command::new(&py)
+    let mut cmd = Command::new(&py);
+    if common::ort_saturates_u8s8() {
+        // compare.py then measures the ONNX definition (see its doc).
+        cmd.env("ONNX_DYNQ_EXACT_BIN", env!("CARGO_BIN_EXE_onnx-dynq"));
+    }
+    let out = cmd
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} ({e}); set ONNX_DYNQ_PYTHON to a python with onnx, onnxruntime and numpy", py.display()));
@@ -88,6 +93,7 @@ fn rewrite_at(
         lstm_mode: mode,
         opset,
         defer_values: false,
+        activations: ActivationQuant::PerTensor,
     };
     let result: RewriteResult = if node.op_type() == "LSTM" {
         rewrite_lstm(node, &mut ctx)

@@ -70,8 +70,8 @@ fn run(
 ) -> (Vec<(String, Value)>, Vec<String>) {
     let m = onnx_dynq::load(model).unwrap();
     let opts = Options {
-        threads: 1,
         no_kernel_fusion: !fuse,
+        ..common::ort_like_options()
     };
     let s = Session::new(&m, &opts).unwrap();
     let (outs, times) = s.run_profiled(feeds.clone()).unwrap();

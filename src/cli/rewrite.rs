@@ -21,6 +21,7 @@ use onnx_dynq::passes::fuse::units::unit_labels;
 use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
 use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
+use onnx_dynq::passes::quantize::rewrite::ActivationQuant;
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
 use onnx_dynq::runtime::{Options, Session};
@@ -41,6 +42,10 @@ pub struct RewriteArgs {
     /// One weight scale per output channel instead of one per tensor.
     #[arg(long)]
     per_channel: bool,
+    /// Activation scales of MatMul/Gemm: one per tensor (DynamicQuantizeLinear, fused by
+    /// onnxruntime) or one per token (row), more accurate on transformers (opset 13+).
+    #[arg(long, value_enum, default_value = "per-tensor")]
+    activations: ActivationsArg,
     /// Element type of the stored weights.
     #[arg(long, value_enum, default_value = "int8")]
     weight_type: WeightTypeArg,
@@ -87,6 +92,12 @@ pub struct RewriteArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ActivationsArg {
+    PerTensor,
+    PerToken,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum WeightTypeArg {
     Int8,
     Uint8,
@@ -114,6 +125,10 @@ impl RewriteArgs {
                 reduce_range: self.reduce_range,
             },
             per_channel: self.per_channel,
+            activations: match self.activations {
+                ActivationsArg::PerTensor => ActivationQuant::PerTensor,
+                ActivationsArg::PerToken => ActivationQuant::PerToken,
+            },
         })
     }
 }

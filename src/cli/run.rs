@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Run every node on its own (no plan-time kernel fusion), to measure what fusion buys.
     #[arg(long)]
     no_kernel_fusion: bool,
+    /// Compute uint8 x int8 products as onnxruntime does on x86 CPUs with AVX2 but no VNNI
+    /// (byte pairs saturate to int16), to see what such a machine outputs; slow.
+    #[arg(long)]
+    ort_u8s8_saturation: bool,
 }
 
 /// Per-output summary: shape, dtype, min, max, mean (NaNs skipped by min/max, counted).
@@ -110,6 +114,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         &Options {
             threads: args.threads,
             no_kernel_fusion: args.no_kernel_fusion,
+            ort_u8s8_saturation: args.ort_u8s8_saturation,
         },
     )?;
     let feed = build_feed(&args.feed, &session)?;

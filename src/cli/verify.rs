@@ -14,7 +14,7 @@ use anyhow::Result;
 use clap::Args;
 
 use onnx_dynq::runtime::{Options, Session};
-use onnx_dynq::verify::{Tolerance, compare_models};
+use onnx_dynq::verify::{Tolerance, compare_models_with};
 
 use super::inputs::{InputArgs, build_feed};
 
@@ -35,6 +35,11 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Run the quantized model with uint8 x int8 products computed as onnxruntime computes
+    /// them on x86 CPUs with AVX2 but no VNNI (byte pairs saturate to int16), to see what such
+    /// a machine will output; slow.
+    #[arg(long)]
+    ort_u8s8_saturation: bool,
 }
 
 /// Runs the comparison; exits the process with status 1 when outside tolerance.
@@ -46,7 +51,11 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         min_cosine: args.min_cosine,
         max_abs: args.max_abs,
     };
-    let report = compare_models(&float, &quant, feed, &tol)?;
+    let quant_options = Options {
+        ort_u8s8_saturation: args.ort_u8s8_saturation,
+        ..Default::default()
+    };
+    let report = compare_models_with(&float, &quant, feed, &tol, &quant_options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

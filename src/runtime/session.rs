@@ -25,6 +25,7 @@ use crate::ir::shape::{Dim, ValueType};
 use crate::ir::{Graph, Node};
 use crate::model::Model;
 
+use super::kernels::gemm_i8::with_ort_u8s8_saturation;
 use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
 
@@ -42,6 +43,12 @@ pub struct Options {
     /// Skip plan-time kernel fusion (Linear + bias + activation into one kernel), so that
     /// benchmarks can time the unfused graph.
     pub no_kernel_fusion: bool,
+    /// Compute uint8 x int8 integer products as onnxruntime does on x86 CPUs with AVX2 but
+    /// no VNNI, saturating byte pairs to i16 (see
+    /// [`with_ort_u8s8_saturation`](crate::runtime::kernels::gemm_i8::with_ort_u8s8_saturation)),
+    /// instead of exactly as the ONNX spec defines them. Slow; for predicting and matching
+    /// onnxruntime on such machines.
+    pub ort_u8s8_saturation: bool,
 }
 
 impl Options {
@@ -96,6 +103,8 @@ pub struct Session {
     steps: Vec<Step>,
     outputs: Vec<(String, usize)>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// [`Options::ort_u8s8_saturation`]; subgraph sessions inherit it from the running one.
+    ort_u8s8_saturation: bool,
 }
 
 enum Slot<'a> {
@@ -155,6 +164,7 @@ impl Session {
                 })?;
             s.pool = Some(Arc::new(pool));
         }
+        s.ort_u8s8_saturation = options.ort_u8s8_saturation;
         Ok(s)
     }
 
@@ -220,9 +230,11 @@ impl Session {
                     .join(", ")
             )));
         }
+        let saturate = self.ort_u8s8_saturation;
+        let exec = || with_ort_u8s8_saturation(saturate, || self.exec(ordered, &[], prof));
         let outs = match &self.pool {
-            Some(p) => p.install(|| self.exec(ordered, &[], prof))?,
-            None => self.exec(ordered, &[], prof)?,
+            Some(p) => p.install(exec)?,
+            None => exec()?,
         };
         Ok(self
             .outputs
@@ -498,6 +510,7 @@ impl<'r> Planner<'r> {
             steps,
             outputs,
             pool: None,
+            ort_u8s8_saturation: self.options.ort_u8s8_saturation,
         })
     }
 

@@ -112,6 +112,7 @@ pub fn session(m: &Model, no_fusion: bool) -> Session {
     let opts = Options {
         threads: 1,
         no_kernel_fusion: no_fusion,
+        ..Default::default()
     };
     Session::new(m, &opts).unwrap()
 }

@@ -113,6 +113,7 @@ pub fn rewrite_via_f32(node: &Node, ctx: &mut NodeCtx, inner: Rewriter) -> Rewri
         weights: ctx.weights,
         per_channel: ctx.per_channel,
         lstm_mode: ctx.lstm_mode,
+        activations: ctx.activations,
         opset: ctx.opset,
         defer_values: ctx.defer_values,
     };

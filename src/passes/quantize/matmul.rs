@@ -19,6 +19,8 @@ use super::int_product::{dynamic_quantize, rescale};
 use ndarray::ArrayD;
 
 use super::deferred_weights::quantize_weight_deferred;
+use super::per_token;
+use super::rewrite::ActivationQuant;
 use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
 use super::transposed::quantize_weight_transposed;
 use super::weights::{WeightSrc, WeightType, quantize_weight};
@@ -48,18 +50,28 @@ pub(crate) struct Linear<'w> {
     pub node_name: String,
 }
 
-/// Builds the DynamicQuantizeLinear + MatMulInteger + Cast + Mul + Mul (+ Add) chain.
+/// Builds the DynamicQuantizeLinear + MatMulInteger + Cast + Mul + Mul (+ Add) chain, or with
+/// per-token activations the chain of [`super::per_token`].
 pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacement) {
-    let names = &mut *ctx.names;
+    let per_token =
+        ctx.activations == ActivationQuant::PerToken && ctx.opset >= per_token::MIN_OPSET;
     let axis = ctx.per_channel.then_some(1);
-    let n_cols = l.weight.shape()[if l.weight_transposed { 0 } else { 1 }];
-    let mut q = match (l.weight_transposed, ctx.defer_values) {
+    let (k, n_cols) = if l.weight_transposed {
+        (l.weight.shape()[1], l.weight.shape()[0])
+    } else {
+        (l.weight.shape()[0], l.weight.shape()[1])
+    };
+    // The per-token epilogue needs the weight's column sums now, so its values are not
+    // deferred to the save.
+    let defer = ctx.defer_values && !per_token;
+    let mut q = match (l.weight_transposed, defer) {
         (true, defer) => {
             quantize_weight_transposed(&l.weight, ctx.per_channel, &ctx.weights, defer)
         }
         (false, true) => quantize_weight_deferred(l.weight, axis, &ctx.weights),
         (false, false) => quantize_weight(l.weight, axis, &ctx.weights),
     };
+    let names = &mut *ctx.names;
     let shape: Vec<usize> = if axis.is_some() { vec![n_cols] } else { vec![] };
     let w_q = names.fresh(&format!("{}_quantized", l.base));
     let w_scale = names.fresh(&format!("{}_scale", l.base));
@@ -69,21 +81,15 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
         let scales: Vec<f32> = q.scales.iter().map(|s| s * l.alpha).collect();
         scale_t = Tensor::from_vec(&w_scale, &shape, scales);
     }
+    let col_sums = per_token.then(|| {
+        let n = names.fresh(&format!("{}_column_sums", l.base));
+        let sums = per_token::column_sums(&q.values, &q.zero_points);
+        Tensor::from_vec(&n, &[n_cols], sums)
+    });
     out.initializers.push(q.take_values_tensor(&w_q));
     out.initializers.push(scale_t);
     out.initializers.push(q.zero_point_tensor(&w_zp, &shape));
 
-    let stem = &l.node_name;
-    let a = dynamic_quantize(out, names, stem, &l.a);
-    let int_out = names.fresh(&format!("{}_int32", l.output));
-    out.nodes.push(Node::new(
-        names.fresh(&format!("{stem}_MatMulInteger")),
-        "MatMulInteger",
-        "",
-        vec![a.q, w_q, a.zero_point, w_zp],
-        vec![int_out.clone()],
-    ));
-    let (cast_out, scale) = rescale(out, names, stem, &l.output, int_out, a.scale, w_scale);
     let bias_name = match (l.bias, l.bias_name) {
         (_, Some(n)) => Some(n),
         (Some(b), None) => {
@@ -93,31 +99,81 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
         }
         (None, None) => None,
     };
-    match bias_name {
-        None => out.nodes.push(Node::new(
-            l.node_name.clone(),
-            "Mul",
+    let stem = &l.node_name;
+    let int_out = names.fresh(&format!("{}_int32", l.output));
+    let (product, out_shape) = if let Some(sums) = col_sums {
+        let rank = ctx
+            .types
+            .get(&l.a)
+            .and_then(|t| t.shape.as_ref())
+            .map(Vec::len);
+        let rows = per_token::quantize_rows(out, names, stem, &l.a, k, rank, ctx.opset);
+        out.nodes.push(Node::new(
+            names.fresh(&format!("{stem}_MatMulInteger")),
+            "MatMulInteger",
             "",
+            vec![rows.q.clone(), w_q, String::new(), w_zp],
+            vec![int_out.clone()],
+        ));
+        let sums_name = sums.name().to_string();
+        out.initializers.push(sums);
+        let is_last = bias_name.is_none() && rows.lead_dims.is_none();
+        let (y2, shape) = per_token::rescale_rows(
+            out,
+            names,
+            stem,
+            &rows,
+            per_token::Epilogue {
+                int_out,
+                col_sums: sums_name,
+                w_scale,
+                n_cols,
+                writes: is_last.then(|| (l.node_name.clone(), l.output.clone())),
+            },
+        );
+        (Product::Value(y2), shape)
+    } else {
+        let a = dynamic_quantize(out, names, stem, &l.a);
+        out.nodes.push(Node::new(
+            names.fresh(&format!("{stem}_MatMulInteger")),
+            "MatMulInteger",
+            "",
+            vec![a.q, w_q, a.zero_point, w_zp],
+            vec![int_out.clone()],
+        ));
+        let (cast_out, scale) = rescale(out, names, stem, &l.output, int_out, a.scale, w_scale);
+        (Product::Scaled(cast_out, scale), None)
+    };
+    // The chain's last node writes the original output under the original node's name.
+    let mut last = |op: &str, inputs: Vec<String>, is_last: bool, hint: &str| -> String {
+        let (name, y) = if is_last {
+            (l.node_name.clone(), l.output.clone())
+        } else {
+            (
+                names.fresh(&format!("{stem}_{hint}")),
+                names.fresh(&format!("{}_{hint}", l.output)),
+            )
+        };
+        out.nodes
+            .push(Node::new(name, op, "", inputs, vec![y.clone()]));
+        y
+    };
+    let reshape_last = out_shape.is_some();
+    let product = match product {
+        Product::Scaled(cast_out, scale) => last(
+            "Mul",
             vec![cast_out, scale],
-            vec![l.output],
-        )),
-        Some(b) => {
-            let prod = names.fresh(&format!("{}_unbiased", l.output));
-            out.nodes.push(Node::new(
-                names.fresh(&format!("{stem}_output_mul")),
-                "Mul",
-                "",
-                vec![cast_out, scale],
-                vec![prod.clone()],
-            ));
-            out.nodes.push(Node::new(
-                l.node_name.clone(),
-                "Add",
-                "",
-                vec![prod, b],
-                vec![l.output],
-            ));
-        }
+            bias_name.is_none() && !reshape_last,
+            "unbiased",
+        ),
+        Product::Value(v) => v,
+    };
+    let biased = match bias_name {
+        Some(b) => last("Add", vec![product, b], !reshape_last, "biased"),
+        None => product,
+    };
+    if let Some(shape) = out_shape {
+        last("Reshape", vec![biased, shape], true, "reshaped");
     }
     let kind = match ctx.weights.weight_type {
         WeightType::Int8 => "int8",
@@ -138,7 +194,19 @@ pub(crate) fn int8_linear(l: Linear<'_>, ctx: &mut NodeCtx, out: &mut Replacemen
     } else {
         ""
     };
-    out.note = format!("MatMulInteger, {gran} {sym} {kind}{rr}");
+    let act = if per_token {
+        ", per-token activations"
+    } else {
+        ""
+    };
+    out.note = format!("MatMulInteger, {gran} {sym} {kind}{rr}{act}");
+}
+
+/// The integer product turned back into float: either still to be multiplied by its scale
+/// (per-tensor: the Mul onnxruntime's fusion matches is emitted with the output), or done.
+enum Product {
+    Scaled(String, String),
+    Value(String),
 }
 
 /// Reads a constant float32 weight of rank 2.

@@ -24,6 +24,7 @@ pub mod gru_rnn;
 pub mod int_product;
 pub mod lstm;
 pub mod matmul;
+pub mod per_token;
 pub mod policy;
 pub mod recurrent_build;
 pub mod recurrent_common;
@@ -54,6 +55,7 @@ pub struct QuantizeOptions {
     pub policy: PolicyOptions,
     pub weights: WeightQuantOptions,
     pub per_channel: bool,
+    pub activations: rewrite::ActivationQuant,
     /// Leave the int8 values of large MatMul, Gemm and Gather weights to be computed while
     /// the model is saved ([`crate::ir::deferred`]): the save then overlaps quantizing and
     /// writing. Until then those initializers read as zeros, so only set this when the
@@ -328,6 +330,7 @@ impl Walk<'_, '_> {
                 weights: self.opts.weights,
                 per_channel: self.opts.per_channel,
                 lstm_mode: self.opts.policy.lstm_mode,
+                activations: self.opts.activations,
                 opset: self.opset,
                 defer_values: self.opts.defer_values,
             };

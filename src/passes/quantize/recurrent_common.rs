@@ -616,6 +616,7 @@ mod tests {
             lstm_mode: mode,
             opset: 17,
             defer_values: false,
+            activations: super::super::rewrite::ActivationQuant::PerTensor,
         };
         rewrite_lstm(&g.nodes[0], &mut ctx)
     }

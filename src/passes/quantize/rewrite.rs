@@ -27,11 +27,26 @@ pub struct NodeCtx<'a> {
     pub weights: WeightQuantOptions,
     pub per_channel: bool,
     pub lstm_mode: LstmMode,
+    /// How MatMul/Gemm activations are quantized.
+    pub activations: ActivationQuant,
     /// Default-domain opset of the model.
     pub opset: i64,
     /// Leave the values of large weights to be computed when the model is written
     /// ([`crate::ir::deferred`]); the scales and zero points are computed now.
     pub defer_values: bool,
+}
+
+/// The granularity of the dynamic activation scales of MatMul and Gemm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationQuant {
+    /// One scale and zero point for the whole activation (`DynamicQuantizeLinear`, the
+    /// incumbent's form, which onnxruntime fuses into one kernel).
+    #[default]
+    PerTensor,
+    /// One per row (token) of the activation ([`super::per_token`]); needs opset 13, below
+    /// which nodes fall back to per-tensor.
+    PerToken,
 }
 
 /// What replaces a node.

@@ -37,6 +37,23 @@ pub fn dynamic_quantize_into(x: &[f32], out: &mut Vec<u8>) -> (f32, u8) {
     scalar_quantize_into(x, out)
 }
 
+/// `QuantizeLinear` to uint8 with a given scale and zero point:
+/// `out[i] = saturate(round_half_even(x[i] / scale) + zp)`, NaN to 0 as the op does (the
+/// per-token step's row quantization). `out.len()` must equal `x.len()`.
+pub fn quantize_with_into(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if scale.is_normal() && scale > 0.0 && avx512_available() {
+        // SAFETY: the CPU has AVX-512 F/BW (checked above).
+        unsafe { avx512::quantize(x, scale, zp, out) };
+        return;
+    }
+    let z = f32::from(zp);
+    for (o, &v) in out.iter_mut().zip(x) {
+        // `as` saturates and maps NaN to 0.
+        *o = ((v / scale).round_ties_even() + z).clamp(0.0, 255.0) as u8;
+    }
+}
+
 /// The portable definition (also the reference for the SIMD path's tests).
 pub fn scalar_quantize_into(x: &[f32], out: &mut [u8]) -> (f32, u8) {
     let (mut lo, mut hi) = (0.0f32, 0.0f32);

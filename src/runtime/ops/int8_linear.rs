@@ -10,14 +10,27 @@
 //! ([`dynamic_quantize_into`]), or already quantized (`A_q` uint8 or int8, a scalar
 //! `a_scale`, an optional scalar zero point), when the quantization is shared with other
 //! consumers. One [`gemm_u8i8_f32_vec`] call computes the product with the fused epilogue.
+//!
+//! The per-row form is the chain `rewrite --activations per-token` emits (see
+//! `passes/quantize/per_token.rs`): inputs `A [M, K]` float, `s [M]`, `z [M]` uint8 and
+//! `z_f [M]` float (the zero point as the graph's correction term reads it), and
+//! `Y[m, n] = act((f32(Σ_k A_q[m, k] (B[k, n] - zb[n])) - z_f[m] c[n]) (s[m] b_scale[n]) + bias[n])`
+//! with `A_q[m, k] = saturate(round_half_even(A[m, k] / s[m]) + z[m])` (QuantizeLinear, axis 0)
+//! and `c[n] = Σ_k (B[k, n] - zb[n])` the graph's constant column sums. The kernel applies
+//! `z[m]` exactly in integers; when `z_f[m]` differs from `z[m]` (never in our graphs) the
+//! difference is added back in float before bias and activation. A must be 2-D here, as the
+//! rewrite makes it; any other rank is an error naming the shape.
 
 use half::f16;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
 use crate::runtime::Value;
-use crate::runtime::kernels::gemm_i8::{ActEpilogue, Activation, PackedB, gemm_u8i8_f32_vec};
-use crate::runtime::kernels::quantize_u8::dynamic_quantize_into;
+use crate::runtime::kernels::gemm_i8::{
+    ActEpilogue, Activation, PackedB, gemm_u8i8_f32_rows_vec, gemm_u8i8_f32_vec,
+    with_ort_u8s8_saturation,
+};
+use crate::runtime::kernels::quantize_u8::{dynamic_quantize_into, quantize_with_into};
 
 use super::Op;
 use super::util::{dname, err, opt, req};
@@ -30,6 +43,9 @@ pub enum AForm {
     /// Inputs are `A_q` (uint8 or int8), `a_scale` (scalar float), optional `a_zero_point`
     /// (scalar of A_q's type; absent means 0).
     Quantized,
+    /// Inputs are float `A [M, K]`, row scales `[M]`, uint8 row zero points `[M]` and the
+    /// same zero points as float `[M]`; `col_sums` holds the graph's `c[n]`.
+    PerRow,
 }
 
 /// A planned fused Linear: B packed, scales, bias and activation fixed.
@@ -41,6 +57,8 @@ pub struct Int8Linear {
     /// Len N.
     pub bias: Option<Vec<f32>>,
     pub act: Activation,
+    /// `c[n]` of the per-row form (len N), else empty.
+    pub col_sums: Vec<f32>,
 }
 
 impl Int8Linear {
@@ -65,7 +83,28 @@ impl Int8Linear {
             b_scales,
             bias,
             act,
+            col_sums: Vec::new(),
         })
+    }
+
+    /// The per-row form, with the graph's column sums `c[n]`.
+    pub fn per_row(
+        b: PackedB,
+        b_scales: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: Activation,
+        col_sums: Vec<f32>,
+    ) -> Result<Self> {
+        if col_sums.len() != b.n() {
+            return Err(err(format!(
+                "{} column sums for N = {}",
+                col_sums.len(),
+                b.n()
+            )));
+        }
+        let mut op = Self::new(AForm::PerRow, b, b_scales, bias, act)?;
+        op.col_sums = col_sums;
+        Ok(op)
     }
 }
 
@@ -184,7 +223,11 @@ impl Int8Linear {
                     }
                 };
                 let d: Vec<u8> = a.iter().map(|&v| (v as u8) ^ 0x80).collect();
-                self.gemm(a.shape(), &d, (i32::from(za) + 128) as u8, a_scale)
+                // A shifted from int8 is not a uint8 A: onnxruntime's s8 x s8 products are
+                // exact, so no u8 x s8 saturation emulation applies.
+                with_ort_u8s8_saturation(false, || {
+                    self.gemm(a.shape(), &d, (i32::from(za) + 128) as u8, a_scale)
+                })
             }
             other => Err(err(format!(
                 "A must be uint8 or int8, got {}",
@@ -194,11 +237,134 @@ impl Int8Linear {
     }
 }
 
+/// A per-row input as a contiguous `[M]` slice of the expected type.
+fn row_vector<'v, T: Copy>(
+    v: &'v ndarray::ArrayD<T>,
+    m: usize,
+    what: &str,
+) -> Result<std::borrow::Cow<'v, [T]>> {
+    if v.len() != m || v.ndim() > 1 {
+        return Err(err(format!(
+            "{what} has shape {:?}, expected [{m}] (one per row of A)",
+            v.shape()
+        )));
+    }
+    Ok(match v.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(v.iter().copied().collect()),
+    })
+}
+
+impl Int8Linear {
+    fn run_per_row(&self, ins: &[Option<&Value>]) -> Result<Value> {
+        let (k, n) = (self.b.k(), self.b.n());
+        let x = req(ins, 0)?;
+        // QuantizeLinear also takes float16 (opset 19+) and int32 (opset 10-18) input; its
+        // x / scale is the float32 division either way.
+        let converted;
+        let a = match x {
+            Value::F32(a) => a,
+            Value::F16(a) => {
+                converted = a.mapv(f16::to_f32);
+                &converted
+            }
+            Value::I32(a) => {
+                converted = a.mapv(|v| v as f32);
+                &converted
+            }
+            other => {
+                return Err(err(format!(
+                    "QuantizeLinear input type {} is not supported",
+                    dname(other)
+                )));
+            }
+        };
+        let &[m, ka] = a.shape() else {
+            return Err(err(format!(
+                "per-row quantized A must be 2-D [M, K], got shape {:?}",
+                a.shape()
+            )));
+        };
+        if ka != k {
+            return Err(err(format!(
+                "A has shape {:?}, B has {k} rows (inner dimensions differ)",
+                a.shape()
+            )));
+        }
+        let (Value::F32(s), Value::U8(z), Value::F32(zf)) =
+            (req(ins, 1)?, req(ins, 2)?, req(ins, 3)?)
+        else {
+            return Err(err(
+                "per-row scales and float zero points must be float, zero points uint8",
+            ));
+        };
+        let scales = row_vector(s, m, "row scales")?;
+        let zps = row_vector(z, m, "row zero points")?;
+        let zps_f = row_vector(zf, m, "float row zero points")?;
+        let a_data = match a.as_slice() {
+            Some(d) => std::borrow::Cow::Borrowed(d),
+            None => std::borrow::Cow::Owned(a.iter().copied().collect::<Vec<f32>>()),
+        };
+        let mut q = A_SCRATCH.with(|c| c.take());
+        q.clear();
+        q.resize(m * k, 0);
+        if k > 0 {
+            for (r, (xr, qr)) in a_data
+                .chunks_exact(k)
+                .zip(q.chunks_exact_mut(k))
+                .enumerate()
+            {
+                quantize_with_into(xr, scales[r], zps[r], qr);
+            }
+        }
+        // Rows whose float zero point is not their uint8 one need a float correction, which
+        // must come before bias and activation: those then run here instead of in the kernel.
+        let exact = zps
+            .iter()
+            .zip(zps_f.iter())
+            .all(|(&z, &f)| f32::from(z) == f);
+        let epi = ActEpilogue {
+            b_scales: &self.b_scales,
+            bias: if exact { self.bias.as_deref() } else { None },
+            act: if exact { self.act } else { Activation::None },
+        };
+        let out = gemm_u8i8_f32_rows_vec(
+            &q,
+            m,
+            k,
+            &zps,
+            &scales,
+            &self.b,
+            &epi,
+            rayon::current_num_threads(),
+        );
+        A_SCRATCH.with(|c| c.set(q));
+        let mut out = out?;
+        if !exact && n > 0 {
+            for (r, row) in out.chunks_exact_mut(n).enumerate() {
+                let dz = f32::from(zps[r]) - zps_f[r];
+                for (c, y) in row.iter_mut().enumerate() {
+                    let bs = self.b_scales[if self.b_scales.len() == 1 { 0 } else { c }];
+                    let mut v = *y + dz * self.col_sums[c] * (scales[r] * bs);
+                    if let Some(b) = &self.bias {
+                        v += b[c];
+                    }
+                    *y = self.act.eval(v);
+                }
+            }
+        }
+        Ok(Value::F32(
+            ArrayD::from_shape_vec(IxDyn(&[m, n]), out).map_err(|e| err(e.to_string()))?,
+        ))
+    }
+}
+
 impl Op for Int8Linear {
     fn run(&self, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
         let y = match self.form {
             AForm::Float => self.run_float(req(ins, 0)?)?,
             AForm::Quantized => self.run_quantized(ins)?,
+            AForm::PerRow => self.run_per_row(ins)?,
         };
         Ok(vec![y])
     }

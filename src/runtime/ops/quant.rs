@@ -576,7 +576,11 @@ fn conv_integer(
                         data: &col,
                         zero_points: &[zx as u8],
                     };
-                    gemm_i8::matmul_integer(a_in, osz, kdim, pb, &mut res, 1)?;
+                    // onnxruntime's ConvInteger is exact on every CPU (it multiplies with the
+                    // roles of the operands swapped), so its saturation emulation stays off.
+                    gemm_i8::with_ort_u8s8_saturation(false, || {
+                        gemm_i8::matmul_integer(a_in, osz, kdim, pb, &mut res, 1)
+                    })?;
                 }
                 Int8Array::I8(a) => {
                     let col = geo.fill(a.as_slice().unwrap_or(&[]), zx as i8, nb, grp);

@@ -22,6 +22,19 @@
 //! otherwise it stays a step and the fused step reads `Xq, Xs, Xz` (quantization shared with
 //! other consumers).
 //!
+//! The per-token form of `rewrite --activations per-token`,
+//!
+//! ```text
+//! QuantizeLinear(A2, s, z, axis 0) -> MatMulInteger(·, Wq, -, Wz) -> Cast(to float)
+//!   -> Sub(·, Mul(Unsqueeze(z_f, [1]), c)) -> Mul(·, Mul(Unsqueeze(s, [1]), Ws)) [-> Add(bias)]
+//!   [-> activation]
+//! ```
+//!
+//! (`c` and `Ws` constants; `z = Cast(z_f)` is left to the graph), becomes one per-row
+//! `Int8Linear` step reading `A2, s, z, z_f`. The small `[M]` steps computing `s` and `z_f`
+//! stay: they are the graph's own definition of the row parameters, so the fused step does
+//! not have to recognise how they were computed.
+//!
 //! com.microsoft `DynamicQuantizeMatMul` and `MatMulIntegerToFloat` with constant weights
 //! (and a scalar or absent A zero point) become the same step, taking a following activation
 //! along under the same single-reader conditions.
@@ -103,7 +116,8 @@ pub(super) fn fuse_int8_linear(
     for i in 0..steps.len() {
         let st = &steps[i];
         let found = match (st.onnx_domain, st.op_type.as_str()) {
-            (true, "MatMulInteger") => match_matmul_integer(steps, i, cx, &idx),
+            (true, "MatMulInteger") => match_matmul_integer(steps, i, cx, &idx)
+                .or_else(|| match_per_row(steps, i, cx, &idx)),
             (false, "DynamicQuantizeMatMul" | "MatMulIntegerToFloat") => {
                 match_ms(steps, i, cx, &idx)
             }
@@ -235,22 +249,7 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
         "Mul".into(),
     ];
     let mut out = single_output(fmul)?;
-    // Optional bias Add.
-    let mut bias = None;
-    if let Some(ai) = idx.only_reader(out, cx) {
-        let add = &steps[ai];
-        if add.onnx_domain
-            && add.op_type == "Add"
-            && let Some(b) = other_input(add, out)
-            && let Some(v) = const_of(cx, Some(b)).and_then(|v| per_column(v, n))
-            && let Some(o) = single_output(add)
-        {
-            bias = Some(if v.len() == n { v } else { vec![v[0]; n] });
-            chain.push(ai);
-            names.push("Add".into());
-            out = o;
-        }
-    }
+    let bias = take_bias(steps, cx, idx, n, &mut out, &mut chain, &mut names);
     // Absorb the DynamicQuantizeLinear when this chain is its only reader.
     let absorb = idx.only_reader(xq, cx) == Some(i)
         && idx.only_reader(xz, cx) == Some(i)
@@ -275,6 +274,180 @@ fn match_matmul_integer(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Opti
             packed,
             b_scales,
             bias,
+            col_sums: None,
+        },
+    )
+}
+
+/// A following `Add` of a constant bias (one value or one per column) read by nothing else:
+/// moves `out` past it and records its step.
+fn take_bias(
+    steps: &[Step],
+    cx: &Ctx,
+    idx: &Index,
+    n: usize,
+    out: &mut usize,
+    chain: &mut Vec<usize>,
+    names: &mut Vec<String>,
+) -> Option<Vec<f32>> {
+    let ai = idx.only_reader(*out, cx)?;
+    let add = &steps[ai];
+    if !(add.onnx_domain && add.op_type == "Add") {
+        return None;
+    }
+    let v = per_column(const_of(cx, Some(other_input(add, *out)?))?, n)?;
+    *out = single_output(add)?;
+    chain.push(ai);
+    names.push("Add".into());
+    Some(if v.len() == n { v } else { vec![v[0]; n] })
+}
+
+/// The step producing `slot` if it is the default-domain `op` and `reader` is the slot's only
+/// reader.
+fn producer_for<'s>(
+    steps: &'s [Step],
+    slot: usize,
+    op: &str,
+    reader: usize,
+    cx: &Ctx,
+    idx: &Index,
+) -> Option<(usize, &'s Step)> {
+    let &p = idx.links.producer.get(&slot)?;
+    let st = &steps[p];
+    (st.onnx_domain && st.op_type == op && idx.only_reader(slot, cx) == Some(reader))
+        .then_some((p, st))
+}
+
+/// `Unsqueeze(x, [1])` (axes as attribute before opset 13, as a constant input from 13)
+/// producing `slot` for `reader` alone: its step and `x`.
+fn unsqueeze_col(
+    steps: &[Step],
+    slot: usize,
+    reader: usize,
+    cx: &Ctx,
+    idx: &Index,
+) -> Option<(usize, usize)> {
+    let (ui, st) = producer_for(steps, slot, "Unsqueeze", reader, cx, idx)?;
+    let axes: Vec<i64> = match st.inputs[..] {
+        [Some(_)] => idx.nodes.get(&slot)?.attr::<Vec<i64>>("axes").ok()??,
+        [Some(_), Some(ax)] => match const_of(cx, Some(ax))? {
+            Value::I64(a) => a.iter().copied().collect(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    // [M] -> [M, 1]: axis 1 or -1 (the input must be 1-D, which the fused step checks).
+    matches!(axes[..], [1] | [-1]).then_some((ui, st.inputs[0]?))
+}
+
+/// The per-token chain (module doc), from its MatMulInteger at step `i`.
+fn match_per_row(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
+    let mm = &steps[i];
+    let (aq, wq, wz) = match mm.inputs[..] {
+        [Some(a), Some(b)] => (a, b, None),
+        [Some(a), Some(b), None] => (a, b, None),
+        [Some(a), Some(b), None, z] => (a, b, z),
+        _ => return None,
+    };
+    let (qi, q) = producer_for(steps, aq, "QuantizeLinear", i, cx, idx)?;
+    let [Some(rows), Some(s), Some(z)] = q.inputs[..] else {
+        return None;
+    };
+    let qnode = idx.nodes.get(&aq)?;
+    if qnode.attr_or::<i64>("axis", 1).ok()? != 0
+        || qnode.attr_or::<i64>("block_size", 0).ok()? != 0
+        || qnode.attr_or::<i64>("output_dtype", 0).ok()? != 0
+    {
+        return None;
+    }
+    // A uint8 zero point (so a uint8 A_q), known at plan time.
+    let zp_u8 = match const_of(cx, Some(z)) {
+        Some(v) => matches!(v, Value::U8(_)),
+        None => {
+            let &zc = idx.links.producer.get(&z)?;
+            steps[zc].onnx_domain
+                && steps[zc].op_type == "Cast"
+                && idx.nodes.get(&z)?.attr::<i64>("to").ok()??
+                    == crate::onnx::tensor_proto::DataType::Uint8 as i64
+        }
+    };
+    if !zp_u8 {
+        return None;
+    }
+    let packed = pack(cx, Some(wq), wz)?;
+    let n = packed.n();
+    let acc = single_output(mm)?;
+    let ci = idx.only_reader(acc, cx)?;
+    let cast = &steps[ci];
+    let cast_out = single_output(cast)?;
+    if !(cast.onnx_domain && cast.op_type == "Cast" && cast.inputs[..] == [Some(acc)])
+        || idx.nodes.get(&cast_out)?.attr::<i64>("to").ok()??
+            != crate::onnx::tensor_proto::DataType::Float as i64
+    {
+        return None;
+    }
+    // Sub(acc_float, Mul(Unsqueeze(z_f), c)): the operand order matters here.
+    let sub_i = idx.only_reader(cast_out, cx)?;
+    let sub = &steps[sub_i];
+    let [Some(first), Some(corr)] = sub.inputs[..] else {
+        return None;
+    };
+    if !(sub.onnx_domain && sub.op_type == "Sub" && first == cast_out) {
+        return None;
+    }
+    let (corr_i, corr_mul) = producer_for(steps, corr, "Mul", sub_i, cx, idx)?;
+    let (zp_col, col_sums) = corr_mul.inputs.iter().flatten().find_map(|&x| {
+        let other = other_input(corr_mul, x)?;
+        let c = per_column(const_of(cx, Some(other))?, n)?;
+        (c.len() == n).then_some((x, c))
+    })?;
+    let (zu_i, zp_f) = unsqueeze_col(steps, zp_col, corr_i, cx, idx)?;
+    // Mul(centered, Mul(Unsqueeze(s), Ws)).
+    let centered = single_output(sub)?;
+    let fi = idx.only_reader(centered, cx)?;
+    let fmul = &steps[fi];
+    if !(fmul.onnx_domain && fmul.op_type == "Mul") {
+        return None;
+    }
+    let (si, smul) = producer_for(steps, other_input(fmul, centered)?, "Mul", fi, cx, idx)?;
+    let (scale_col, b_scales) = smul.inputs.iter().flatten().find_map(|&x| {
+        let other = other_input(smul, x)?;
+        Some((x, per_column(const_of(cx, Some(other))?, n)?))
+    })?;
+    let (su_i, s_again) = unsqueeze_col(steps, scale_col, si, cx, idx)?;
+    if s_again != s {
+        return None;
+    }
+    let mut chain = vec![qi, i, ci, zu_i, corr_i, sub_i, su_i, si, fi];
+    let mut names: Vec<String> = [
+        "QuantizeLinear",
+        "MatMulInteger",
+        "Cast",
+        "Unsqueeze",
+        "Mul",
+        "Sub",
+        "Unsqueeze",
+        "Mul",
+        "Mul",
+    ]
+    .map(String::from)
+    .into();
+    let mut out = single_output(fmul)?;
+    let bias = take_bias(steps, cx, idx, n, &mut out, &mut chain, &mut names);
+    finish(
+        steps,
+        cx,
+        idx,
+        Partial {
+            steps: chain,
+            names,
+            inputs: vec![Some(rows), Some(s), Some(z), Some(zp_f)],
+            output: out,
+            form: AForm::PerRow,
+            packed,
+            b_scales,
+            bias,
+            col_sums: Some(col_sums),
         },
     )
 }
@@ -289,6 +462,8 @@ struct Partial {
     packed: PackedB,
     b_scales: Vec<f32>,
     bias: Option<Vec<f32>>,
+    /// The per-row form's constant column sums.
+    col_sums: Option<Vec<f32>>,
 }
 
 /// Takes a following activation into the chain (see [`match_activation`]) and builds the
@@ -303,6 +478,7 @@ fn finish(steps: &[Step], cx: &Ctx, idx: &Index, p: Partial) -> Option<Chain> {
         packed,
         b_scales,
         bias,
+        col_sums,
     } = p;
     let act = match match_activation(steps, output, cx, idx) {
         Some((ai, act, o)) => {
@@ -313,7 +489,11 @@ fn finish(steps: &[Step], cx: &Ctx, idx: &Index, p: Partial) -> Option<Chain> {
         }
         None => Activation::None,
     };
-    let op = Int8Linear::new(form, packed, b_scales, bias, act).ok()?;
+    let op = match col_sums {
+        None => Int8Linear::new(form, packed, b_scales, bias, act),
+        Some(c) => Int8Linear::per_row(packed, b_scales, bias, act, c),
+    }
+    .ok()?;
     Some(Chain {
         steps: chain,
         inputs,
@@ -385,6 +565,7 @@ fn match_ms(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chain> {
             packed,
             b_scales,
             bias,
+            col_sums: None,
         },
     )
 }

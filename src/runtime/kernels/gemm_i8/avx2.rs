@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use crate::runtime::kernels::simd_act::act_m256;
 
 use super::pack::Data;
-use super::{Job, Out};
+use super::{Job, Out, a_scale_of};
 
 /// Columns per panel.
 pub(crate) const NR: usize = 16;
@@ -135,11 +135,12 @@ unsafe fn epilogue<const R: usize>(
                     Out::I32(ptr) => _mm256_storeu_si256(ptr.add(row * n + c).cast(), corr),
                     Out::F32 {
                         ptr,
-                        a_scale,
+                        a_scales,
                         b_scales,
                         bias,
                         act,
                     } => {
+                        let a_scale = a_scale_of(a_scales, row);
                         let scale = if b_scales.len() == 1 {
                             _mm256_set1_ps(a_scale * b_scales[0])
                         } else {

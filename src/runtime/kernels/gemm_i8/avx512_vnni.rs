@@ -154,21 +154,24 @@ unsafe fn epilogue<const R: usize>(
                 }
                 Out::F32 {
                     ptr,
-                    a_scale,
+                    a_scales,
                     b_scales,
                     bias,
                     act,
                 } => {
-                    let scale = if b_scales.len() == 1 {
-                        _mm512_set1_ps(a_scale * b_scales[0])
+                    let b_scale = if b_scales.len() == 1 {
+                        _mm512_set1_ps(b_scales[0])
                     } else {
-                        _mm512_mul_ps(
-                            _mm512_set1_ps(a_scale),
-                            _mm512_maskz_loadu_ps(mask, b_scales.as_ptr().add(c)),
-                        )
+                        _mm512_maskz_loadu_ps(mask, b_scales.as_ptr().add(c))
                     };
+                    // The product a_scale * b_scale is formed first, as the scalar tail does.
+                    let tensor_scale = (a_scales.len() == 1)
+                        .then(|| _mm512_mul_ps(_mm512_set1_ps(a_scales[0]), b_scale));
                     let bias = bias.map(|bias| _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c)));
                     for r in 0..R {
+                        let scale = tensor_scale.unwrap_or_else(|| {
+                            _mm512_mul_ps(_mm512_set1_ps(a_scales[m0 + r]), b_scale)
+                        });
                         let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(corr[r]), scale);
                         if let Some(bias) = bias {
                             v = _mm512_add_ps(v, bias);

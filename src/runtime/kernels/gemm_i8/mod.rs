@@ -244,8 +244,8 @@ pub fn gemm_u8i8_f32_act(
             a,
             m,
             k,
-            a_zero_point,
-            a_scale,
+            &[a_zero_point],
+            &[a_scale],
             b,
             epilogue,
             ptr,
@@ -265,8 +265,8 @@ unsafe fn gemm_f32_raw(
     a: &[u8],
     m: usize,
     k: usize,
-    a_zero_point: u8,
-    a_scale: f32,
+    a_zero_points: &[u8],
+    a_scales: &[f32],
     b: &PackedB,
     epilogue: &ActEpilogue,
     out: *mut f32,
@@ -275,6 +275,16 @@ unsafe fn gemm_f32_raw(
 ) -> Result<()> {
     check_shapes(a.len(), m, k, b, out_len)?;
     let n = b.n();
+    for (what, len) in [
+        ("zero points", a_zero_points.len()),
+        ("scales", a_scales.len()),
+    ] {
+        if len != 1 && len != m {
+            return Err(err(format!(
+                "{len} A {what} for {m} rows (expected 1 or {m})"
+            )));
+        }
+    }
     if epilogue.b_scales.len() != 1 && epilogue.b_scales.len() != n {
         return Err(err(format!(
             "{} B scales for {n} columns (expected 1 or {n})",
@@ -289,15 +299,15 @@ unsafe fn gemm_f32_raw(
             bias.len()
         )));
     }
-    let za = [i32::from(a_zero_point)];
+    let za: Vec<i32> = a_zero_points.iter().map(|&z| i32::from(z)).collect();
     let out = Out::F32 {
         ptr: out,
-        a_scale,
+        a_scales,
         b_scales: epilogue.b_scales,
         bias: epilogue.bias,
         act: epilogue.act,
     };
-    run(a, m, k, &za, b, out, threads);
+    run(a, m, k, &za, b, out, threads, true);
     Ok(())
 }
 
@@ -310,6 +320,23 @@ pub fn gemm_u8i8_f32_vec(
     k: usize,
     a_zero_point: u8,
     a_scale: f32,
+    b: &PackedB,
+    epilogue: &ActEpilogue,
+    threads: usize,
+) -> Result<Vec<f32>> {
+    gemm_u8i8_f32_rows_vec(a, m, k, &[a_zero_point], &[a_scale], b, epilogue, threads)
+}
+
+/// [`gemm_u8i8_f32_vec`] with A quantized per row: `a_zero_points` and `a_scales` each hold
+/// one value (per tensor) or one per row (the per-token activations of `rewrite
+/// --activations per-token`): `out[r, n] = f32(C[r, n]) * (a_scale[r] * b_scale[n]) + bias[n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_f32_rows_vec(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    a_zero_points: &[u8],
+    a_scales: &[f32],
     b: &PackedB,
     epilogue: &ActEpilogue,
     threads: usize,
@@ -327,8 +354,8 @@ pub fn gemm_u8i8_f32_vec(
             a,
             m,
             k,
-            a_zero_point,
-            a_scale,
+            a_zero_points,
+            a_scales,
             b,
             epilogue,
             ptr,
@@ -395,7 +422,7 @@ pub fn matmul_integer(
             } else {
                 zero_points.iter().map(|&z| i32::from(z)).collect()
             };
-            run(data, m, k, &za, b, out, threads);
+            run(data, m, k, &za, b, out, threads, true);
         }
         AInput::I8 { data, zero_points } => {
             // A + 128 as u8 is the bit flip; the zero point moves with it.
@@ -405,7 +432,7 @@ pub fn matmul_integer(
             } else {
                 zero_points.iter().map(|&z| i32::from(z) + 128).collect()
             };
-            run(&shifted, m, k, &za, b, out, threads);
+            run(&shifted, m, k, &za, b, out, threads, false);
         }
     }
     Ok(())
@@ -437,7 +464,8 @@ pub(crate) enum Out<'a> {
     I32(*mut i32),
     F32 {
         ptr: *mut f32,
-        a_scale: f32,
+        /// A's scales: one per tensor (len 1) or one per row (len m).
+        a_scales: &'a [f32],
         b_scales: &'a [f32],
         bias: Option<&'a [f32]>,
         act: Activation,
@@ -464,6 +492,16 @@ pub(crate) struct Job<'a> {
 // SAFETY: the raw output pointer is the only non-Sync part. Concurrent kernels receive
 // disjoint panel ranges, so they write disjoint columns of the output.
 unsafe impl Sync for Job<'_> {}
+
+/// A's scale for `row`: per tensor (len 1) or per row.
+#[inline(always)]
+pub(crate) fn a_scale_of(a_scales: &[f32], row: usize) -> f32 {
+    if a_scales.len() == 1 {
+        a_scales[0]
+    } else {
+        a_scales[row]
+    }
+}
 
 impl Job<'_> {
     #[inline(always)]
@@ -499,7 +537,7 @@ impl Job<'_> {
             Out::I32(ptr) => unsafe { *ptr.add(idx) = corr },
             Out::F32 {
                 ptr,
-                a_scale,
+                a_scales,
                 b_scales,
                 bias,
                 act,
@@ -509,7 +547,7 @@ impl Job<'_> {
                 } else {
                     b_scales[col]
                 };
-                let mut v = corr as f32 * (a_scale * bs);
+                let mut v = corr as f32 * (a_scale_of(a_scales, row) * bs);
                 if let Some(bias) = bias {
                     v += bias[col];
                 }
@@ -524,7 +562,68 @@ impl Job<'_> {
 /// thread: waking rayon workers costs more than it wins.
 const PAR_MIN_MACS: usize = 1 << 24;
 
-fn run(a: &[u8], m: usize, k: usize, za: &[i32], b: &PackedB, out: Out, threads: usize) {
+thread_local! {
+    /// Set by [`with_ort_u8s8_saturation`] for the calls made inside it on this thread.
+    static ORT_U8S8: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the u8 x s8 products of every GEMM it makes on this thread computed as
+/// onnxruntime computes them on x86 CPUs with AVX2 (or AVX-512) but without VNNI: its kernel
+/// multiplies byte pairs with `vpmaddubsw`, so `a[2j] b[2j] + a[2j+1] b[2j+1]` (consecutive K
+/// steps, raw uint8 A times raw int8 B, before any zero point) saturates to i16 before the
+/// int32 sum. The zero-point corrections stay exact. Only uint8 A with int8 B is affected
+/// (onnxruntime's u8 x u8 and s8 x s8 products are exact), so only those calls change.
+/// Used to predict what such a machine will compute, and to compare with onnxruntime there.
+pub fn with_ort_u8s8_saturation<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = ORT_U8S8.with(|c| c.replace(on));
+    let r = f();
+    ORT_U8S8.with(|c| c.set(before));
+    r
+}
+
+/// Whether this thread currently emulates onnxruntime's saturating u8 x s8 products.
+pub fn ort_u8s8_saturation() -> bool {
+    ORT_U8S8.with(|c| c.get())
+}
+
+/// `Σ_j sat_i16(a[2j] b[2j] + a[2j+1] b[2j+1])` for every row and column (see
+/// [`with_ort_u8s8_saturation`]), through the usual zero-point and float epilogue.
+fn run_saturating(job: &Job) {
+    let (k, n) = (job.k, job.b.n());
+    // B decoded once to `[n][k]`, so the pair loop reads it contiguously.
+    let mut bt = vec![0i32; n * k];
+    for col in 0..n {
+        for row in 0..k {
+            bt[col * k + row] = i32::from(job.b.stored(row, col));
+        }
+    }
+    for row in 0..job.m {
+        let a_row = &job.a[row * k..(row + 1) * k];
+        for col in 0..n {
+            let b_col = &bt[col * k..(col + 1) * k];
+            let mut acc = 0i32;
+            for (ap, bp) in a_row.chunks(2).zip(b_col.chunks(2)) {
+                let pair: i32 = ap.iter().zip(bp).map(|(&a, &b)| i32::from(a) * b).sum();
+                acc = acc.wrapping_add(pair.clamp(i32::from(i16::MIN), i32::from(i16::MAX)));
+            }
+            // SAFETY: row < m and col < n.
+            unsafe { job.store_scalar(row, col, acc) };
+        }
+    }
+}
+
+/// `a_unsigned`: A is a uint8 tensor (not an int8 one shifted to uint8 by the caller).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    za: &[i32],
+    b: &PackedB,
+    out: Out,
+    threads: usize,
+    a_unsigned: bool,
+) {
     if m == 0 || b.n() == 0 {
         return;
     }
@@ -535,6 +634,19 @@ fn run(a: &[u8], m: usize, k: usize, za: &[i32], b: &PackedB, out: Out, threads:
     } else {
         Vec::new()
     };
+    if a_unsigned && b.signed && ort_u8s8_saturation() {
+        run_saturating(&Job {
+            a,
+            a16: &[],
+            m,
+            k,
+            za,
+            row_sums: &row_sums,
+            b,
+            out,
+        });
+        return;
+    }
     // The AVX2 path reads A as u16 pairs; reuse a per-thread buffer so steady-state calls do
     // not allocate. It is taken out of the cell (not borrowed) so a re-entrant call on this
     // thread (rayon work stealing) just allocates its own.

@@ -36,6 +36,9 @@ pub struct PackedB {
     pub(crate) zb: Vec<i32>,
     /// Some `zb[n] != 0`: the kernels then need A's row sums.
     pub(crate) has_zb: bool,
+    /// The stored bytes are B itself (an int8 B), not `B - 128` of a uint8 B: the onnxruntime
+    /// u8 x s8 emulation applies only then.
+    pub(crate) signed: bool,
 }
 
 impl std::fmt::Debug for PackedB {
@@ -66,7 +69,7 @@ impl PackedB {
         check_len(b_t.len(), k, n)?;
         let zb = zero_points_i32(zero_points.iter().map(|&z| i32::from(z)), n)?;
         let plain = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
-        Self::pack(Isa::best(), k, n, plain, zb)
+        Self::pack(Isa::best(), k, n, plain, zb, true)
     }
 
     /// [`PackedB::from_i8`] for a given kernel path (errors if this CPU lacks it).
@@ -79,7 +82,7 @@ impl PackedB {
     ) -> Result<Self> {
         check_len(b.len(), k, n)?;
         let zb = zero_points_i32(zero_points.iter().map(|&z| i32::from(z)), n)?;
-        Self::pack(isa, k, n, b.to_vec(), zb)
+        Self::pack(isa, k, n, b.to_vec(), zb, true)
     }
 
     /// [`PackedB::from_u8`] for a given kernel path (errors if this CPU lacks it).
@@ -98,7 +101,7 @@ impl PackedB {
             zero_points_i32(zero_points.iter().map(|&z| i32::from(z) - 128), n)?
         };
         let plain = b.iter().map(|&v| (v ^ 0x80) as i8).collect();
-        Self::pack(isa, k, n, plain, zb)
+        Self::pack(isa, k, n, plain, zb, false)
     }
 
     pub fn k(&self) -> usize {
@@ -115,7 +118,14 @@ impl PackedB {
     }
 
     /// `plain` is B as int8 `[k, n]` row-major; `zb` has length n.
-    fn pack(isa: Isa, k: usize, n: usize, plain: Vec<i8>, zb: Vec<i32>) -> Result<Self> {
+    fn pack(
+        isa: Isa,
+        k: usize,
+        n: usize,
+        plain: Vec<i8>,
+        zb: Vec<i32>,
+        signed: bool,
+    ) -> Result<Self> {
         if !isa.is_available() {
             return Err(err(format!(
                 "{} kernel not available on this CPU",
@@ -183,7 +193,25 @@ impl PackedB {
             col_adj,
             zb,
             has_zb,
+            signed,
         })
+    }
+
+    /// The stored B value at `(row, col)` (`row < k`, `col < n`), whatever the layout.
+    pub(crate) fn stored(&self, row: usize, col: usize) -> i8 {
+        let nr = self.isa.panel_width();
+        let (p, c) = (col / nr, col % nr);
+        match &self.data {
+            Data::Plain(b) => b[row * self.n + col],
+            Data::Vnni(lines) => {
+                let groups = self.k.div_ceil(4);
+                lines[(p * groups + row / 4) * (nr / 16) + c / 16].0[(c % 16) * 4 + row % 4]
+            }
+            Data::Wide(wide) => {
+                let pairs = self.k.div_ceil(2);
+                wide[((p * pairs + row / 2) * nr + c) * 2 + row % 2] as i8
+            }
+        }
     }
 }
 
