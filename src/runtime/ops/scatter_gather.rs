@@ -30,7 +30,7 @@ use crate::map_same;
 use crate::runtime::Value;
 
 use super::elementwise::Arith;
-use super::util::{dname, elem_count, err, from_vec, index_in, ints, req};
+use super::util::{dname, elem_count, err, from_vec, index_in, ints, norm_axis, opt, req};
 use super::{BuildCtx, FnOp, Op, Registry};
 
 /// Row-major strides (in elements) of `dims`, scaled by `inner`.
@@ -156,31 +156,31 @@ macro_rules! scatter_typed {
         let (red, data, upd): (Reduction, &Value, &Value) = ($red, $data, $upd);
         match (data, upd) {
             (Value::F32($a), Value::F32($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<f32>();
                 Value::F32($body?)
             }
             (Value::F16($a), Value::F16($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<half::f16>();
                 Value::F16($body?)
             }
             (Value::F64($a), Value::F64($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<f64>();
                 Value::F64($body?)
             }
             (Value::I64($a), Value::I64($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<i64>();
                 Value::I64($body?)
             }
             (Value::I32($a), Value::I32($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<i32>();
                 Value::I32($body?)
             }
             (Value::I8($a), Value::I8($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<i8>();
                 Value::I8($body?)
             }
             (Value::U8($a), Value::U8($b)) => {
-                let $f = red.combine();
+                let $f = red.combine::<u8>();
                 Value::U8($body?)
             }
             (Value::Bool($a), Value::Bool($b)) if red == Reduction::None => {
@@ -260,9 +260,141 @@ fn scatter_nd(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     })))
 }
 
+fn scatter_elements_t<T: Copy>(
+    data: &ArrayD<T>,
+    idx: &[i64],
+    idx_shape: &[usize],
+    upd: &ArrayD<T>,
+    axis: usize,
+    f: fn(T, T) -> T,
+) -> Result<ArrayD<T>> {
+    let shape = data.shape();
+    if idx_shape.len() != shape.len() || upd.shape() != idx_shape {
+        return Err(err(format!(
+            "indices {idx_shape:?} and updates {:?} must have one shape of the rank of data {shape:?}",
+            upd.shape()
+        )));
+    }
+    if (0..shape.len()).any(|d| d != axis && idx_shape[d] > shape[d]) {
+        return Err(err(format!(
+            "indices {idx_shape:?} are larger than data {shape:?} off axis {axis}"
+        )));
+    }
+    let st = strides(shape, 1);
+    let mut out = to_vec(data);
+    let mut pos = vec![0usize; shape.len()];
+    for (&i, u) in idx.iter().zip(upd.iter()) {
+        let mut off = index_in(i, shape[axis], "indices")? * st[axis];
+        for d in (0..shape.len()).filter(|&d| d != axis) {
+            off += pos[d] * st[d];
+        }
+        out[off] = f(out[off], *u);
+        // Next row-major position over the indices' shape.
+        for d in (0..pos.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < idx_shape[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    from_vec(shape, out)
+}
+
+fn scatter_elements(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let red = Reduction::parse(node)?;
+    let axis = node.attr_or::<i64>("axis", 0)?;
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        let (x, i, u) = (req(ins, 0)?, req(ins, 1)?, req(ins, 2)?);
+        let ax = norm_axis(axis, x.shape().len())?;
+        let idx = ints(i, "indices")?;
+        Ok(vec![scatter_typed!(red, x, u, |a, b, f| {
+            scatter_elements_t(a, &idx, i.shape(), b, ax, f)
+        })])
+    })))
+}
+
+fn tensor_scatter_t<T: Copy>(
+    cache: &ArrayD<T>,
+    upd: &ArrayD<T>,
+    write: Option<&[i64]>,
+    axis: usize,
+    circular: bool,
+) -> Result<ArrayD<T>> {
+    let shape = cache.shape();
+    let (max_seq, seq) = (shape[axis], upd.shape().get(axis).copied().unwrap_or(0));
+    let same_off_axis = upd.ndim() == shape.len()
+        && (0..shape.len()).all(|d| d == axis || upd.shape()[d] == shape[d]);
+    if !same_off_axis || seq > max_seq {
+        return Err(err(format!(
+            "update {:?} must have the shape of past_cache {shape:?}, no longer on axis {axis}",
+            upd.shape()
+        )));
+    }
+    let batch = shape[0];
+    if let Some(w) = write
+        && w.len() != batch
+    {
+        return Err(err(format!(
+            "write_indices has {} entries for a batch of {batch}",
+            w.len()
+        )));
+    }
+    let inner: usize = shape[axis + 1..].iter().product();
+    // Rows of the prefix axes (batch first), each holding `max_seq` (cache) or `seq`
+    // (update) runs of `inner` elements.
+    let rows: usize = shape[..axis].iter().product();
+    let rows_per_batch = if batch == 0 { 0 } else { rows / batch };
+    let mut out = to_vec(cache);
+    let upd = to_vec(upd);
+    for row in 0..rows {
+        let n = row / rows_per_batch.max(1);
+        let start = write.map_or(0, |w| w[n]);
+        if start < 0 || (!circular && start as usize + seq > max_seq) {
+            return Err(err(format!(
+                "write_indices value {start} for batch {n}: {seq} positions do not fit in {max_seq}"
+            )));
+        }
+        for s in 0..seq {
+            let mut c = start as usize + s;
+            if circular {
+                c %= max_seq;
+            }
+            let dst = (row * max_seq + c) * inner;
+            let src = (row * seq + s) * inner;
+            out[dst..dst + inner].copy_from_slice(&upd[src..src + inner]);
+        }
+    }
+    from_vec(shape, out)
+}
+
+fn tensor_scatter(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let axis = node.attr_or::<i64>("axis", -2)?;
+    let circular = match node.attr_or::<String>("mode", "linear".into())?.as_str() {
+        "linear" => false,
+        "circular" => true,
+        m => return Err(node.error(format!("unknown mode '{m}'"))),
+    };
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        let (x, u) = (req(ins, 0)?, req(ins, 1)?);
+        let ax = norm_axis(axis, x.shape().len())?;
+        if ax == 0 {
+            return Err(err("axis must not be the batch axis 0"));
+        }
+        let write = opt(ins, 2).map(|w| ints(w, "write_indices")).transpose()?;
+        let w = write.as_deref();
+        Ok(vec![scatter_typed!(Reduction::None, x, u, |a, b, _f| {
+            tensor_scatter_t(a, b, w, ax, circular)
+        })])
+    })))
+}
+
 pub fn register(r: &mut Registry) {
     r.register("", "GatherND", gather_nd);
     r.register("", "ScatterND", scatter_nd);
+    r.register("", "ScatterElements", scatter_elements);
+    r.register("", "Scatter", scatter_elements);
+    r.register("", "TensorScatter", tensor_scatter);
 }
 
 #[cfg(test)]
@@ -293,5 +425,34 @@ mod tests {
         assert!(gather_nd_t(&d, &[-3], &[1, 1], 0).is_err());
         assert!(gather_nd_t(&d, &[0, 0, 0], &[1, 3], 0).is_err());
         assert!(gather_nd_t(&d, &[0], &[1, 1], 1).is_err());
+    }
+
+    #[test]
+    fn scatters_combine_duplicates_and_check_indices() {
+        let d = array![1, 2, 3, 4].into_dyn();
+        let u = array![10, 20].into_dyn();
+        let add = Reduction::Add.combine::<i32>();
+        let s = scatter_nd_t(&d, &[1, 1], &[2, 1], &u, add).unwrap();
+        assert_eq!(s, array![1, 32, 3, 4].into_dyn());
+        let e = scatter_nd_t(&d, &[4, 0], &[2, 1], &u, add).unwrap_err();
+        assert!(e.to_string().contains("indices value 4"), "{e}");
+        let s = scatter_elements_t(&d, &[-1, 0], &[2], &u, 0, Reduction::Max.combine()).unwrap();
+        assert_eq!(s, array![20, 2, 3, 10].into_dyn());
+        assert!(scatter_elements_t(&d, &[0, 9], &[2], &u, 0, add).is_err());
+    }
+
+    #[test]
+    fn tensor_scatter_writes_per_batch_and_wraps() {
+        let cache = ndarray::Array::from_shape_vec((2, 3, 1), vec![0; 6])
+            .unwrap()
+            .into_dyn();
+        let upd = array![[[1], [2]], [[3], [4]]].into_dyn();
+        let s = tensor_scatter_t(&cache, &upd, Some(&[0, 2]), 1, true).unwrap();
+        assert_eq!(
+            s.iter().copied().collect::<Vec<i32>>(),
+            vec![1, 2, 0, 4, 0, 3]
+        );
+        assert!(tensor_scatter_t(&cache, &upd, Some(&[0, 2]), 1, false).is_err());
+        assert!(tensor_scatter_t(&cache, &upd, Some(&[-1, 0]), 1, true).is_err());
     }
 }
