@@ -344,7 +344,7 @@ fn tensor_scatter_t<T: Copy>(
     // Rows of the prefix axes (batch first), each holding `max_seq` (cache) or `seq`
     // (update) runs of `inner` elements.
     let rows: usize = shape[..axis].iter().product();
-    let rows_per_batch = if batch == 0 { 0 } else { rows / batch };
+    let rows_per_batch = rows.checked_div(batch).unwrap_or(0);
     let mut out = to_vec(cache);
     let upd = to_vec(upd);
     for row in 0..rows {
