@@ -10,6 +10,7 @@ pub mod control_flow;
 pub mod conv;
 pub mod data;
 pub mod elementwise;
+pub mod index_select;
 pub mod int8_linear;
 pub mod linalg;
 pub mod normalization;
@@ -131,6 +132,7 @@ pub fn register_all(r: &mut Registry) {
     quant::register(r);
     quant_ms::register(r);
     scatter_gather::register(r);
+    index_select::register(r);
 }
 
 /// The registry sessions use: every family, built once.
