@@ -12,6 +12,7 @@ pub mod data;
 pub mod elementwise;
 pub mod index_select;
 pub mod int8_linear;
+pub mod layout;
 pub mod linalg;
 pub mod normalization;
 pub mod quant;
@@ -133,6 +134,7 @@ pub fn register_all(r: &mut Registry) {
     quant_ms::register(r);
     scatter_gather::register(r);
     index_select::register(r);
+    layout::register(r);
 }
 
 /// The registry sessions use: every family, built once.
