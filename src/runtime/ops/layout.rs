@@ -149,6 +149,17 @@ fn center_crop_pad(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     })))
 }
 
+/// Checks that `x` has the two trailing (matrix) axes an op works on.
+fn matrix_like(x: &Value) -> Result<()> {
+    if x.shape().len() < 2 {
+        return Err(err(format!(
+            "input must have rank at least 2, got {:?}",
+            x.shape()
+        )));
+    }
+    Ok(())
+}
+
 fn trilu_t<T: Copy + Default>(x: &ArrayD<T>, k: i64, upper: bool) -> ArrayD<T> {
     let r = x.ndim();
     let mut out = x.clone();
@@ -165,12 +176,7 @@ fn trilu(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     let upper = node.attr_or::<i64>("upper", 1)? != 0;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let x = req(ins, 0)?;
-        if x.shape().len() < 2 {
-            return Err(err(format!(
-                "input must have rank at least 2, got {:?}",
-                x.shape()
-            )));
-        }
+        matrix_like(x)?;
         let k = match opt(ins, 1) {
             Some(k) => match ints(k, "k")?.as_slice() {
                 [k] => *k,
@@ -225,12 +231,7 @@ fn reverse_sequence(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     let (ba, ta) = (batch_axis as usize, time_axis as usize);
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let x = req(ins, 0)?;
-        if x.shape().len() < 2 {
-            return Err(err(format!(
-                "input must have rank at least 2, got {:?}",
-                x.shape()
-            )));
-        }
+        matrix_like(x)?;
         let (batch, time) = (x.shape()[ba], x.shape()[ta]);
         let lens = ints(req(ins, 1)?, "sequence_lens")?;
         if lens.len() != batch {

@@ -22,6 +22,7 @@ pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
 pub mod util;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -135,6 +136,7 @@ pub fn register_all(r: &mut Registry) {
     scatter_gather::register(r);
     index_select::register(r);
     layout::register(r);
+    window::register(r);
 }
 
 /// The registry sessions use: every family, built once.
