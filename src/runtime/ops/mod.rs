@@ -9,6 +9,7 @@ pub mod activation;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
+pub mod einsum;
 pub mod elementwise;
 pub mod index_select;
 pub mod int8_linear;
@@ -137,6 +138,7 @@ pub fn register_all(r: &mut Registry) {
     index_select::register(r);
     layout::register(r);
     window::register(r);
+    einsum::register(r);
 }
 
 /// The registry sessions use: every family, built once.
