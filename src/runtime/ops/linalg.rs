@@ -429,15 +429,82 @@ impl Linear {
     }
 }
 
+/// Determinant of the row-major `m x m` matrix `a` (overwritten by its LU factors).
+fn det_f64(a: &mut [f64], m: usize) -> f64 {
+    let mut det = 1.0;
+    for c in 0..m {
+        let pivot = (c..m)
+            .max_by(|&i, &j| a[i * m + c].abs().total_cmp(&a[j * m + c].abs()))
+            .unwrap_or(c);
+        if a[pivot * m + c] == 0.0 {
+            return 0.0;
+        }
+        if pivot != c {
+            for j in 0..m {
+                a.swap(c * m + j, pivot * m + j);
+            }
+            det = -det;
+        }
+        let d = a[c * m + c];
+        det *= d;
+        for i in c + 1..m {
+            let f = a[i * m + c] / d;
+            for j in c..m {
+                a[i * m + j] -= f * a[c * m + j];
+            }
+        }
+    }
+    det
+}
+
+fn det_op(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    Ok(Box::new(FnOp(|ins: &[Option<&Value>]| {
+        let x = req(ins, 0)?;
+        if !super::util::is_float(x.dtype()) {
+            return Err(err(format!("Det expects a float input, got {}", dname(x))));
+        }
+        let s = x.shape();
+        let r = s.len();
+        if r < 2 || s[r - 1] != s[r - 2] {
+            return Err(err(format!(
+                "Det expects square matrices [*, M, M], got {s:?}"
+            )));
+        }
+        let m = s[r - 1];
+        let xf = super::util::cast(x, crate::onnx::tensor_proto::DataType::Double)?;
+        let xf = xf.as_f64().ok_or_else(|| err("internal: cast to f64"))?;
+        let flat: Vec<f64> = xf.iter().copied().collect();
+        let dets: Vec<f64> = if m == 0 {
+            vec![1.0; s[..r - 2].iter().product()]
+        } else {
+            flat.chunks_exact(m * m)
+                .map(|c| det_f64(&mut c.to_vec(), m))
+                .collect()
+        };
+        let out = Value::F64(super::util::from_vec(&s[..r - 2], dets)?);
+        Ok(vec![super::util::cast(&out, x.dtype())?])
+    })))
+}
+
 pub fn register(r: &mut Registry) {
     r.register("", "MatMul", matmul_op);
     r.register("", "Gemm", gemm_op);
+    r.register("", "Det", det_op);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn det_pivots_and_handles_singular_matrices() {
+        // The first pivot is 0, so rows swap (flipping the sign back).
+        assert_eq!(det_f64(&mut [0.0, 2.0, 3.0, 4.0], 2), -6.0);
+        assert_eq!(det_f64(&mut [1.0, 2.0, 2.0, 4.0], 2), 0.0);
+        let d = det_f64(&mut [2.0, 0.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0], 3);
+        assert!((d - 6.0).abs() < 1e-12, "{d}");
+    }
 
     #[test]
     fn matmul_promotes_vectors_and_broadcasts_batches() {

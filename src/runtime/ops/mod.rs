@@ -9,8 +9,11 @@ pub mod activation;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
+pub mod einsum;
 pub mod elementwise;
+pub mod index_select;
 pub mod int8_linear;
+pub mod layout;
 pub mod linalg;
 pub mod normalization;
 pub mod quant;
@@ -18,7 +21,9 @@ pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
 pub mod rnn_quant;
+pub mod scatter_gather;
 pub mod util;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -129,6 +134,11 @@ pub fn register_all(r: &mut Registry) {
     conv::register(r);
     quant::register(r);
     quant_ms::register(r);
+    scatter_gather::register(r);
+    index_select::register(r);
+    layout::register(r);
+    window::register(r);
+    einsum::register(r);
 }
 
 /// The registry sessions use: every family, built once.

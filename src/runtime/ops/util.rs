@@ -417,6 +417,32 @@ pub fn standard<T: Clone>(v: ArrayViewD<T>) -> ArrayD<T> {
     v.as_standard_layout().into_owned()
 }
 
+/// An index from input data, `-dim..dim` (negative counts from the end), as a position; the
+/// error names `what` (the input or attribute the index came from).
+pub fn index_in(i: i64, dim: usize, what: &str) -> Result<usize> {
+    let d = dim as i64;
+    let j = if i < 0 { i + d } else { i };
+    if j < 0 || j >= d {
+        return Err(err(format!(
+            "{what} value {i} is out of range for a dimension of size {dim}"
+        )));
+    }
+    Ok(j as usize)
+}
+
+/// The most elements an op allocates for one output; a larger shape is an error rather than
+/// an allocation failure.
+pub const MAX_ELEMS: usize = 1 << 31;
+
+/// The element count of `shape`, or an error when it overflows or passes [`MAX_ELEMS`].
+pub fn elem_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMS)
+        .ok_or_else(|| err(format!("shape {shape:?} has too many elements")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
