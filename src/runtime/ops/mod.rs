@@ -6,6 +6,7 @@
 //! times.
 
 pub mod activation;
+pub mod attention;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
@@ -129,6 +130,7 @@ pub fn register_all(r: &mut Registry) {
     conv::register(r);
     quant::register(r);
     quant_ms::register(r);
+    attention::register(r);
 }
 
 /// The registry sessions use: every family, built once.
