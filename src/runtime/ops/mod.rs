@@ -19,6 +19,7 @@ pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
 pub mod rnn_quant;
+pub mod transformer;
 pub mod util;
 
 use std::collections::HashMap;
@@ -131,6 +132,7 @@ pub fn register_all(r: &mut Registry) {
     quant::register(r);
     quant_ms::register(r);
     attention::register(r);
+    transformer::register(r);
 }
 
 /// The registry sessions use: every family, built once.
