@@ -13,6 +13,7 @@ pub mod data;
 pub mod elementwise;
 pub mod int8_linear;
 pub mod linalg;
+pub mod linear_attention;
 pub mod normalization;
 pub mod quant;
 pub mod quant_ms;
@@ -133,6 +134,7 @@ pub fn register_all(r: &mut Registry) {
     quant_ms::register(r);
     attention::register(r);
     transformer::register(r);
+    linear_attention::register(r);
 }
 
 /// The registry sessions use: every family, built once.
