@@ -1,4 +1,5 @@
-//! Scaled dot-product attention, the default-domain `Attention` op.
+//! Scaled dot-product attention: the default-domain `Attention` op and
+//! `ai.onnx.preview.FlexAttention`.
 //!
 //! `Attention` (23, 24, 25): `Y = softmax(softcap(scale · Q·Kᵀ) + bias) · V` per batch and
 //! head.
@@ -32,21 +33,30 @@
 //! Both products per head, `Q·Kᵀ` and `P·V`, run on the blocked GEMM kernel on strided views
 //! (the 3-D layout and the key transpose are strides, never copies); heads run in parallel
 //! when the work is large enough to pay for it.
+//!
+//! `FlexAttention` (ai.onnx.preview 1): rank-4 Q `[B, Hq, Sq, D]`, K `[B, Hkv, Skv, D]`,
+//! V `[B, Hkv, Skv, Dv]` with the same grouped-query head mapping;
+//! `Y = prob_mod(softmax(score_mod(scale · Q·Kᵀ))) · V` where the optional `score_mod` and
+//! `prob_mod` graph attributes map the whole `[B, Hq, Sq, Skv]` tensor to one of the same
+//! shape and type. `scale` defaults to `1/sqrt(D)`. The scores have the `softmax_precision`
+//! type: double for double inputs, else float (float16 inputs are widened); Y has Q's type.
 
 use std::borrow::Cow;
 
 use half::f16;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Ix4, IxDyn, s};
+use num_traits::Float;
 use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::ir::Node;
 use crate::onnx::tensor_proto::DataType;
 use crate::runtime::Value;
-use crate::runtime::kernels::gemm_f32::gemm;
+use crate::runtime::kernels::gemm_f32::{GemmElem, gemm};
 
-use super::util::{cast, dname, err, from_vec, ints, opt, req};
-use super::{BuildCtx, FnOp, Op, Registry};
+use super::control_flow::Body;
+use super::util::{Elem, cast, dname, err, from_vec, ints, is_float, opt, req, standard};
+use super::{BuildCtx, FnOp, Op, Registry, Scope};
 
 /// Below this many multiply-adds in all (both products, every head) the heads run on the
 /// calling thread: splitting small attention costs more than it saves.
@@ -297,17 +307,25 @@ impl Problem<'_> {
 }
 
 /// Softmax of one row; a row whose largest entry is -inf (or NaN) softmaxes to zeros, not NaN.
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
-    let mut sum = 0.0f32;
+fn softmax_in_place<T: Float>(row: &mut [T]) {
+    let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+    let max = if max == T::neg_infinity() {
+        T::zero()
+    } else {
+        max
+    };
+    let mut sum = T::zero();
     for x in row.iter_mut() {
         *x = (*x - max).exp();
-        sum += *x;
+        sum = sum + *x;
     }
-    let inv = if sum == 0.0 { 1.0 } else { 1.0 / sum };
+    let inv = if sum == T::zero() {
+        T::one()
+    } else {
+        T::one() / sum
+    };
     for x in row.iter_mut() {
-        *x *= inv;
+        *x = *x * inv;
     }
 }
 
@@ -473,8 +491,177 @@ fn attention_op(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     })))
 }
 
+/// A float operand in the computation type `T` (borrowed when it already is).
+fn as_float<'a, T: Elem>(v: &'a Value, what: &str) -> Result<Cow<'a, ArrayD<T>>> {
+    if let Some(a) = T::unwrap(v) {
+        return Ok(Cow::Borrowed(a));
+    }
+    if !is_float(v.dtype()) {
+        return Err(err(format!(
+            "{what} must be a float tensor, got {}",
+            dname(v)
+        )));
+    }
+    let c = cast(v, T::DT)?;
+    T::unwrap(&c)
+        .cloned()
+        .map(Cow::Owned)
+        .ok_or_else(|| err(format!("{what} did not convert to {:?}", T::DT)))
+}
+
+/// Runs a modifier graph on the `[B, Hq, Sq, Skv]` tensor `data`, checking that it keeps
+/// the shape and type.
+fn modify<T: Elem>(
+    body: &Body,
+    what: &str,
+    ins: &[Option<&Value>],
+    shape: &[usize],
+    data: Vec<T>,
+) -> Result<Vec<T>> {
+    let out = body.run(ins, vec![T::wrap(from_vec(shape, data)?)])?;
+    let v = out
+        .first()
+        .ok_or_else(|| err(format!("{what} returned no output")))?;
+    match T::unwrap(v) {
+        Some(a) if a.shape() == shape => Ok(standard(a.view()).into_raw_vec_and_offset().0),
+        _ => Err(err(format!(
+            "{what} must return {} {shape:?}, got {} {:?}",
+            crate::ir::tensor::dtype_name(T::DT as i32),
+            dname(v),
+            v.shape()
+        ))),
+    }
+}
+
+/// FlexAttention's modifier graphs and scale.
+struct FlexOp {
+    scale: Option<f64>,
+    precision: Option<DataType>,
+    score_mod: Option<Body>,
+    prob_mod: Option<Body>,
+}
+
+impl FlexOp {
+    fn run_t<T: Elem + GemmElem + Float>(&self, ins: &[Option<&Value>]) -> Result<Value> {
+        let (qv, kv, vv) = (req(ins, 0)?, req(ins, 1)?, req(ins, 2)?);
+        let (qc, kc, vc) = (
+            as_float::<T>(qv, "Q")?,
+            as_float::<T>(kv, "K")?,
+            as_float::<T>(vv, "V")?,
+        );
+        fn rank4<'a, T>(a: &'a ArrayD<T>, what: &str) -> Result<ArrayView4<'a, T>> {
+            a.view()
+                .into_dimensionality::<Ix4>()
+                .map_err(|_| err(format!("{what} must be 4-D, got {:?}", a.shape())))
+        }
+        let (q, k, v) = (rank4(&qc, "Q")?, rank4(&kc, "K")?, rank4(&vc, "V")?);
+        let (nb, hq, sq, d) = q.dim();
+        let (kb, hkv, skv, kd) = k.dim();
+        let (vb, vh, vs, dv) = v.dim();
+        if kb != nb || vb != nb || vh != hkv || vs != skv || kd != d {
+            return Err(err(format!(
+                "Q {:?}, K {:?} and V {:?} do not agree as [batch, heads, seq, head size]",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        if hkv == 0 || hq % hkv != 0 {
+            return Err(err(format!(
+                "{hq} query heads are not a multiple of {hkv} key/value heads"
+            )));
+        }
+        let group = hq / hkv;
+        let scale = T::from_f64(self.scale.unwrap_or(1.0 / (d as f64).sqrt()));
+        let shape = [nb, hq, sq, skv];
+        let per_head = sq * skv;
+        let mut scores = vec![T::zero(); nb * hq * per_head];
+        if per_head > 0 {
+            for (i, chunk) in scores.chunks_exact_mut(per_head).enumerate() {
+                let (b, h) = (i / hq, i % hq);
+                let mut out =
+                    ArrayViewMut2::from_shape((sq, skv), chunk).map_err(|e| err(e.to_string()))?;
+                let k2 = k.slice(s![b, h / group, .., ..]);
+                gemm(
+                    scale,
+                    &q.slice(s![b, h, .., ..]),
+                    &k2.t(),
+                    T::zero(),
+                    &mut out,
+                );
+            }
+        }
+        if let Some(m) = &self.score_mod {
+            scores = modify(m, "score_mod", ins, &shape, scores)?;
+        }
+        if skv > 0 {
+            scores.chunks_exact_mut(skv).for_each(softmax_in_place);
+        }
+        if let Some(m) = &self.prob_mod {
+            scores = modify(m, "prob_mod", ins, &shape, scores)?;
+        }
+        let mut y = ndarray::Array4::<T>::zeros((nb, hq, sq, dv));
+        if per_head > 0 {
+            for (i, chunk) in scores.chunks_exact(per_head).enumerate() {
+                let (b, h) = (i / hq, i % hq);
+                let p = ArrayView2::from_shape((sq, skv), chunk).map_err(|e| err(e.to_string()))?;
+                let v2 = v.slice(s![b, h / group, .., ..]);
+                gemm(
+                    T::one(),
+                    &p,
+                    &v2,
+                    T::zero(),
+                    &mut y.slice_mut(s![b, h, .., ..]),
+                );
+            }
+        }
+        cast(&T::wrap(y.into_dyn()), qv.dtype())
+    }
+}
+
+impl Op for FlexOp {
+    fn run(&self, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let q = req(ins, 0)?;
+        let precision = self.precision.unwrap_or(if q.dtype() == DataType::Double {
+            DataType::Double
+        } else {
+            DataType::Float
+        });
+        let y = match precision {
+            DataType::Double => self.run_t::<f64>(ins)?,
+            _ => self.run_t::<f32>(ins)?,
+        };
+        Ok(vec![y])
+    }
+}
+
+fn flex_attention_op(node: &Node, _: &BuildCtx, scope: &Scope) -> Result<Box<dyn Op>> {
+    let precision = match node.attr::<i64>("softmax_precision")? {
+        None => None,
+        Some(1) => Some(DataType::Float),
+        Some(11) => Some(DataType::Double),
+        // float16 / bfloat16 scores are computed in float, which is at least as precise.
+        Some(10 | 16) => Some(DataType::Float),
+        Some(p) => return Err(node.error(format!("unsupported softmax_precision {p}"))),
+    };
+    let first_outer = node.inputs().len();
+    let body = |attr: &str| -> Result<Option<Body>> {
+        match node.subgraph(attr) {
+            Some(_) => Body::new(node, attr, scope, first_outer).map(Some),
+            None => Ok(None),
+        }
+    };
+    Ok(Box::new(FlexOp {
+        scale: node.attr::<f32>("scale")?.map(f64::from),
+        precision,
+        score_mod: body("score_mod")?,
+        prob_mod: body("prob_mod")?,
+    }))
+}
+
 pub fn register(r: &mut Registry) {
     r.register("", "Attention", attention_op);
+    r.register_scoped("ai.onnx.preview", "FlexAttention", flex_attention_op);
 }
 
 #[cfg(test)]
