@@ -32,14 +32,14 @@ use super::util::{err, ints, norm_axis, opt, req, standard};
 use super::{BuildCtx, Op, Registry, Scope};
 
 /// A child session and where its outer values sit among the node's inputs.
-struct Body {
+pub(super) struct Body {
     session: Session,
     /// For each outer value the body reads, its index in the node's inputs.
     outer_at: Vec<usize>,
 }
 
 impl Body {
-    fn new(node: &Node, attr: &str, scope: &Scope, first_outer: usize) -> Result<Body> {
+    pub(super) fn new(node: &Node, attr: &str, scope: &Scope, first_outer: usize) -> Result<Body> {
         let g: &Graph = node
             .subgraph(attr)
             .ok_or_else(|| node.error(format!("missing graph attribute '{attr}'")))?;
@@ -63,7 +63,7 @@ impl Body {
         Ok(Body { session, outer_at })
     }
 
-    fn run(&self, ins: &[Option<&Value>], inputs: Vec<Value>) -> Result<Vec<Value>> {
+    pub(super) fn run(&self, ins: &[Option<&Value>], inputs: Vec<Value>) -> Result<Vec<Value>> {
         let outer: Vec<&Value> = self
             .outer_at
             .iter()

@@ -6,6 +6,7 @@
 //! times.
 
 pub mod activation;
+pub mod attention;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod index_select;
 pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
+pub mod linear_attention;
 pub mod normalization;
 pub mod quant;
 pub mod quant_ms;
@@ -22,6 +24,7 @@ pub mod reduce;
 pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
+pub mod transformer;
 pub mod util;
 pub mod window;
 
@@ -139,6 +142,9 @@ pub fn register_all(r: &mut Registry) {
     layout::register(r);
     window::register(r);
     einsum::register(r);
+    attention::register(r);
+    transformer::register(r);
+    linear_attention::register(r);
 }
 
 /// The registry sessions use: every family, built once.
