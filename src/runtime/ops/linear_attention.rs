@@ -168,13 +168,13 @@ fn linear_attention(a: Attrs, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
         )));
     }
     let past = opt(ins, 3).map(|p| f32_data(p, "past_state")).transpose()?;
-    if let Some((shape, _)) = &past {
-        if shape[..] != [b, a.kv_heads, dk, dv] {
-            return Err(err(format!(
-                "past_state {shape:?} must be [{b}, {}, {dk}, {dv}]",
-                a.kv_heads
-            )));
-        }
+    if let Some((shape, _)) = &past
+        && shape[..] != [b, a.kv_heads, dk, dv]
+    {
+        return Err(err(format!(
+            "past_state {shape:?} must be [{b}, {}, {dk}, {dv}]",
+            a.kv_heads
+        )));
     }
     let (decay_in, beta_in) = (opt(ins, 4), opt(ins, 5));
     if a.rule.gated() != decay_in.is_some() {

@@ -132,7 +132,7 @@ fn rope_t<T: Float>(
         },
         ..rope
     };
-    if rope.rotary_dim > layout.head_size || rope.rotary_dim % 2 != 0 {
+    if rope.rotary_dim > layout.head_size || !rope.rotary_dim.is_multiple_of(2) {
         return Err(err(format!(
             "rotary_embedding_dim {} must be even and at most the head size {}",
             rope.rotary_dim, layout.head_size
@@ -163,13 +163,13 @@ fn rope_t<T: Float>(
         )));
     }
     let max_pos = cos.shape()[0];
-    if let Some(p) = position_ids {
-        if p.len() != b * s {
-            return Err(err(format!(
-                "position_ids has {} entries, expected [{b}, {s}]",
-                p.len()
-            )));
-        }
+    if let Some(p) = position_ids
+        && p.len() != b * s
+    {
+        return Err(err(format!(
+            "position_ids has {} entries, expected [{b}, {s}]",
+            p.len()
+        )));
     }
     let cache_row = |bi: usize, si: usize| -> Result<usize> {
         match position_ids {
