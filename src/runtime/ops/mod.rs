@@ -6,12 +6,14 @@
 //! times.
 
 pub mod activation;
+pub mod activation_param;
 pub mod attention;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
 pub mod einsum;
 pub mod elementwise;
+pub mod float_class;
 pub mod index_select;
 pub mod int8_linear;
 pub mod layout;
@@ -25,6 +27,7 @@ pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
 pub mod transformer;
+pub mod trig;
 pub mod util;
 pub mod window;
 
@@ -145,6 +148,9 @@ pub fn register_all(r: &mut Registry) {
     attention::register(r);
     transformer::register(r);
     linear_attention::register(r);
+    activation_param::register(r);
+    float_class::register(r);
+    trig::register(r);
 }
 
 /// The registry sessions use: every family, built once.
