@@ -2,7 +2,8 @@
 """Transformer-encoder latency of the built-in runtime vs onnxruntime, float and int8 (issue 11).
 
 Usage: bench_transformer.py ONNX_DYNQ_BINARY [--model bench|minilm|PATH] [--batch 8] [--seq 16]
-                            [--repeat 20] [--threads 1] [--rounds 1] [--rewrite-args "..."]
+                            [--inputs NPZ] [--repeat 20] [--threads 1] [--rounds 1]
+                            [--rewrite-args "..."]
 
 Models:
   bench   (default) fixtures/large/bert_bench.onnx: BERT-style, 4 layers, hidden 256, 4 heads,
@@ -15,8 +16,9 @@ Models:
           `--model "$(python scripts/minilm.py path)"`), fed the tokenized sentences of
           fixtures/transformer/minilm_inputs.npz when --batch 8 --seq 16.
   PATH    any encoder with inputs input_ids [, attention_mask, token_type_ids].
-Other inputs: input_ids uniform in 1000..1999 (fixed seed), attention_mask all ones,
-token_type_ids zeros.
+--inputs NPZ feeds the `input.<name>` arrays of NPZ (fixtures' layout) to any model. Other
+inputs: input_ids uniform in 1000..1999 (fixed seed), attention_mask all ones, token_type_ids
+zeros.
 
 In one run, at --threads (default 1), it times (p50/p90 of N runs after a warm-up):
   ours on the float file, onnxruntime on it at ORT_ENABLE_ALL (the Python API's default level)
@@ -51,8 +53,9 @@ BENCH_MODEL = REPO / "fixtures" / "large" / "bert_bench.onnx"
 MINILM_INPUTS = REPO / "fixtures" / "transformer" / "minilm_inputs.npz"
 
 
-def model_and_inputs(which, batch, seq, tmp):
-    """(path, {input name: array}) for --model; a derived model is written into `tmp`."""
+def model_and_inputs(which, batch, seq, inputs, tmp):
+    """(path, {input name: array}) for --model and --inputs; a derived model is written into
+    `tmp`."""
     if which == "bench":
         path = BENCH_MODEL
         if not path.exists():
@@ -66,8 +69,10 @@ def model_and_inputs(which, batch, seq, tmp):
         path = Path(which)
     names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
     feed = {}
-    if which == "minilm" and (batch, seq) == (8, 16):
-        d = np.load(MINILM_INPUTS)
+    if inputs is None and which == "minilm" and (batch, seq) == (8, 16):
+        inputs = MINILM_INPUTS
+    if inputs is not None:
+        d = np.load(inputs)
         feed = {k[6:]: d[k] for k in d.files if k.startswith("input.") and k[6:] in names}
     rng = np.random.default_rng(0)
     defaults = {
@@ -110,7 +115,8 @@ def main() -> int:
     rewrite_args = shlex.split(opt("--rewrite-args", ""))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        path, feed = model_and_inputs(opt("--model", "bench"), batch, seq, tmp)
+        path, feed = model_and_inputs(opt("--model", "bench"), batch, seq, opt("--inputs", None), tmp)
+        batch, seq = next(iter(feed.values())).shape[:2]
         mask = feed.get("attention_mask", np.ones((batch, seq), np.int64))
         feed_files = save_feeds(tmp, feed)
         ours_q = tmp / "ours_int8.onnx"
