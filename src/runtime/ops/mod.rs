@@ -18,6 +18,7 @@ pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
 pub mod rnn_quant;
+pub mod transformer_ms;
 pub mod util;
 
 use std::collections::HashMap;
@@ -129,6 +130,7 @@ pub fn register_all(r: &mut Registry) {
     conv::register(r);
     quant::register(r);
     quant_ms::register(r);
+    transformer_ms::register(r);
 }
 
 /// The registry sessions use: every family, built once.
