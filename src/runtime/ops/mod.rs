@@ -28,6 +28,7 @@ pub mod rnn_quant;
 pub mod scatter_gather;
 pub mod transformer;
 pub mod trig;
+pub mod transformer_ms;
 pub mod util;
 pub mod window;
 
@@ -151,6 +152,7 @@ pub fn register_all(r: &mut Registry) {
     activation_param::register(r);
     float_class::register(r);
     trig::register(r);
+    transformer_ms::register(r);
 }
 
 /// The registry sessions use: every family, built once.
