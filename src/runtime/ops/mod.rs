@@ -27,8 +27,8 @@ pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
 pub mod transformer;
-pub mod trig;
 pub mod transformer_ms;
+pub mod trig;
 pub mod util;
 pub mod window;
 
