@@ -19,6 +19,7 @@ pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
 pub mod linear_attention;
+pub mod modulo;
 pub mod normalization;
 pub mod quant;
 pub mod quant_ms;
@@ -152,6 +153,7 @@ pub fn register_all(r: &mut Registry) {
     activation_param::register(r);
     float_class::register(r);
     trig::register(r);
+    modulo::register(r);
     transformer_ms::register(r);
 }
 
