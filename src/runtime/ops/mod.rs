@@ -19,14 +19,18 @@ pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
 pub mod linear_attention;
+pub mod ml;
 pub mod modulo;
 pub mod normalization;
+pub mod optimizer;
+pub mod optional;
 pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
 pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
+pub mod tfidf;
 pub mod transformer;
 pub mod transformer_ms;
 pub mod trig;
@@ -155,6 +159,10 @@ pub fn register_all(r: &mut Registry) {
     trig::register(r);
     modulo::register(r);
     transformer_ms::register(r);
+    optional::register(r);
+    tfidf::register(r);
+    ml::register(r);
+    optimizer::register(r);
 }
 
 /// The registry sessions use: every family, built once.
