@@ -112,19 +112,21 @@ fn ours_vs_ort(model: &Path, feeds_npz: &Path) -> f64 {
         .map(|(k, v)| (k.trim_start_matches("input.").to_string(), v))
         .collect();
     let got = session.run(feed).unwrap();
-    let mut worst = 0.0f64;
-    for (name, g) in &got {
-        let w = to_f64(&want[&format!("ort.{name}")]);
-        let g = to_f64(g);
-        assert_eq!(g.shape(), w.shape(), "{name}");
-        let scale = w.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
-        let d = g
-            .iter()
-            .zip(w.iter())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        worst = worst.max(d / scale);
-    }
-    worst
+    got.iter()
+        .map(|(name, g)| rel_diff(name, g, &want[&format!("ort.{name}")]))
+        .fold(0.0, f64::max)
+}
+
+/// max |got - want| over want's largest magnitude.
+fn rel_diff(name: &str, got: &onnx_dynq::runtime::Value, want: &onnx_dynq::runtime::Value) -> f64 {
+    let (g, w) = (to_f64(got), to_f64(want));
+    assert_eq!(g.shape(), w.shape(), "{name}");
+    let scale = w.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+    let d = g
+        .iter()
+        .zip(w.iter())
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    d / scale
 }
 
 /// The plan runs every per-token Linear as one step, equal to the unfused nodes' values.
@@ -221,16 +223,8 @@ fn ours_vs_tract(model: &Path, feeds_npz: &Path) -> f64 {
         .run(feed)
         .unwrap();
     assert_eq!(ours.len(), theirs.len());
-    let mut worst = 0.0f64;
-    for ((name, g), t) in ours.iter().zip(&theirs) {
-        let (g, t) = (to_f64(g), to_f64(t));
-        assert_eq!(g.shape(), t.shape(), "{name}");
-        let scale = t.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
-        let d = g
-            .iter()
-            .zip(t.iter())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        worst = worst.max(d / scale);
-    }
-    worst
+    ours.iter()
+        .zip(&theirs)
+        .map(|((name, g), t)| rel_diff(name, g, t))
+        .fold(0.0, f64::max)
 }

@@ -44,18 +44,17 @@ fn like(a: ArrayD<f64>, like: &Value) -> Value {
     }
 }
 
+/// One optimizer step over a group `[x, g, states..]` with `R` and `T`: `[x', states'..]`.
+type Step<'a> = dyn Fn(f64, f64, &[ArrayD<f64>]) -> Vec<ArrayD<f64>> + 'a;
+
 /// Splits the inputs after `R` and `T` into `kinds` groups of n tensors, checks that the
 /// tensors of one index share a shape, and calls `step(r, t, [x, g, ...])` on each index.
 /// Returns the outputs grouped by kind, in the order `step` returns them.
-fn run_groups(
-    ins: &[Option<&Value>],
-    kinds: usize,
-    step: &dyn Fn(f64, f64, &[ArrayD<f64>]) -> Vec<ArrayD<f64>>,
-) -> Result<Vec<Value>> {
+fn run_groups(ins: &[Option<&Value>], kinds: usize, step: &Step) -> Result<Vec<Value>> {
     let r = scalar_f64(req(ins, 0)?)?;
     let t = scalar_f64(req(ins, 1)?)?;
     let rest = ins.len().saturating_sub(2);
-    if rest == 0 || rest % kinds != 0 {
+    if rest == 0 || !rest.is_multiple_of(kinds) {
         return Err(err(format!(
             "{rest} tensor inputs do not split into {kinds} groups"
         )));
