@@ -14,6 +14,7 @@ pub mod data;
 pub mod einsum;
 pub mod elementwise;
 pub mod float_class;
+pub mod grid_sample;
 pub mod index_select;
 pub mod int8_linear;
 pub mod layout;
@@ -24,6 +25,7 @@ pub mod normalization;
 pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
+pub mod resize;
 pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
@@ -155,6 +157,8 @@ pub fn register_all(r: &mut Registry) {
     trig::register(r);
     modulo::register(r);
     transformer_ms::register(r);
+    resize::register(r);
+    grid_sample::register(r);
 }
 
 /// The registry sessions use: every family, built once.
