@@ -22,10 +22,9 @@ use ndarray::ArrayD;
 
 use crate::error::Result;
 use crate::ir::Node;
-use crate::onnx::tensor_proto::DataType;
 use crate::runtime::Value;
 
-use super::util::{cast, dname, elem_count, err, from_vec, ints, req, to_shape};
+use super::util::{cast, elem_count, err, float_values, from_vec, ints, req, to_shape};
 use super::{BuildCtx, FnOp, Op, Registry};
 
 pub fn register(r: &mut Registry) {
@@ -45,23 +44,6 @@ enum Padding {
     Zeros,
     Border,
     Reflection,
-}
-
-/// A float input as a row-major f64 vector, with its shape.
-fn float_data(v: &Value, what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
-    if !super::util::is_float(v.dtype()) {
-        return Err(err(format!(
-            "{what} must be a float tensor, got {}",
-            dname(v)
-        )));
-    }
-    match cast(v, DataType::Double)? {
-        Value::F64(a) => Ok((
-            a.shape().to_vec(),
-            a.as_standard_layout().iter().copied().collect(),
-        )),
-        _ => Err(err("internal: cast to double")),
-    }
 }
 
 fn build_grid_sample(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
@@ -130,8 +112,8 @@ fn grid_sample(
     padding: Padding,
     align: bool,
 ) -> Result<Vec<Value>> {
-    let (xs, xd) = float_data(x, "X")?;
-    let (gs, gd) = float_data(grid, "grid")?;
+    let (xs, xd) = float_values(x, "X")?;
+    let (gs, gd) = float_values(grid, "grid")?;
     let r = xs.len().saturating_sub(2);
     if xs.len() < 3 || gs.len() != xs.len() || gs[0] != xs[0] || gs[r + 1] != r {
         return Err(err(format!(
@@ -281,7 +263,7 @@ fn base_positions(d: usize, align: bool) -> Vec<f64> {
 }
 
 fn affine_grid(theta: &Value, size: &Value, align: bool) -> Result<Vec<Value>> {
-    let (ts, td) = float_data(theta, "theta")?;
+    let (ts, td) = float_values(theta, "theta")?;
     let size = to_shape(&ints(size, "size")?)?;
     let r = size.len().saturating_sub(2);
     if !(r == 2 || r == 3) || ts != [size[0], r, r + 1] {
