@@ -159,6 +159,7 @@ pub fn register_all(r: &mut Registry) {
     transformer_ms::register(r);
     resize::register(r);
     grid_sample::register(r);
+    conv::transpose::register(r);
 }
 
 /// The registry sessions use: every family, built once.
