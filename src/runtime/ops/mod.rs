@@ -11,6 +11,7 @@ pub mod attention;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
+pub mod dft;
 pub mod einsum;
 pub mod elementwise;
 pub mod float_class;
@@ -160,6 +161,7 @@ pub fn register_all(r: &mut Registry) {
     resize::register(r);
     grid_sample::register(r);
     conv::transpose::register(r);
+    dft::register(r);
 }
 
 /// The registry sessions use: every family, built once.
