@@ -11,6 +11,7 @@ pub mod attention;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
+pub mod detection;
 pub mod dft;
 pub mod einsum;
 pub mod elementwise;
@@ -162,6 +163,7 @@ pub fn register_all(r: &mut Registry) {
     grid_sample::register(r);
     conv::transpose::register(r);
     dft::register(r);
+    detection::register(r);
 }
 
 /// The registry sessions use: every family, built once.
