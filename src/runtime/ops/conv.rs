@@ -33,6 +33,9 @@ use crate::runtime::value::Value;
 
 use super::{BuildCtx, Op, Registry};
 
+pub mod causal;
+pub mod deform;
+pub mod qlinear;
 pub mod transpose;
 
 pub fn register(r: &mut Registry) {

@@ -162,6 +162,9 @@ pub fn register_all(r: &mut Registry) {
     resize::register(r);
     grid_sample::register(r);
     conv::transpose::register(r);
+    conv::deform::register(r);
+    conv::qlinear::register(r);
+    conv::causal::register(r);
     dft::register(r);
     detection::register(r);
 }
