@@ -22,8 +22,11 @@ pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
 pub mod linear_attention;
+pub mod ml;
 pub mod modulo;
 pub mod normalization;
+pub mod optimizer;
+pub mod optional;
 pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
@@ -31,6 +34,7 @@ pub mod resize;
 pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
+pub mod tfidf;
 pub mod transformer;
 pub mod transformer_ms;
 pub mod trig;
@@ -167,6 +171,10 @@ pub fn register_all(r: &mut Registry) {
     conv::causal::register(r);
     dft::register(r);
     detection::register(r);
+    optional::register(r);
+    tfidf::register(r);
+    ml::register(r);
+    optimizer::register(r);
 }
 
 /// The registry sessions use: every family, built once.
