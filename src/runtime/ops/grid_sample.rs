@@ -165,8 +165,10 @@ fn grid_sample(
     };
     // Per axis, the taps (in-image offset or zero) and their weights of the current point.
     let mut axis_taps: Vec<Vec<(Option<usize>, f64)>> = vec![Vec::with_capacity(4); r];
-    let mut offsets: Vec<(usize, f64)> =
-        Vec::with_capacity(per_axis.saturating_pow(r as u32).min(1 << 16));
+    let cap = per_axis.saturating_pow(r as u32).min(1 << 16);
+    let mut offsets: Vec<(usize, f64)> = Vec::with_capacity(cap);
+    // The previous axis' partial products (kept to reuse its allocation).
+    let mut prev: Vec<(usize, f64)> = Vec::with_capacity(cap);
     for img in 0..n {
         for p in 0..points {
             let g = &gd[(img * points + p) * r..][..r];
@@ -218,7 +220,8 @@ fn grid_sample(
             offsets.clear();
             offsets.push((0, 1.0));
             for (a, taps) in axis_taps.iter().enumerate() {
-                let prev = std::mem::take(&mut offsets);
+                std::mem::swap(&mut prev, &mut offsets);
+                offsets.clear();
                 for &(off, w) in &prev {
                     for &(t, tw) in taps {
                         if let Some(t) = t {
