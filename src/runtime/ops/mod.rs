@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod activation_param;
+pub mod argminmax;
 pub mod attention;
 pub mod control_flow;
 pub mod conv;
@@ -155,6 +156,7 @@ pub fn register_all(r: &mut Registry) {
     trig::register(r);
     modulo::register(r);
     transformer_ms::register(r);
+    argminmax::register(r);
 }
 
 /// The registry sessions use: every family, built once.
