@@ -11,6 +11,7 @@ pub mod argminmax;
 pub mod attention;
 pub mod control_flow;
 pub mod conv;
+pub mod cumulative;
 pub mod data;
 pub mod einsum;
 pub mod elementwise;
@@ -157,6 +158,7 @@ pub fn register_all(r: &mut Registry) {
     modulo::register(r);
     transformer_ms::register(r);
     argminmax::register(r);
+    cumulative::register(r);
 }
 
 /// The registry sessions use: every family, built once.
