@@ -9,6 +9,7 @@ pub mod activation;
 pub mod activation_param;
 pub mod argminmax;
 pub mod attention;
+pub mod bitwise;
 pub mod control_flow;
 pub mod conv;
 pub mod cumulative;
@@ -159,6 +160,7 @@ pub fn register_all(r: &mut Registry) {
     transformer_ms::register(r);
     argminmax::register(r);
     cumulative::register(r);
+    bitwise::register(r);
 }
 
 /// The registry sessions use: every family, built once.
