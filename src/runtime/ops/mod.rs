@@ -24,6 +24,7 @@ pub mod linalg;
 pub mod linear_attention;
 pub mod modulo;
 pub mod normalization;
+pub mod prelu;
 pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
@@ -161,6 +162,7 @@ pub fn register_all(r: &mut Registry) {
     argminmax::register(r);
     cumulative::register(r);
     bitwise::register(r);
+    prelu::register(r);
 }
 
 /// The registry sessions use: every family, built once.
