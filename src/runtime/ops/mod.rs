@@ -34,6 +34,7 @@ pub mod scatter_gather;
 pub mod transformer;
 pub mod transformer_ms;
 pub mod trig;
+pub mod unpool;
 pub mod util;
 pub mod window;
 
@@ -163,6 +164,7 @@ pub fn register_all(r: &mut Registry) {
     cumulative::register(r);
     bitwise::register(r);
     prelu::register(r);
+    unpool::register(r);
 }
 
 /// The registry sessions use: every family, built once.
