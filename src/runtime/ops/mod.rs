@@ -22,6 +22,7 @@ pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
 pub mod linear_attention;
+pub mod loss;
 pub mod modulo;
 pub mod normalization;
 pub mod prelu;
@@ -164,6 +165,7 @@ pub fn register_all(r: &mut Registry) {
     cumulative::register(r);
     bitwise::register(r);
     prelu::register(r);
+    loss::register(r);
     unpool::register(r);
 }
 
