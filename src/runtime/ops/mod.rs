@@ -9,6 +9,7 @@ pub mod activation;
 pub mod activation_param;
 pub mod argminmax;
 pub mod attention;
+pub mod bitcast;
 pub mod bitwise;
 pub mod control_flow;
 pub mod conv;
@@ -166,6 +167,7 @@ pub fn register_all(r: &mut Registry) {
     bitwise::register(r);
     prelu::register(r);
     loss::register(r);
+    bitcast::register(r);
     unpool::register(r);
 }
 
