@@ -136,23 +136,37 @@ fn softmax(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     let legacy = ctx.opset < 13;
     let axis = node.attr_or::<i64>("axis", if legacy { 1 } else { -1 })?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
-        let x = req(ins, 0)?;
-        let shape = x.shape().to_vec();
-        if legacy {
-            let r = shape.len() as i64;
-            let a = if axis < 0 { axis + r } else { axis };
-            if !(0..=r).contains(&a) {
-                return Err(err(format!("axis {axis} is out of range for rank {r}")));
-            }
-            let outer: usize = shape[..a as usize].iter().product();
-            let inner: usize = shape[a as usize..].iter().product();
-            let flat = reshape_value(x, &[outer, inner])?;
-            let y = softmax_value(&flat, 1, log)?;
-            return Ok(vec![reshape_value(&y, &shape)?]);
-        }
-        let ax = norm_axis(axis, shape.len())?;
-        Ok(vec![softmax_value(x, ax, log)?])
+        let y = per_axis_or_coerced(req(ins, 0)?, axis, legacy, |v, ax| {
+            softmax_value(v, ax, log)
+        })?;
+        Ok(vec![y])
     })))
+}
+
+/// Applies `f(value, axis)` with the Softmax family's axis rule (shared with `Hardmax`):
+/// `legacy` (before opset 13) runs it on the 2-D view `[prod(shape[..axis]),
+/// prod(shape[axis..])]` along axis 1 and reshapes back; otherwise along `axis` itself.
+pub(super) fn per_axis_or_coerced(
+    x: &Value,
+    axis: i64,
+    legacy: bool,
+    f: impl Fn(&Value, usize) -> Result<Value>,
+) -> Result<Value> {
+    let shape = x.shape().to_vec();
+    if legacy {
+        let r = shape.len() as i64;
+        let a = if axis < 0 { axis + r } else { axis };
+        if !(0..=r).contains(&a) {
+            return Err(err(format!("axis {axis} is out of range for rank {r}")));
+        }
+        let outer: usize = shape[..a as usize].iter().product();
+        let inner: usize = shape[a as usize..].iter().product();
+        let flat = reshape_value(x, &[outer, inner])?;
+        let y = f(&flat, 1)?;
+        return reshape_value(&y, &shape);
+    }
+    let ax = norm_axis(axis, shape.len())?;
+    f(x, ax)
 }
 
 fn clip_t<T: Elem>(a: &ArrayD<T>, lo: Option<T>, hi: Option<T>) -> ArrayD<T> {

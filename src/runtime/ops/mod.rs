@@ -7,9 +7,13 @@
 
 pub mod activation;
 pub mod activation_param;
+pub mod argminmax;
 pub mod attention;
+pub mod bitcast;
+pub mod bitwise;
 pub mod control_flow;
 pub mod conv;
+pub mod cumulative;
 pub mod data;
 pub mod detection;
 pub mod dft;
@@ -22,11 +26,13 @@ pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
 pub mod linear_attention;
+pub mod loss;
 pub mod ml;
 pub mod modulo;
 pub mod normalization;
 pub mod optimizer;
 pub mod optional;
+pub mod prelu;
 pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
@@ -38,6 +44,7 @@ pub mod tfidf;
 pub mod transformer;
 pub mod transformer_ms;
 pub mod trig;
+pub mod unpool;
 pub mod util;
 pub mod window;
 
@@ -175,6 +182,13 @@ pub fn register_all(r: &mut Registry) {
     tfidf::register(r);
     ml::register(r);
     optimizer::register(r);
+    argminmax::register(r);
+    cumulative::register(r);
+    bitwise::register(r);
+    prelu::register(r);
+    loss::register(r);
+    bitcast::register(r);
+    unpool::register(r);
 }
 
 /// The registry sessions use: every family, built once.
