@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod activation_param;
 pub mod attention;
+pub mod attention_ms;
 pub mod control_flow;
 pub mod conv;
 pub mod data;
@@ -155,6 +156,7 @@ pub fn register_all(r: &mut Registry) {
     trig::register(r);
     modulo::register(r);
     transformer_ms::register(r);
+    attention_ms::register(r);
 }
 
 /// The registry sessions use: every family, built once.
