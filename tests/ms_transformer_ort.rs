@@ -3,7 +3,8 @@
 //! - one small model per op and attribute variant (tests/ms_transformer_cases.py: Attention's
 //!   mask forms, unidirectional, past/present, attention_bias, qkv_hidden_sizes, scale and
 //!   mask_filter_value; QAttention with int8/uint8 weights, per-tensor and per-column scales,
-//!   past; EmbedLayerNormalization with and without segments, mask, position_ids and the sum
+//!   past; MultiHeadAttention with separate, packed and `[B, N, L, H]` keys and values,
+//!   bias, masks, attention_bias and past/present; EmbedLayerNormalization with and without segments, mask, position_ids and the sum
 //!   output; MatMulNBits at 2, 4 and 8 bits with packed, float and no zero points, g_idx, a
 //!   ragged last block and bias; the gelu, layer-norm and FusedMatMul ops). Where onnxruntime
 //!   refuses a model (Attention's 4-D mask) ours must refuse it too.
@@ -92,6 +93,11 @@ fn run_cases(prefixes: &str) {
 #[test]
 fn attention_matches_onnxruntime() {
     run_cases("attn_");
+}
+
+#[test]
+fn multi_head_attention_matches_onnxruntime() {
+    run_cases("mha_");
 }
 
 #[test]

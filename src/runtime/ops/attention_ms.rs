@@ -16,7 +16,9 @@
 //!   hidden when `j < min(start, T)`); 2-D `[B, T]` raw 0/1 mask (hidden where `<= 0`); 3-D
 //!   `[B, S, T]` the same per query. `T = P + S` is the total key length with `P` past
 //!   positions. Of the `[3B+2]` form (for packed batches) only the key lengths are used, as
-//!   onnxruntime's CPU kernel does; the 4-D Megatron form is refused (as it is there). `unidirectional` also hides keys `j > P + i` from query `i`.
+//!   onnxruntime's CPU kernel does; the 4-D Megatron form is refused (as it is there).
+//!   `unidirectional` hides keys `j > P + i` from query `i` with the lowest float (so a
+//!   query whose other keys are all padding attends to those, as in onnxruntime).
 //! - `past` `[2, B, N, P, H]` holds the past keys and values; they are prepended to the
 //!   current ones, and the optional output `present` `[2, B, N, P+S, H]` is the concatenation.
 //!   `past_sequence_length` (for a shared past/present buffer) is ignored; the
@@ -28,6 +30,13 @@
 //!   `QKV = f32((input - zi)·(weight - zw)) · (input_scale · weight_scale[col]) + bias[col]`,
 //!   input uint8 (or int8), weight int8 or uint8, `weight_scale` / `weight_zero_point` per
 //!   tensor or per output column; Q, K and V have equal widths.
+//! - `MultiHeadAttention(query, key?, value?, bias?, key_padding_mask?, attention_bias?,
+//!   past_key?, past_value?)`: Q, K and V given apart (already projected): query `[B, S, D]`;
+//!   key and value `[B, L, D]` / `[B, L, Dv]`, or `[B, N, L, H]` (then used as given, without
+//!   past). The packed forms (QKV `[B, S, N, 3, H]`, KV `[B, L, N, 2, H]`) are refused, as
+//!   onnxruntime's CPU kernel refuses them. `bias` `[D+D+Dv]` is added to the 3-D Q, K and V. `key_padding_mask` takes `mask_index`'s forms; past and present keys and
+//!   values are `[B, N, P, H]` and `[B, N, P+L, H]`; the optional fourth output (the scores)
+//!   and `cache_indirection` (beam search) are refused.
 //!
 //! The heads run on the default-domain `Attention` implementation (attention.rs) with the mask
 //! and bias folded into one additive bias.
@@ -47,6 +56,7 @@ use super::{BuildCtx, FnOp, Op, Registry};
 pub fn register(r: &mut Registry) {
     r.register("com.microsoft", "Attention", build_attention);
     r.register("com.microsoft", "QAttention", build_qattention);
+    r.register("com.microsoft", "MultiHeadAttention", build_mha);
 }
 
 /// The attributes the com.microsoft attention ops share.
@@ -153,11 +163,10 @@ fn additive_mask(
         for mut plane in m.outer_iter_mut() {
             let mut plane = plane.index_axis_mut(Axis(0), 0);
             for (i, mut row) in plane.outer_iter_mut().enumerate() {
-                // Added to the padding mask, not replacing it: a key hidden both ways gets
-                // 2·mask_filter_value, as in onnxruntime (this decides where a query whose
-                // keys are all padding attends).
-                row.slice_mut(s![(past + i + 1).min(t)..])
-                    .mapv_inplace(|x| x + f);
+                // The lowest float, not mask_filter_value, as in onnxruntime: it decides
+                // where a query whose visible keys are all padding attends (to the
+                // padding before it).
+                row.slice_mut(s![(past + i + 1).min(t)..]).fill(f32::MIN);
             }
         }
     }
@@ -428,5 +437,89 @@ fn build_qattention(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             None,
             want_present,
         )
+    })))
+}
+
+/// A `[B, N, L, H]` tensor as `[B, L, N·H]`.
+fn bnsh_to_bsd(a: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let v = a.view().permuted_axes(IxDyn(&[0, 2, 1, 3]));
+    let (b, l, n, h) = (v.shape()[0], v.shape()[1], v.shape()[2], v.shape()[3]);
+    v.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&[b, l, n * h]))
+        .map_err(|e| err(e.to_string()))
+}
+
+fn build_mha(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let a = MsAttrs::parse(node)?;
+    if wants_output(node, 3) || node.input(9).is_some() {
+        return Err(Error::Unsupported(format!(
+            "MultiHeadAttention's qk output and cache_indirection (node {})",
+            node.display_name()
+        )));
+    }
+    let want_present = wants_output(node, 1) || wants_output(node, 2);
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        let query = f32_array(req(ins, 0)?, "query")?;
+        let key = opt(ins, 1).map(|k| f32_array(k, "key")).transpose()?;
+        let value = opt(ins, 2).map(|v| f32_array(v, "value")).transpose()?;
+        let bsnh_kv = key.as_ref().is_some_and(|k| k.ndim() == 4);
+        let (mut q, mut k, mut v) = match (query.ndim(), key, value) {
+            (3, Some(k), Some(v)) if k.ndim() == 3 && v.ndim() == 3 => (query, k, v),
+            (3, Some(k), Some(v)) if k.ndim() == 4 && v.ndim() == 4 => {
+                (query, bnsh_to_bsd(&k)?, bnsh_to_bsd(&v)?)
+            }
+            (r, k, v) => {
+                return Err(err(format!(
+                    "query (rank {r}), key {:?} and value {:?} are not a supported layout (packed QKV or KV are not)",
+                    k.map(|k| k.shape().to_vec()),
+                    v.map(|v| v.shape().to_vec())
+                )));
+            }
+        };
+        if q.shape()[0] != k.shape()[0] || k.shape()[..2] != v.shape()[..2] {
+            return Err(err(format!(
+                "query {:?}, key {:?} and value {:?} do not agree on batch and length",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        if let Some(b) = opt(ins, 3) {
+            if bsnh_kv {
+                return Err(err("bias with [B, N, L, H] key and value is not supported"));
+            }
+            let b = f32s(b, "bias")?;
+            let (dq, dk, dv) = (q.shape()[2], k.shape()[2], v.shape()[2]);
+            if b.len() != dq + dk + dv {
+                return Err(err(format!(
+                    "bias has {} values, expected {}",
+                    b.len(),
+                    dq + dk + dv
+                )));
+            }
+            q += &ndarray::aview1(&b[..dq]);
+            k += &ndarray::aview1(&b[dq..dq + dk]);
+            v += &ndarray::aview1(&b[dq + dk..]);
+        }
+        let past = match (opt(ins, 6), opt(ins, 7)) {
+            (None, None) => None,
+            (Some(pk), Some(pv)) if !bsnh_kv => Some((
+                Value::F32(f32_array(pk, "past_key")?),
+                Value::F32(f32_array(pv, "past_value")?),
+            )),
+            _ => {
+                return Err(err(
+                    "past_key and past_value must be given together, and not with [B, N, L, H] key and value",
+                ));
+            }
+        };
+        let [y, pk, pv] = attend(&a, q, k, v, opt(ins, 4), past, opt(ins, 5))?;
+        let mut outs = vec![y];
+        if want_present {
+            outs.push(pk);
+            outs.push(pv);
+        }
+        Ok(outs)
     })))
 }

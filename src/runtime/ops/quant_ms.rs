@@ -19,7 +19,8 @@
 //!   `blk = k / block_size` (or `g_idx[k]` when given). `zero_points` are uint8 packed like B
 //!   (`[N, ⌈blocks·bits/8⌉]`) or float `[N · blocks]`; absent, they are `2^(bits-1)`.
 //!   `accuracy_level` (which lets onnxruntime compute with A in int8) is ignored: the product
-//!   is computed in f32.
+//!   is computed in f32. (onnxruntime 1.32's CPU kernel ignores uint8 zero points when g_idx
+//!   is given, using `2^(bits-1)`; this runtime applies them, as the op defines.)
 //!
 //! A constant 2-D B (the weights) is packed once when the node is planned; MatMulNBits'
 //! constant weights are dequantized and packed once.
