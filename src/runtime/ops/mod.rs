@@ -11,6 +11,7 @@ pub mod argminmax;
 pub mod attention;
 pub mod bitcast;
 pub mod bitwise;
+pub mod attention_ms;
 pub mod control_flow;
 pub mod conv;
 pub mod cumulative;
@@ -189,6 +190,7 @@ pub fn register_all(r: &mut Registry) {
     loss::register(r);
     bitcast::register(r);
     unpool::register(r);
+    attention_ms::register(r);
 }
 
 /// The registry sessions use: every family, built once.
