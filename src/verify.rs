@@ -166,8 +166,13 @@ trait Num {
 macro_rules! num_impl {
     ($($t:ty),*) => { $(impl Num for $t { fn f(&self) -> f64 { *self as f64 } })* };
 }
-num_impl!(f32, f64, i64, i32, i8, u8);
+num_impl!(f32, f64, i64, i32, i8, u8, i16, u16, u32, u64);
 impl Num for half::f16 {
+    fn f(&self) -> f64 {
+        self.to_f64()
+    }
+}
+impl Num for half::bf16 {
     fn f(&self) -> f64 {
         self.to_f64()
     }

@@ -83,6 +83,11 @@ fn close(got: &Value, want: &Value, rtol: f64, atol: f64) -> Result<(), String> 
         (Value::I8(a), Value::I8(b)) => cmp(a, b, |x, y| x == y),
         (Value::U8(a), Value::U8(b)) => cmp(a, b, |x, y| x == y),
         (Value::Bool(a), Value::Bool(b)) => cmp(a, b, |x, y| x == y),
+        (Value::BF16(a), Value::BF16(b)) => cmp(a, b, |x, y| fclose(x.to_f64(), y.to_f64())),
+        (Value::I16(a), Value::I16(b)) => cmp(a, b, |x, y| x == y),
+        (Value::U16(a), Value::U16(b)) => cmp(a, b, |x, y| x == y),
+        (Value::U32(a), Value::U32(b)) => cmp(a, b, |x, y| x == y),
+        (Value::U64(a), Value::U64(b)) => cmp(a, b, |x, y| x == y),
         _ => return Err("dtype mismatch".into()),
     };
     match bad {

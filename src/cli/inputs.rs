@@ -105,6 +105,26 @@ fn random_value(dt: DataType, shape: &[usize], rng: &mut Rng, int_range: i64) ->
             sh,
             (0..n).map(|_| rng.next_u64() & 1 == 1).collect(),
         )?),
+        DataType::Bfloat16 => Value::BF16(ArrayD::from_shape_vec(
+            sh,
+            (0..n).map(|_| half::bf16::from_f64(rng.normal())).collect(),
+        )?),
+        DataType::Int16 => Value::I16(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as i16).collect(),
+        )?),
+        DataType::Uint16 => Value::U16(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as u16).collect(),
+        )?),
+        DataType::Uint32 => Value::U32(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as u32).collect(),
+        )?),
+        DataType::Uint64 => Value::U64(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as u64).collect(),
+        )?),
         dt => bail!("cannot generate random {} inputs", dt.as_str_name()),
     })
 }

@@ -83,13 +83,18 @@ trait ToF64 {
 macro_rules! tof {
     ($($t:ty),*) => { $(impl ToF64 for $t { fn f(&self) -> f64 { *self as f64 } })* };
 }
-tof!(f32, f64, i64, i32, i8, u8);
+tof!(f32, f64, i64, i32, i8, u8, i16, u16, u32, u64);
 impl ToF64 for bool {
     fn f(&self) -> f64 {
         *self as u8 as f64
     }
 }
 impl ToF64 for f16 {
+    fn f(&self) -> f64 {
+        self.to_f64()
+    }
+}
+impl ToF64 for half::bf16 {
     fn f(&self) -> f64 {
         self.to_f64()
     }

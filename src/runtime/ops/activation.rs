@@ -99,6 +99,8 @@ fn relu(v: &Value) -> Result<Value> {
         Value::I64(a) => Value::I64(r(a)),
         Value::I32(a) => Value::I32(r(a)),
         Value::I8(a) => Value::I8(r(a)),
+        Value::I16(a) => Value::I16(r(a)),
+        Value::BF16(a) => Value::BF16(r(a)),
         _ => return Err(err(format!("Relu of {}", dname(v)))),
     })
 }
@@ -127,6 +129,9 @@ fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
         Value::F32(a) => Value::F32(softmax_t(a, axis, log)),
         Value::F64(a) => Value::F64(softmax_t(a, axis, log)),
         Value::F16(a) => Value::F16(softmax_t(&a.mapv(f16::to_f32), axis, log).mapv(f16::from_f32)),
+        Value::BF16(a) => Value::BF16(
+            softmax_t(&a.mapv(half::bf16::to_f32), axis, log).mapv(half::bf16::from_f32),
+        ),
         _ => return Err(err(format!("expects a float input, got {}", dname(v)))),
     })
 }
@@ -225,6 +230,11 @@ fn clip(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             Value::I32(a) => Value::I32(c!(a, as_i32)),
             Value::I8(a) => Value::I8(c!(a, as_i8)),
             Value::U8(a) => Value::U8(c!(a, as_u8)),
+            Value::I16(a) => Value::I16(c!(a, as_i16)),
+            Value::U16(a) => Value::U16(c!(a, as_u16)),
+            Value::U32(a) => Value::U32(c!(a, as_u32)),
+            Value::U64(a) => Value::U64(c!(a, as_u64)),
+            Value::BF16(a) => Value::BF16(c!(a, as_bf16)),
             Value::Bool(_) => return Err(err("Clip of bool")),
         }])
     })))

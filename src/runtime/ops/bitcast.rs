@@ -3,10 +3,10 @@
 //! little-endian byte order is the bit order of the in-memory values here). A bool is one
 //! byte: 0 is false, any other byte reads as true.
 //!
-//! Pairs among the element types the runtime stores (float, float16, double, int64, int32,
-//! int8, uint8, bool); other types are refused when the node is planned.
+//! Pairs among the element types the runtime stores (float, float16, bfloat16, double, the
+//! signed and unsigned integers, bool); other types are refused when the node is planned.
 
-use half::f16;
+use half::{bf16, f16};
 use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
@@ -46,6 +46,11 @@ raw_bits!(i32, 32, x => u64::from(x as u32), b => b as u32 as i32);
 raw_bits!(i8, 8, x => u64::from(x as u8), b => b as u8 as i8);
 raw_bits!(u8, 8, x => u64::from(x), b => b as u8);
 raw_bits!(bool, 8, x => u64::from(x), b => b as u8 != 0);
+raw_bits!(i16, 16, x => u64::from(x as u16), b => b as u16 as i16);
+raw_bits!(u16, 16, x => u64::from(x), b => b as u16);
+raw_bits!(u32, 32, x => u64::from(x), b => b as u32);
+raw_bits!(u64, 64, x => x, b => b);
+raw_bits!(bf16, 16, x => u64::from(x.to_bits()), b => bf16::from_bits(b as u16));
 
 fn reinterpret<S: RawBits, D: RawBits>(a: &ArrayD<S>) -> ArrayD<D> {
     a.mapv(|x| D::from_raw(x.to_raw()))
@@ -61,6 +66,11 @@ fn to_type<D: RawBits>(v: &Value) -> ArrayD<D> {
         Value::I8(a) => reinterpret(a),
         Value::U8(a) => reinterpret(a),
         Value::Bool(a) => reinterpret(a),
+        Value::I16(a) => reinterpret(a),
+        Value::U16(a) => reinterpret(a),
+        Value::U32(a) => reinterpret(a),
+        Value::U64(a) => reinterpret(a),
+        Value::BF16(a) => reinterpret(a),
     }
 }
 
@@ -74,6 +84,11 @@ fn width(v: &Value) -> u32 {
         Value::I8(_) => i8::WIDTH,
         Value::U8(_) => u8::WIDTH,
         Value::Bool(_) => bool::WIDTH,
+        Value::I16(_) => i16::WIDTH,
+        Value::U16(_) => u16::WIDTH,
+        Value::U32(_) => u32::WIDTH,
+        Value::U64(_) => u64::WIDTH,
+        Value::BF16(_) => bf16::WIDTH,
     }
 }
 
@@ -87,6 +102,11 @@ fn bitcast(v: &Value, to: DataType) -> Result<Value> {
         DataType::Int8 => i8::WIDTH,
         DataType::Uint8 => u8::WIDTH,
         DataType::Bool => bool::WIDTH,
+        DataType::Int16 => i16::WIDTH,
+        DataType::Uint16 => u16::WIDTH,
+        DataType::Uint32 => u32::WIDTH,
+        DataType::Uint64 => u64::WIDTH,
+        DataType::Bfloat16 => bf16::WIDTH,
         _ => return Err(err(format!("internal: BitCast to {to:?}"))),
     };
     if width(v) != dst_width {
@@ -105,6 +125,11 @@ fn bitcast(v: &Value, to: DataType) -> Result<Value> {
         DataType::Int32 => Value::I32(to_type(v)),
         DataType::Int8 => Value::I8(to_type(v)),
         DataType::Uint8 => Value::U8(to_type(v)),
+        DataType::Int16 => Value::I16(to_type(v)),
+        DataType::Uint16 => Value::U16(to_type(v)),
+        DataType::Uint32 => Value::U32(to_type(v)),
+        DataType::Uint64 => Value::U64(to_type(v)),
+        DataType::Bfloat16 => Value::BF16(to_type(v)),
         _ => Value::Bool(to_type(v)),
     })
 }

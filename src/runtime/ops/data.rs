@@ -357,6 +357,11 @@ pub fn concat_values(vals: &[&Value], axis: i64) -> Result<Value> {
         Value::I8(_) => cat!(I8),
         Value::U8(_) => cat!(U8),
         Value::Bool(_) => cat!(Bool),
+        Value::I16(_) => cat!(I16),
+        Value::U16(_) => cat!(U16),
+        Value::U32(_) => cat!(U32),
+        Value::U64(_) => cat!(U64),
+        Value::BF16(_) => cat!(BF16),
     })
 }
 
@@ -647,7 +652,9 @@ fn where_op(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
                 }
             };
         }
-        Ok(vec![w!(F32, F16, F64, I64, I32, I8, U8, Bool)])
+        Ok(vec![w!(
+            F32, F16, F64, I64, I32, I8, U8, Bool, I16, U16, U32, U64, BF16
+        )])
     }))
 }
 
@@ -692,9 +699,15 @@ fn range(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             (Value::F16(a), Value::F16(b), Value::F16(c)) => {
                 Value::F16(range_t(first(a), first(b), first(c))?)
             }
+            (Value::BF16(a), Value::BF16(b), Value::BF16(c)) => {
+                Value::BF16(range_t(first(a), first(b), first(c))?)
+            }
+            (Value::I16(a), Value::I16(b), Value::I16(c)) => {
+                Value::I16(range_t(first(a), first(b), first(c))?)
+            }
             _ => {
                 return Err(err(format!(
-                    "Range of {} (start, limit and delta must share f32, f64, f16, i64 or i32)",
+                    "Range of {} (start, limit and delta must share f32, f64, f16, bf16, i64, i32 or i16)",
                     dname(s)
                 )));
             }

@@ -6,7 +6,7 @@
 //! narrower integer wraps, anything to bool is `x != 0`, bool to number is 0 or 1, and float16
 //! rounds to nearest even.
 
-use half::f16;
+use half::{bf16, f16};
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 
 use crate::error::{Error, Result};
@@ -62,6 +62,11 @@ int_elem!(i64, I64, Int64);
 int_elem!(i32, I32, Int32);
 int_elem!(i8, I8, Int8);
 int_elem!(u8, U8, Uint8);
+int_elem!(i16, I16, Int16);
+int_elem!(u16, U16, Uint16);
+int_elem!(u32, U32, Uint32);
+// `to_i64` wraps above i64::MAX; integer casts only keep the low bits, which that preserves.
+int_elem!(u64, U64, Uint64);
 
 impl Elem for f32 {
     const DT: DataType = DataType::Float;
@@ -105,27 +110,34 @@ impl Elem for f64 {
         v.as_f64()
     }
 }
-impl Elem for f16 {
-    const DT: DataType = DataType::Float16;
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
-    fn to_i64(self) -> i64 {
-        self.to_f32() as i64
-    }
-    fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
-    }
-    fn from_i64(v: i64) -> Self {
-        f16::from_f64(v as f64)
-    }
-    fn wrap(a: ArrayD<Self>) -> Value {
-        Value::F16(a)
-    }
-    fn unwrap(v: &Value) -> Option<&ArrayD<Self>> {
-        v.as_f16()
-    }
+/// The 16-bit float types: computed through f32 (exact), rounded once to nearest even.
+macro_rules! half_elem {
+    ($t:ty, $var:ident, $dt:ident, $as:ident) => {
+        impl Elem for $t {
+            const DT: DataType = DataType::$dt;
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn to_i64(self) -> i64 {
+                self.to_f32() as i64
+            }
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64(v)
+            }
+            fn from_i64(v: i64) -> Self {
+                <$t>::from_f64(v as f64)
+            }
+            fn wrap(a: ArrayD<Self>) -> Value {
+                Value::$var(a)
+            }
+            fn unwrap(v: &Value) -> Option<&ArrayD<Self>> {
+                v.$as()
+            }
+        }
+    };
 }
+half_elem!(f16, F16, Float16, as_f16);
+half_elem!(bf16, BF16, Bfloat16, as_bf16);
 impl Elem for bool {
     const DT: DataType = DataType::Bool;
     fn to_f64(self) -> f64 {
@@ -150,7 +162,10 @@ impl Elem for bool {
 
 /// Whether `dt` is a floating-point type the runtime stores.
 pub fn is_float(dt: DataType) -> bool {
-    matches!(dt, DataType::Float | DataType::Double | DataType::Float16)
+    matches!(
+        dt,
+        DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16
+    )
 }
 
 fn cast_elem<S: Elem, D: Elem>(v: S) -> D {
@@ -179,7 +194,12 @@ pub fn dtype_of(code: i64) -> Result<DataType> {
         | DataType::Int32
         | DataType::Int8
         | DataType::Uint8
-        | DataType::Bool => Ok(dt),
+        | DataType::Bool
+        | DataType::Int16
+        | DataType::Uint16
+        | DataType::Uint32
+        | DataType::Uint64
+        | DataType::Bfloat16 => Ok(dt),
         _ => Err(Error::Unsupported(format!(
             "element type {} in the runtime",
             crate::ir::tensor::dtype_name(code as i32)
@@ -203,6 +223,11 @@ pub fn cast(v: &Value, to: DataType) -> Result<Value> {
             Value::I8(a) => cast_array(a),
             Value::U8(a) => cast_array(a),
             Value::Bool(a) => cast_array(a),
+            Value::I16(a) => cast_array(a),
+            Value::U16(a) => cast_array(a),
+            Value::U32(a) => cast_array(a),
+            Value::U64(a) => cast_array(a),
+            Value::BF16(a) => cast_array(&a.mapv(bf16::to_f32)),
         }
     }
     Ok(match to {
@@ -218,6 +243,14 @@ pub fn cast(v: &Value, to: DataType) -> Result<Value> {
         DataType::Int8 => Value::I8(to_t(v)),
         DataType::Uint8 => Value::U8(to_t(v)),
         DataType::Bool => Value::Bool(to_t(v)),
+        DataType::Int16 => Value::I16(to_t(v)),
+        DataType::Uint16 => Value::U16(to_t(v)),
+        DataType::Uint32 => Value::U32(to_t(v)),
+        DataType::Uint64 => Value::U64(to_t(v)),
+        DataType::Bfloat16 => match v {
+            Value::F64(a) => Value::BF16(a.mapv(bf16::from_f64)),
+            _ => Value::BF16(to_t::<f32>(v).mapv(bf16::from_f32)),
+        },
         dt => {
             return Err(Error::Unsupported(format!(
                 "cast to {}",
@@ -423,6 +456,11 @@ macro_rules! map_same {
             $crate::runtime::Value::I8($a) => $crate::runtime::Value::I8($body),
             $crate::runtime::Value::U8($a) => $crate::runtime::Value::U8($body),
             $crate::runtime::Value::Bool($a) => $crate::runtime::Value::Bool($body),
+            $crate::runtime::Value::I16($a) => $crate::runtime::Value::I16($body),
+            $crate::runtime::Value::U16($a) => $crate::runtime::Value::U16($body),
+            $crate::runtime::Value::U32($a) => $crate::runtime::Value::U32($body),
+            $crate::runtime::Value::U64($a) => $crate::runtime::Value::U64($body),
+            $crate::runtime::Value::BF16($a) => $crate::runtime::Value::BF16($body),
         }
     };
 }
