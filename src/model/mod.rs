@@ -14,7 +14,7 @@ use crate::ir::Graph;
 use crate::onnx::{ModelProto, OperatorSetIdProto};
 
 pub use external::release_pages;
-pub use load::{load, load_bytes};
+pub use load::{MAX_SUBGRAPH_NESTING, PROTOBUF_RECURSION_LIMIT, load, load_bytes};
 pub use save::{
     ExternalDataMode, SaveOptions, SaveProgress, Saved, check_output_path, same_file, save,
     write_atomic,
