@@ -15,9 +15,9 @@ use bytes::Bytes;
 use prost::Message;
 
 use common::graphs::vi_sym;
-use common::protos::node;
+use common::protos::{model_of, node};
 use onnx_dynq::onnx::tensor_proto::DataType;
-use onnx_dynq::onnx::{GraphProto, ModelProto, OperatorSetIdProto, TensorProto};
+use onnx_dynq::onnx::{GraphProto, ModelProto, TensorProto};
 
 /// Square MatMul weights of this side: 4 of them make a 256 MiB float model, 64 MiB int8.
 const SIDE: usize = 4096;
@@ -43,26 +43,18 @@ fn large_model() -> ModelProto {
             ..Default::default()
         });
     }
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("large".into()),
-            node: nodes,
-            initializer: inits,
-            input: vec![vi_sym("h0", DataType::Float, &[-1, SIDE as i64])],
-            output: vec![vi_sym(
-                &format!("h{LAYERS}"),
-                DataType::Float,
-                &[-1, SIDE as i64],
-            )],
-            ..Default::default()
-        }),
+    model_of(GraphProto {
+        name: Some("large".into()),
+        node: nodes,
+        initializer: inits,
+        input: vec![vi_sym("h0", DataType::Float, &[-1, SIDE as i64])],
+        output: vec![vi_sym(
+            &format!("h{LAYERS}"),
+            DataType::Float,
+            &[-1, SIDE as i64],
+        )],
         ..Default::default()
-    }
+    })
 }
 
 /// The temporary files of `out` in its folder.

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 
-use common::protos::{node, value};
+use common::protos::{model_of, node, value};
 use onnx_dynq::model::MAX_SUBGRAPH_NESTING;
 use onnx_dynq::onnx::{
-    AttributeProto, GraphProto, ModelProto, OperatorSetIdProto, TensorProto,
-    attribute_proto::AttributeType, tensor_proto::DataType,
+    AttributeProto, GraphProto, ModelProto, TensorProto, attribute_proto::AttributeType,
+    tensor_proto::DataType,
 };
 use onnx_dynq::runtime::{Options, Session, Value};
 
@@ -66,15 +66,7 @@ fn nested_ifs(depth: usize) -> ModelProto {
         };
     }
     inner.input = vec![value("cond"), value("x")];
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(inner),
-        ..Default::default()
-    }
+    model_of(inner)
 }
 
 #[test]

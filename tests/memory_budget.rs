@@ -10,27 +10,19 @@ use std::path::{Path, PathBuf};
 use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 
-use common::protos::{node, value};
-use onnx_dynq::onnx::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+use common::protos::{model_of, node, value};
+use onnx_dynq::onnx::{GraphProto, ModelProto, NodeProto};
 use onnx_dynq::runtime::{Options, Session, Value};
 
 /// A model of `nodes` with untyped graph inputs `inputs` and output `y` (opset 17).
 fn model(nodes: Vec<NodeProto>, inputs: &[&str], outputs: &[&str]) -> ModelProto {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node: nodes,
-            input: inputs.iter().map(|n| value(n)).collect(),
-            output: outputs.iter().map(|n| value(n)).collect(),
-            ..Default::default()
-        }),
+    model_of(GraphProto {
+        name: Some("g".into()),
+        node: nodes,
+        input: inputs.iter().map(|n| value(n)).collect(),
+        output: outputs.iter().map(|n| value(n)).collect(),
         ..Default::default()
-    }
+    })
 }
 
 fn i64s(v: &[i64]) -> Value {

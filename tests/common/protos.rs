@@ -1,7 +1,7 @@
 //! Raw protobuf builders for tests that write model files byte by byte (malformed or
 //! adversarial models the IR would not let them build).
 
-use onnx_dynq::onnx::{NodeProto, ValueInfoProto};
+use onnx_dynq::onnx::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto};
 
 /// A default-domain node with a name.
 pub fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
@@ -18,6 +18,19 @@ pub fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProt
 pub fn value(name: &str) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// A model of `graph` importing the default domain at opset 17 (IR version 8).
+pub fn model_of(graph: GraphProto) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
         ..Default::default()
     }
 }
