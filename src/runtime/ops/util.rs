@@ -373,6 +373,21 @@ pub fn scalar_f64(v: &Value) -> Result<f64> {
     Ok(crate::dispatch_value!(v, a => a.iter().next().map(|x| x.to_f64()).unwrap_or(0.0)))
 }
 
+/// A float (f16/f32/f64) operand as its shape and row-major f64 values, for ops that compute
+/// in f64; the error names `what`.
+pub fn float_values(v: &Value, what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    if !is_float(v.dtype()) {
+        return Err(err(format!(
+            "{what} must be a float tensor, got {}",
+            dname(v)
+        )));
+    }
+    match cast(v, DataType::Double)? {
+        Value::F64(a) => Ok((a.shape().to_vec(), a.iter().copied().collect())),
+        _ => Err(err("internal: cast to double")),
+    }
+}
+
 /// A value's element type as a readable name.
 pub fn dname(v: &Value) -> String {
     crate::ir::tensor::dtype_name(v.dtype() as i32)
