@@ -113,6 +113,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
+    if let Some(out) = &args.output {
+        onnx_dynq::model::check_output_path(out, std::slice::from_ref(&args.model), false)?;
+    }
     let model = onnx_dynq::load(&args.model)?;
     let session = Session::new(
         &model,
@@ -120,6 +123,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             threads: args.threads,
             no_kernel_fusion: args.no_kernel_fusion,
             ort_u8s8_saturation: args.ort_u8s8_saturation,
+            max_memory: args.feed.max_memory,
         },
     )?;
     let feed = build_feed(&args.feed, &session)?;

@@ -14,8 +14,11 @@ use crate::ir::Graph;
 use crate::onnx::{ModelProto, OperatorSetIdProto};
 
 pub use external::release_pages;
-pub use load::{load, load_bytes};
-pub use save::{ExternalDataMode, SaveOptions, SaveProgress, Saved, save, write_atomic};
+pub use load::{MAX_SUBGRAPH_NESTING, PROTOBUF_RECURSION_LIMIT, load, load_bytes};
+pub use save::{
+    ExternalDataMode, SaveOptions, SaveProgress, Saved, check_output_path, same_file, save,
+    write_atomic,
+};
 
 /// IR versions this build reads: 3 (onnx 1.0) to 14 (onnx 1.23).
 pub const MIN_IR_VERSION: i64 = 3;

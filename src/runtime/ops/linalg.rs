@@ -64,6 +64,7 @@ fn batched<T: Copy + Default>(
     let nb: usize = batch.iter().product();
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
+    crate::runtime::budget::check_shape::<T>(&out_shape)?;
     let mut out = ArrayD::<T>::default(IxDyn(&out_shape));
     if bv.ndim() == 2 && av.is_standard_layout() {
         // Fold A's batch dims into its rows: one large product instead of many small ones.

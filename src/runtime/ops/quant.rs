@@ -269,6 +269,7 @@ pub fn matmul_integer(
     let bbatch = &bsh[..bsh.len() - 2];
     let batch = broadcast_shape(abatch, bbatch)?;
     let nb: usize = batch.iter().product();
+    crate::runtime::budget::check_shape::<i32>(&[&batch[..], &[m, n]].concat())?;
     let mut out = vec![0i32; nb * m * n];
     if bbatch.iter().product::<usize>() == 1 {
         // One B for every batch entry: fold A's batch dims into rows.

@@ -313,6 +313,7 @@ pub fn zip_map<A: Copy, B: Copy, O>(
             return from_vec(a.shape(), v);
         }
         let shape = broadcast_shape(a.shape(), b.shape())?;
+        crate::runtime::budget::check_shape::<O>(&shape)?;
         if sb.len() == 1 && shape == a.shape() {
             let y = sb[0];
             return from_vec(&shape, sa.iter().map(|&x| f(x, y)).collect());
@@ -340,6 +341,9 @@ pub fn zip_map<A: Copy, B: Copy, O>(
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
     let shape = broadcast_shape(a.shape(), b.shape())?;
+    // Two operands that broadcast each other ([n, 1] and [1, n]) make an output larger than
+    // either.
+    crate::runtime::budget::check_shape::<O>(&shape)?;
     let av = bview(a, &shape)?;
     let bv = bview(b, &shape)?;
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
@@ -487,13 +491,17 @@ pub fn index_in(i: i64, dim: usize, what: &str) -> Result<usize> {
 /// an allocation failure.
 pub const MAX_ELEMS: usize = 1 << 31;
 
-/// The element count of `shape`, or an error when it overflows or passes [`MAX_ELEMS`].
+/// The element count of `shape`, or an error when it overflows, passes [`MAX_ELEMS`], or
+/// (at one byte per element, a lower bound) the memory budget. Callers that know the element
+/// type check the exact size with [`budget::check_shape`](crate::runtime::budget::check_shape).
 pub fn elem_count(shape: &[usize]) -> Result<usize> {
-    shape
+    let n = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .filter(|&n| n <= MAX_ELEMS)
-        .ok_or_else(|| err(format!("shape {shape:?} has too many elements")))
+        .ok_or_else(|| err(format!("shape {shape:?} has too many elements")))?;
+    crate::runtime::budget::check_bytes(n as u64)?;
+    Ok(n)
 }
 
 #[cfg(test)]
