@@ -117,7 +117,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             ort_u8s8_saturation: args.ort_u8s8_saturation,
         },
     )?;
-    let feed = build_feed(&args.feed, &session)?;
+    let feed = build_feed(&args.feed, &model, &session)?;
     let mut latency = None;
     let feed_copy = args.profile.then(|| feed.clone());
     let outs = if let Some(n) = args.repeat {
