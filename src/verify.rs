@@ -285,6 +285,10 @@ pub fn compare_output(name: &str, f: &Value, q: &Value, tol: &Tolerance) -> Resu
     compare_output_samples(name, &[(f, q, None)], tol)
 }
 
+/// One sample of an output: float value, quantized value, and the encoder's mask input (name
+/// and value) when there is one.
+pub type SamplePair<'a> = (&'a Value, &'a Value, Option<(&'a str, &'a Value)>);
+
 /// Compares one output over several samples: `(float, quantized, mask)` per sample, with the
 /// mask input's name and value when the model is an encoder. The figures are the worst over
 /// the samples (cosine, SQNR: the lowest; max-abs: the highest), except mean-abs and top-1,
@@ -292,7 +296,7 @@ pub fn compare_output(name: &str, f: &Value, q: &Value, tol: &Tolerance) -> Resu
 /// [`EncoderMetrics`]). The shape is the first sample's.
 pub fn compare_output_samples(
     name: &str,
-    samples: &[(&Value, &Value, Option<(&str, &Value)>)],
+    samples: &[SamplePair<'_>],
     tol: &Tolerance,
 ) -> Result<OutputReport> {
     let mut m = Metrics {
@@ -329,7 +333,7 @@ pub fn compare_output_samples(
         m.sqnr_db = m.sqnr_db.min(s.sqnr_db);
         abs_sum += s.mean_abs * ff.len() as f64;
         elems += ff.len();
-        let r = if last == 0 { 0 } else { ff.len() / last };
+        let r = ff.len().checked_div(last).unwrap_or(0);
         top1_sum += s.top1 * r as f64;
         rows += r;
         if let Some((mname, mv)) = mask

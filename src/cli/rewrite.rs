@@ -246,7 +246,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             };
             let outcome = search(&model, &opts, &samples, &tol, &Options::default())?;
             if !outcome.met {
-                println!("{}", outcome.unreachable_message(&tol));
+                eprintln!("error: {}", outcome.unreachable_message(&tol));
                 std::io::stdout().flush()?;
                 // Status 1, as an accuracy verdict; nothing was written.
                 std::process::exit(1);
