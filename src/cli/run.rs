@@ -126,7 +126,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             max_memory: args.feed.max_memory,
         },
     )?;
-    let feed = build_feed(&args.feed, &session)?;
+    let feed = build_feed(&args.feed, &model, &session)?;
     let mut latency = None;
     let feed_copy = args.profile.then(|| feed.clone());
     let outs = if let Some(n) = args.repeat {

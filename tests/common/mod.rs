@@ -87,9 +87,12 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the CLI binary.
+/// Runs the CLI binary: cargo's, or `ONNX_DYNQ_BIN` when set (a copy taken right after the
+/// build, for machines where several checkouts share one target folder and its binary).
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_onnx-dynq"))
+    let bin =
+        std::env::var_os("ONNX_DYNQ_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_onnx-dynq").into());
+    Command::new(bin)
         .args(args)
         .output()
         .expect("run onnx-dynq")
