@@ -3,9 +3,9 @@
 //! - `Relu` (also signed integers, opset 14), `LeakyRelu` (`alpha` 0.01), `Sigmoid`,
 //!   `HardSigmoid` (`max(0, min(1, alpha·x + beta))`, 0.2 / 0.5), `Tanh`, `Erf`,
 //!   `Gelu` (20; `approximate` "none": `x·Φ(x)` via erf, "tanh": the tanh form).
-//!   f32 `Sigmoid` and `Tanh` are onnxruntime's MLAS approximations, vectorized
-//!   ([`crate::runtime::kernels::activation`]: within 1e-7 / 2e-7 absolute of the exact
-//!   functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
+//!   f32 `Sigmoid`, `Tanh` and `Erf` are onnxruntime's MLAS approximations, vectorized
+//!   ([`crate::runtime::kernels::activation`]: within 2e-7 / 3e-7 / 6e-8 absolute of the
+//!   exact functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
 //! - `Softmax`, `LogSoftmax`: before opset 13 the input is viewed as 2-D
 //!   `[prod(shape[..axis]), prod(shape[axis..])]` (default axis 1) and normalized per row; from
 //!   13 along one axis (default -1). Max-subtracted, so large inputs do not overflow.
@@ -19,7 +19,7 @@ use num_traits::Float;
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
-use crate::runtime::kernels::activation::{sigmoid_into, tanh_into};
+use crate::runtime::kernels::activation::{erf_into, sigmoid_into, tanh_into};
 use crate::runtime::kernels::gemm_f32::output_buffer;
 use crate::ufn;
 
@@ -244,7 +244,10 @@ fn build(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
                 Value::F32(a) => Value::F32(map_f32(a, tanh_into)?),
                 _ => unary_float(x, &Tanh)?,
             },
-            "Erf" => unary_float(x, &Erf)?,
+            "Erf" => match x {
+                Value::F32(a) => Value::F32(map_f32(a, erf_into)?),
+                _ => unary_float(x, &Erf)?,
+            },
             "Gelu" => unary_float(x, &Gelu { tanh })?,
             other => return Err(err(format!("unknown activation {other}"))),
         }])
