@@ -106,20 +106,42 @@ fn relu(v: &Value) -> Result<Value> {
 /// Softmax (or log-softmax) along `axis` of a float array.
 fn softmax_t<T: Float>(a: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = a.clone();
-    for mut lane in out.lanes_mut(Axis(axis)) {
-        let m = lane
-            .iter()
-            .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
-        if log {
-            let s = lane.iter().fold(T::zero(), |s, &x| s + (x - m).exp()).ln();
-            lane.mapv_inplace(|x| x - m - s);
-        } else {
-            lane.mapv_inplace(|x| (x - m).exp());
-            let s = lane.iter().fold(T::zero(), |s, &x| s + x);
-            lane.mapv_inplace(|x| x / s);
+    // The usual case, the last axis of a row-major array, runs on the rows in place; other
+    // axes go through a row buffer (ndarray's per-lane iteration costs several times more).
+    if axis + 1 == out.ndim()
+        && let Some(data) = out.as_slice_mut()
+    {
+        let n = a.shape()[axis];
+        if n > 0 {
+            for row in data.chunks_exact_mut(n) {
+                softmax_row(row, log);
+            }
         }
+        return out;
+    }
+    let mut buf = Vec::new();
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        buf.clear();
+        buf.extend(lane.iter().copied());
+        softmax_row(&mut buf, log);
+        lane.iter_mut().zip(&buf).for_each(|(d, &v)| *d = v);
     }
     out
+}
+
+/// Softmax (or log-softmax) of one row, in place, max-subtracted.
+fn softmax_row<T: Float>(row: &mut [T], log: bool) {
+    let m = row
+        .iter()
+        .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+    if log {
+        let s = row.iter().fold(T::zero(), |s, &x| s + (x - m).exp()).ln();
+        row.iter_mut().for_each(|x| *x = *x - m - s);
+    } else {
+        row.iter_mut().for_each(|x| *x = (*x - m).exp());
+        let s = row.iter().fold(T::zero(), |s, &x| s + x);
+        row.iter_mut().for_each(|x| *x = *x / s);
+    }
 }
 
 fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
