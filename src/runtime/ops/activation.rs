@@ -3,9 +3,9 @@
 //! - `Relu` (also signed integers, opset 14), `LeakyRelu` (`alpha` 0.01), `Sigmoid`,
 //!   `HardSigmoid` (`max(0, min(1, alpha·x + beta))`, 0.2 / 0.5), `Tanh`, `Erf`,
 //!   `Gelu` (20; `approximate` "none": `x·Φ(x)` via erf, "tanh": the tanh form).
-//!   f32 `Sigmoid` and `Tanh` are onnxruntime's MLAS approximations, vectorized
-//!   ([`crate::runtime::kernels::activation`]: within 1e-7 / 2e-7 absolute of the exact
-//!   functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
+//!   f32 `Sigmoid`, `Tanh` and `Erf` are onnxruntime's MLAS approximations, vectorized
+//!   ([`crate::runtime::kernels::activation`]: within 2e-7 / 3e-7 / 6e-8 absolute of the
+//!   exact functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
 //! - `Softmax`, `LogSoftmax`: before opset 13 the input is viewed as 2-D
 //!   `[prod(shape[..axis]), prod(shape[axis..])]` (default axis 1) and normalized per row; from
 //!   13 along one axis (default -1). Max-subtracted, so large inputs do not overflow.
@@ -19,7 +19,7 @@ use num_traits::Float;
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
-use crate::runtime::kernels::activation::{sigmoid_into, tanh_into};
+use crate::runtime::kernels::activation::{erf_into, sigmoid_into, tanh_into};
 use crate::runtime::kernels::gemm_f32::output_buffer;
 use crate::ufn;
 
@@ -108,20 +108,42 @@ fn relu(v: &Value) -> Result<Value> {
 /// Softmax (or log-softmax) along `axis` of a float array.
 fn softmax_t<T: Float>(a: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = a.clone();
-    for mut lane in out.lanes_mut(Axis(axis)) {
-        let m = lane
-            .iter()
-            .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
-        if log {
-            let s = lane.iter().fold(T::zero(), |s, &x| s + (x - m).exp()).ln();
-            lane.mapv_inplace(|x| x - m - s);
-        } else {
-            lane.mapv_inplace(|x| (x - m).exp());
-            let s = lane.iter().fold(T::zero(), |s, &x| s + x);
-            lane.mapv_inplace(|x| x / s);
+    // The usual case, the last axis of a row-major array, runs on the rows in place; other
+    // axes go through a row buffer (ndarray's per-lane iteration costs several times more).
+    if axis + 1 == out.ndim()
+        && let Some(data) = out.as_slice_mut()
+    {
+        let n = a.shape()[axis];
+        if n > 0 {
+            for row in data.chunks_exact_mut(n) {
+                softmax_row(row, log);
+            }
         }
+        return out;
+    }
+    let mut buf = Vec::new();
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        buf.clear();
+        buf.extend(lane.iter().copied());
+        softmax_row(&mut buf, log);
+        lane.iter_mut().zip(&buf).for_each(|(d, &v)| *d = v);
     }
     out
+}
+
+/// Softmax (or log-softmax) of one row, in place, max-subtracted.
+fn softmax_row<T: Float>(row: &mut [T], log: bool) {
+    let m = row
+        .iter()
+        .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+    if log {
+        let s = row.iter().fold(T::zero(), |s, &x| s + (x - m).exp()).ln();
+        row.iter_mut().for_each(|x| *x = *x - m - s);
+    } else {
+        row.iter_mut().for_each(|x| *x = (*x - m).exp());
+        let s = row.iter().fold(T::zero(), |s, &x| s + x);
+        row.iter_mut().for_each(|x| *x = *x / s);
+    }
 }
 
 fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
@@ -268,7 +290,10 @@ fn build(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
                 Value::F32(a) => Value::F32(map_f32(a, tanh_into)?),
                 _ => unary_float(x, &Tanh)?,
             },
-            "Erf" => unary_float(x, &Erf)?,
+            "Erf" => match x {
+                Value::F32(a) => Value::F32(map_f32(a, erf_into)?),
+                _ => unary_float(x, &Erf)?,
+            },
             "Gelu" => unary_float(x, &Gelu { tanh })?,
             other => return Err(err(format!("unknown activation {other}"))),
         }])

@@ -239,7 +239,69 @@ pub fn transpose_value(v: &Value, perm: &[usize]) -> Result<Value> {
             "perm {perm:?} is not a permutation of {r} axes"
         )));
     }
-    Ok(map_same!(v, a => standard(a.view().permuted_axes(IxDyn(perm)))))
+    let out_shape: Vec<usize> = perm.iter().map(|&p| v.shape()[p]).collect();
+    Ok(map_same!(v, a => match a.as_slice() {
+        Some(src) => ArrayD::from_shape_vec(IxDyn(&out_shape), permute_rows(src, a.shape(), perm))
+            .map_err(|e| err(e.to_string()))?,
+        None => standard(a.view().permuted_axes(IxDyn(perm))),
+    }))
+}
+
+/// The row-major data of a row-major `src` of `shape` with its axes permuted by `perm`
+/// (output axis i is input axis `perm[i]`). The innermost output axes that stay contiguous in
+/// `src` are copied as slices; an odometer walks the others (ndarray's general iteration of a
+/// permuted view costs several times more per element).
+fn permute_rows<T: Copy>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let r = shape.len();
+    let mut strides = vec![1usize; r];
+    for i in (1..r).rev() {
+        strides[i - 1] = strides[i] * shape[i];
+    }
+    let dims: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    // Source stride of each output axis.
+    let steps: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+    let mut out = Vec::with_capacity(src.len());
+    if src.is_empty() {
+        return out;
+    }
+    // Output axes k.. are one contiguous run of `run` source elements.
+    let (mut run, mut k) = (1usize, r);
+    while k > 0 && (steps[k - 1] == run || dims[k - 1] == 1) {
+        run *= dims[k - 1];
+        k -= 1;
+    }
+    if k == 0 {
+        out.extend_from_slice(src);
+        return out;
+    }
+    // Axis k - 1 is walked by the inner loop, axes 0..k - 1 by the odometer.
+    let (count, step) = (dims[k - 1], steps[k - 1]);
+    let mut idx = vec![0usize; k - 1];
+    let mut base = 0usize;
+    loop {
+        if run == 1 {
+            out.extend((0..count).map(|j| src[base + j * step]));
+        } else {
+            for j in 0..count {
+                let at = base + j * step;
+                out.extend_from_slice(&src[at..at + run]);
+            }
+        }
+        let mut d = k - 1;
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            idx[d] += 1;
+            base += steps[d];
+            if idx[d] < dims[d] {
+                break;
+            }
+            base -= steps[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
 }
 
 fn transpose(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
@@ -886,6 +948,46 @@ pub fn register(r: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn permute_rows_matches_ndarray_on_every_permutation() {
+        use ndarray::{ArrayD, IxDyn};
+        for shape in [
+            vec![2usize, 3, 5, 7],
+            vec![1, 4, 1, 3],
+            vec![3, 1, 2, 1],
+            vec![0, 3, 2, 2],
+            vec![5, 2, 3, 1],
+        ] {
+            let n: usize = shape.iter().product();
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), (0..n as i32).collect()).unwrap();
+            // All 24 permutations of 4 axes.
+            for code in 0..24 {
+                let mut rest = vec![0usize, 1, 2, 3];
+                let mut perm = Vec::new();
+                let mut c = code;
+                for radix in (1..=4).rev() {
+                    perm.push(rest.remove(c % radix));
+                    c /= radix;
+                }
+                let want: Vec<i32> = a
+                    .view()
+                    .permuted_axes(IxDyn(&perm))
+                    .iter()
+                    .copied()
+                    .collect();
+                let got = super::permute_rows(a.as_slice().unwrap(), &shape, &perm);
+                assert_eq!(got, want, "shape {shape:?} perm {perm:?}");
+            }
+        }
+        // Lower ranks, including 0-D and 1-D.
+        assert_eq!(super::permute_rows(&[7], &[], &[]), vec![7]);
+        assert_eq!(super::permute_rows(&[1, 2, 3], &[3], &[0]), vec![1, 2, 3]);
+        assert_eq!(
+            super::permute_rows(&[1, 2, 3, 4, 5, 6], &[2, 3], &[1, 0]),
+            vec![1, 4, 2, 5, 3, 6]
+        );
+    }
+
     use super::*;
     use ndarray::array;
 
