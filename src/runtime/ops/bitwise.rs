@@ -32,6 +32,10 @@ macro_rules! int_pair {
             (Value::I32($x), Value::I32($y)) => Value::I32($body),
             (Value::I8($x), Value::I8($y)) => Value::I8($body),
             (Value::U8($x), Value::U8($y)) => Value::U8($body),
+            (Value::I16($x), Value::I16($y)) => Value::I16($body),
+            (Value::U16($x), Value::U16($y)) => Value::U16($body),
+            (Value::U32($x), Value::U32($y)) => Value::U32($body),
+            (Value::U64($x), Value::U64($y)) => Value::U64($body),
             (a, b) => {
                 return Err(err(format!(
                     "{} of {} and {} (inputs must have one integer type)",
@@ -53,6 +57,10 @@ macro_rules! int_one {
             Value::I32($x) => Value::I32($body),
             Value::I8($x) => Value::I8($body),
             Value::U8($x) => Value::U8($body),
+            Value::I16($x) => Value::I16($body),
+            Value::U16($x) => Value::U16($body),
+            Value::U32($x) => Value::U32($body),
+            Value::U64($x) => Value::U64($body),
             a => {
                 return Err(err(format!(
                     "{} of {} (input must be an integer type)",
