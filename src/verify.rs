@@ -166,8 +166,13 @@ trait Num {
 macro_rules! num_impl {
     ($($t:ty),*) => { $(impl Num for $t { fn f(&self) -> f64 { *self as f64 } })* };
 }
-num_impl!(f32, f64, i64, i32, i8, u8);
+num_impl!(f32, f64, i64, i32, i8, u8, i16, u16, u32, u64);
 impl Num for half::f16 {
+    fn f(&self) -> f64 {
+        self.to_f64()
+    }
+}
+impl Num for half::bf16 {
     fn f(&self) -> f64 {
         self.to_f64()
     }
@@ -222,7 +227,7 @@ pub fn compare_models(
 }
 
 /// [`compare_models`] with the quantized model run under `quant_options` (e.g. emulating
-/// onnxruntime's saturating u8 x s8 kernel).
+/// onnxruntime's saturating u8 x s8 kernel), and both under its memory budget.
 pub fn compare_models_with(
     float: &Model,
     quant: &Model,
@@ -230,7 +235,12 @@ pub fn compare_models_with(
     tol: &Tolerance,
     quant_options: &Options,
 ) -> Result<Report> {
-    let fs = Session::new(float, &Options::default())?;
+    // The float model runs under the same memory budget, without the emulations.
+    let float_options = Options {
+        max_memory: quant_options.max_memory,
+        ..Default::default()
+    };
+    let fs = Session::new(float, &float_options)?;
     let qs = Session::new(quant, quant_options)?;
     let fo = fs.run(inputs.clone())?;
     let qo: HashMap<String, Value> = qs.run(inputs)?.into_iter().collect();

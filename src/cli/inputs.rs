@@ -17,7 +17,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use onnx_dynq::ir::shape::Dim;
 use onnx_dynq::onnx::tensor_proto::DataType;
-use onnx_dynq::runtime::{Session, Value};
+use onnx_dynq::runtime::{Session, Value, budget};
 
 #[derive(Args, Clone, Debug)]
 pub struct InputArgs {
@@ -36,6 +36,11 @@ pub struct InputArgs {
     /// Random integer inputs are drawn from 0..=N-1 (keep N <= the vocabulary for ids).
     #[arg(long, default_value_t = 10)]
     int_range: i64,
+    /// Memory budget of a run, e.g. 512M or 8G: a tensor sized by data, or the values alive
+    /// at once, beyond it stop the run with an error naming the node (default: 3/4 of
+    /// physical memory).
+    #[arg(long, value_name = "SIZE", value_parser = onnx_dynq::runtime::budget::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 /// splitmix64: small, seedable, good enough for test data.
@@ -105,6 +110,26 @@ fn random_value(dt: DataType, shape: &[usize], rng: &mut Rng, int_range: i64) ->
             sh,
             (0..n).map(|_| rng.next_u64() & 1 == 1).collect(),
         )?),
+        DataType::Bfloat16 => Value::BF16(ArrayD::from_shape_vec(
+            sh,
+            (0..n).map(|_| half::bf16::from_f64(rng.normal())).collect(),
+        )?),
+        DataType::Int16 => Value::I16(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as i16).collect(),
+        )?),
+        DataType::Uint16 => Value::U16(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as u16).collect(),
+        )?),
+        DataType::Uint32 => Value::U32(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as u32).collect(),
+        )?),
+        DataType::Uint64 => Value::U64(ArrayD::from_shape_vec(
+            sh,
+            ints(rng).into_iter().map(|v| v as u64).collect(),
+        )?),
         dt => bail!("cannot generate random {} inputs", dt.as_str_name()),
     })
 }
@@ -164,6 +189,10 @@ pub fn build_feed(args: &InputArgs, session: &Session) -> Result<HashMap<String,
                 Dim::Unknown => 1,
             })
             .collect();
+        let limit = args.max_memory.unwrap_or_else(budget::default_budget);
+        let _budget = budget::enter(limit, 0);
+        budget::check_alloc(&shape, budget::elem_bytes(ty.dtype()))
+            .with_context(|| format!("random input '{}' of shape {shape:?}", info.name))?;
         feed.insert(
             info.name.clone(),
             random_value(ty.dtype(), &shape, &mut rng, args.int_range)?,

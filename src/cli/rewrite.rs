@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use onnx_dynq::model::SaveProgress;
@@ -25,7 +25,7 @@ use onnx_dynq::passes::quantize::rewrite::ActivationQuant;
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
 use onnx_dynq::runtime::{Options, Session};
-use onnx_dynq::verify::{Report, Tolerance, compare_models};
+use onnx_dynq::verify::{Report, Tolerance, compare_models_with};
 
 use super::inputs::{InputArgs, build_feed};
 use crate::PolicyArgs;
@@ -140,12 +140,12 @@ fn file_len(p: &Path) -> u64 {
 pub fn run(args: &RewriteArgs) -> Result<()> {
     let start = Instant::now();
     let opts = args.options()?;
-    if !args.overwrite_input && same_file(&args.input, &args.output) {
-        bail!(
-            "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
-            args.output.display()
-        );
-    }
+    super::check_outputs(
+        &args.input,
+        &args.output,
+        args.report.as_deref(),
+        args.overwrite_input,
+    )?;
     let mut model = onnx_dynq::load(&args.input)?;
     // A second (memory-mapped) view of the float model for --verify, taken before OUT could
     // replace IN.
@@ -265,15 +265,19 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
 /// Runs IN and the freshly written OUT on the same inputs and compares their outputs.
 fn verify_output(args: &RewriteArgs, float: &onnx_dynq::model::Model) -> Result<Report> {
     let quant = onnx_dynq::load(&args.output)?;
+    let options = Options {
+        max_memory: args.feed.max_memory,
+        ..Default::default()
+    };
     let feed = build_feed(
         &args.feed.random_by_default(),
-        &Session::new(float, &Options::default())?,
+        &Session::new(float, &options)?,
     )?;
     let tol = Tolerance {
         min_cosine: args.min_cosine,
         max_abs: args.max_abs,
     };
-    Ok(compare_models(float, &quant, feed, &tol)?)
+    Ok(compare_models_with(float, &quant, feed, &tol, &options)?)
 }
 
 fn print_verdict(args: &RewriteArgs, v: &Report) {
@@ -300,12 +304,5 @@ fn print_verdict(args: &RewriteArgs, v: &Report) {
             "verify: OUTSIDE tolerance; {} was written all the same",
             args.output.display()
         );
-    }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }

@@ -46,14 +46,18 @@ pub struct VerifyArgs {
 pub fn run(args: &VerifyArgs) -> Result<()> {
     let float = onnx_dynq::load(&args.float)?;
     let quant = onnx_dynq::load(&args.quant)?;
-    let feed = build_feed(&args.feed, &Session::new(&float, &Options::default())?)?;
+    let options = Options {
+        max_memory: args.feed.max_memory,
+        ..Default::default()
+    };
+    let feed = build_feed(&args.feed, &Session::new(&float, &options)?)?;
     let tol = Tolerance {
         min_cosine: args.min_cosine,
         max_abs: args.max_abs,
     };
     let quant_options = Options {
         ort_u8s8_saturation: args.ort_u8s8_saturation,
-        ..Default::default()
+        ..options
     };
     let report = compare_models_with(&float, &quant, feed, &tol, &quant_options)?;
     if args.json {

@@ -137,6 +137,7 @@ fn as_f32<'a>(v: &'a Value, what: &str) -> Result<Cow<'a, ArrayD<f32>>> {
     match v {
         Value::F32(a) => Ok(Cow::Borrowed(a)),
         Value::F16(a) => Ok(Cow::Owned(a.mapv(f16::to_f32))),
+        Value::BF16(a) => Ok(Cow::Owned(a.mapv(half::bf16::to_f32))),
         Value::F64(a) => Ok(Cow::Owned(a.mapv(|x| x as f32))),
         _ => Err(err(format!(
             "{what} must be a float tensor, got {}",

@@ -368,7 +368,7 @@ fn build_qembed_ln(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         let tables: Vec<Option<Value>> = (2..=6)
             .map(|i| {
                 opt(ins, i)
-                    .map(|q| super::quant::dequantize(q, req(ins, i + 6)?, opt(ins, i + 11), 1))
+                    .map(|q| super::quant::dequantize(q, req(ins, i + 6)?, opt(ins, i + 11), 1, 0))
                     .transpose()
             })
             .collect::<Result<_>>()?;
