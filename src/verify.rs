@@ -566,7 +566,10 @@ mod tests {
         assert_eq!(e.valid_tokens, 3);
         let c = 1.0 / 2f64.sqrt();
         assert!((e.token_cosine_min - c).abs() < 1e-12, "{e:?}");
-        assert!((e.token_cosine_mean - (2.0 + c) / 3.0).abs() < 1e-12, "{e:?}");
+        assert!(
+            (e.token_cosine_mean - (2.0 + c) / 3.0).abs() < 1e-12,
+            "{e:?}"
+        );
         // Pooled: sentence 0 is token 0 alone (cosine 1); sentence 1 is [1,1]/2 vs [2,1]/2.
         let pooled = 3.0 / (2f64.sqrt() * 5f64.sqrt());
         assert!((e.pooled_cosine_min - pooled).abs() < 1e-12, "{e:?}");
