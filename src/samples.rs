@@ -218,16 +218,20 @@ pub fn random_value(
     rng: &mut Rng,
     int_range: i64,
 ) -> Result<Value> {
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::Other(format!("random input of shape {shape:?} is too large")))?;
+    // Under the memory budget of the run (or the default one): a symbolic dim set with --dim
+    // must not make the process abort in the allocator.
+    let n = crate::runtime::budget::check_alloc(shape, crate::runtime::budget::elem_bytes(dt))
+        .map_err(|e| Error::Other(format!("random input of shape {shape:?}: {e}")))?;
     let sh = IxDyn(shape);
     let ints: Vec<i64> = match role {
         InputRole::Mask => mask_values(shape, rng).into_iter().map(i64::from).collect(),
         InputRole::Ids { rows } => (0..n).map(|_| rng.below(*rows as u64) as i64).collect(),
         InputRole::Plain => match dt {
-            DataType::Float | DataType::Double | DataType::Float16 | DataType::Bool => Vec::new(),
+            DataType::Float
+            | DataType::Double
+            | DataType::Float16
+            | DataType::Bfloat16
+            | DataType::Bool => Vec::new(),
             _ => (0..n)
                 .map(|_| rng.below(int_range.max(1) as u64) as i64)
                 .collect(),
@@ -276,6 +280,29 @@ pub fn random_value(
         ),
         DataType::Bool => Value::Bool(
             ArrayD::from_shape_vec(sh, (0..n).map(|_| rng.next_u64() & 1 == 1).collect())
+                .map_err(shaped)?,
+        ),
+        DataType::Bfloat16 => Value::BF16(
+            ArrayD::from_shape_vec(
+                sh,
+                (0..n).map(|_| half::bf16::from_f64(rng.normal())).collect(),
+            )
+            .map_err(shaped)?,
+        ),
+        DataType::Int16 => Value::I16(
+            ArrayD::from_shape_vec(sh, ints.into_iter().map(|v| v as i16).collect())
+                .map_err(shaped)?,
+        ),
+        DataType::Uint16 => Value::U16(
+            ArrayD::from_shape_vec(sh, ints.into_iter().map(|v| v as u16).collect())
+                .map_err(shaped)?,
+        ),
+        DataType::Uint32 => Value::U32(
+            ArrayD::from_shape_vec(sh, ints.into_iter().map(|v| v as u32).collect())
+                .map_err(shaped)?,
+        ),
+        DataType::Uint64 => Value::U64(
+            ArrayD::from_shape_vec(sh, ints.into_iter().map(|v| v as u64).collect())
                 .map_err(shaped)?,
         ),
         dt => {

@@ -181,7 +181,12 @@ trait Num {
 macro_rules! num_impl {
     ($($t:ty),*) => { $(impl Num for $t { fn f(&self) -> f64 { *self as f64 } })* };
 }
-num_impl!(f32, f64, i64, i32, i8, u8);
+num_impl!(f32, f64, i64, i32, i8, u8, i16, u16, u32, u64);
+impl Num for half::bf16 {
+    fn f(&self) -> f64 {
+        self.to_f64()
+    }
+}
 impl Num for half::f16 {
     fn f(&self) -> f64 {
         self.to_f64()
@@ -435,7 +440,12 @@ pub fn compare_models_on_samples(
     tol: &Tolerance,
     quant_options: &Options,
 ) -> Result<Report> {
-    let fs = Session::new(float, &Options::default())?;
+    // The float model runs under the same memory budget, without the emulations.
+    let float_options = Options {
+        max_memory: quant_options.max_memory,
+        ..Default::default()
+    };
+    let fs = Session::new(float, &float_options)?;
     let float_outputs = samples
         .iter()
         .map(|s| fs.run(s.clone()))

@@ -1,7 +1,7 @@
-//! f32 `Sigmoid` and `Tanh` in our runtime against onnxruntime's on the same model: bit for bit,
+//! f32 `Sigmoid`, `Tanh` and `Erf` in our runtime against onnxruntime's on the same model: bit for bit,
 //! over a dense grid, random values, large magnitudes, subnormals, ±0, ±inf and NaN, in a shape
 //! whose length is not a multiple of the vector width (so the kernels' tails run too).
-//! onnxruntime computes both with MLAS's approximations, which `kernels::activation`
+//! onnxruntime computes all three with MLAS's approximations, which `kernels::activation`
 //! reproduces; this holds on an x86-64 CPU with FMA3 (what onnxruntime dispatches there).
 
 mod common;
@@ -16,26 +16,29 @@ from onnx import helper, TensorProto
 model, out = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(7)
 special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, -1e-40, 1.1754944e-38,
-           3.4028235e38, -3.4028235e38, 17.3, -17.3, 18.0, -18.0, 9.0, -9.0, 1e-30, -1e-30]
+           3.4028235e38, -3.4028235e38, 17.3, -17.3, 18.0, -18.0, 9.0, -9.0, 1e-30, -1e-30,
+           0.921875, -0.921875, 0.92187494, 3.925, -3.925, 3.7251, 4.5]
 x = np.concatenate([np.linspace(-30, 30, 30001), rng.normal(0, 4, 10000),
                     rng.uniform(-1e6, 1e6, 1000), special]).astype(np.float32)
 x = x[: (x.size // 7) * 7].reshape(7, -1)
 g = helper.make_graph(
-    [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Tanh", ["x"], ["t"])], "g",
+    [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Tanh", ["x"], ["t"]),
+     helper.make_node("Erf", ["x"], ["e"])], "g",
     [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
     [helper.make_tensor_value_info("s", TensorProto.FLOAT, list(x.shape)),
-     helper.make_tensor_value_info("t", TensorProto.FLOAT, list(x.shape))])
+     helper.make_tensor_value_info("t", TensorProto.FLOAT, list(x.shape)),
+     helper.make_tensor_value_info("e", TensorProto.FLOAT, list(x.shape))])
 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 m.ir_version = 8
 onnx.save(m, model)
 so = ort.SessionOptions(); so.intra_op_num_threads = 1
 s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-sg, th = s.run(None, {"x": x})
-np.savez(out, x=x, s=sg, t=th)
+sg, th, er = s.run(None, {"x": x})
+np.savez(out, x=x, s=sg, t=th, e=er)
 "#;
 
 #[test]
-fn sigmoid_and_tanh_match_onnxruntime_bit_for_bit() {
+fn sigmoid_tanh_and_erf_match_onnxruntime_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("act.onnx");
     let npz = dir.path().join("act.npz");
@@ -53,7 +56,7 @@ fn sigmoid_and_tanh_match_onnxruntime_bit_for_bit() {
         .collect();
     let x: Vec<f32> = data["x"].as_f32().unwrap().iter().copied().collect();
     assert!(x.len() > 40_000 && !x.len().is_multiple_of(8));
-    for name in ["s", "t"] {
+    for name in ["s", "t", "e"] {
         let got = outs[name].as_f32().unwrap();
         let want = data[name].as_f32().unwrap();
         assert_eq!(got.shape(), want.shape());

@@ -43,6 +43,11 @@ pub struct InputArgs {
     /// Random integer inputs that index no embedding table are drawn from 0..=N-1.
     #[arg(long, default_value_t = 10)]
     int_range: i64,
+    /// Memory budget of a run, e.g. 512M or 8G: a tensor sized by data, or the values alive
+    /// at once, beyond it stop the run with an error naming the node (default: 3/4 of
+    /// physical memory).
+    #[arg(long, value_name = "SIZE", value_parser = onnx_dynq::runtime::budget::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 fn parse_pair(s: &str, what: &str) -> Result<(String, String)> {
@@ -85,6 +90,14 @@ impl Origin {
 }
 
 impl InputArgs {
+    /// Runtime options with this run's memory budget.
+    pub fn options(&self) -> onnx_dynq::runtime::Options {
+        onnx_dynq::runtime::Options {
+            max_memory: self.max_memory,
+            ..Default::default()
+        }
+    }
+
     /// These arguments with random generation on for every input not given with `--input`
     /// (what `rewrite --verify` feeds its comparison).
     pub fn random_by_default(&self) -> Self {
@@ -149,6 +162,10 @@ fn complete(
     }
     let mut spec = args.spec()?;
     spec.seed = spec.seed.wrapping_add(seed_offset);
+    let limit = args
+        .max_memory
+        .unwrap_or_else(onnx_dynq::runtime::budget::default_budget);
+    let _budget = onnx_dynq::runtime::budget::enter(limit, 0);
     let feed = random_feed(session.inputs(), &input_roles(&model.graph), &spec, given)?;
     Ok((feed, missing))
 }

@@ -39,7 +39,7 @@ use onnx_dynq::passes::quantize::smooth::smooth;
 use onnx_dynq::passes::quantize::target::{TargetOutcome, search};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
-use onnx_dynq::runtime::{Options, Session};
+use onnx_dynq::runtime::Session;
 use onnx_dynq::samples::Feed;
 use onnx_dynq::verify::{Report, Tolerance, compare_models_on_samples};
 
@@ -167,12 +167,12 @@ fn file_len(p: &Path) -> u64 {
 pub fn run(args: &RewriteArgs) -> Result<()> {
     let start = Instant::now();
     let opts = args.options()?;
-    if !args.overwrite_input && same_file(&args.input, &args.output) {
-        bail!(
-            "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
-            args.output.display()
-        );
-    }
+    super::check_outputs(
+        &args.input,
+        &args.output,
+        args.report.as_deref(),
+        args.overwrite_input,
+    )?;
     let mut model = onnx_dynq::load(&args.input)?;
     // A second (memory-mapped) view of the float model for --verify, taken before OUT could
     // replace IN.
@@ -218,7 +218,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     let mut opts = opts;
     let needs_samples = args.smooth.is_some() || args.target_cosine.is_some();
     let samples = if needs_samples {
-        let session = Session::new(&model, &Options::default())?;
+        let session = Session::new(&model, &args.feed.options())?;
         let (samples, origin) = build_samples(&args.feed.random_by_default(), &model, &session)?;
         if args.smooth.is_some() && matches!(origin, Origin::Random) {
             bail!("--smooth needs sample inputs (--inputs DIR or --input NAME=file.npy)");
@@ -234,7 +234,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             &opts.policy,
             alpha,
             &samples,
-            &Options::default(),
+            &args.feed.options(),
         )?),
         None => None,
     };
@@ -244,7 +244,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
                 min_cosine: x,
                 max_abs: args.max_abs,
             };
-            let outcome = search(&model, &opts, &samples, &tol, &Options::default())?;
+            let outcome = search(&model, &opts, &samples, &tol, &args.feed.options())?;
             if !outcome.met {
                 eprintln!("error: {}", outcome.unreachable_message(&tol));
                 std::io::stdout().flush()?;
@@ -362,7 +362,7 @@ fn verify_output(
         built = build_samples(
             &args.feed.random_by_default(),
             float,
-            &Session::new(float, &Options::default())?,
+            &Session::new(float, &args.feed.options())?,
         )?
         .0;
         &built
@@ -378,7 +378,7 @@ fn verify_output(
         &quant,
         samples,
         &tol,
-        &Options::default(),
+        &args.feed.options(),
     )?)
 }
 
@@ -440,12 +440,5 @@ fn print_verdict(args: &RewriteArgs, v: &Report) {
             "verify: OUTSIDE tolerance; {} was written all the same",
             args.output.display()
         );
-    }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }

@@ -49,18 +49,15 @@ pub struct VerifyArgs {
 pub fn run(args: &VerifyArgs) -> Result<()> {
     let float = onnx_dynq::load(&args.float)?;
     let quant = onnx_dynq::load(&args.quant)?;
-    let (samples, _) = build_samples(
-        &args.feed,
-        &float,
-        &Session::new(&float, &Options::default())?,
-    )?;
+    let options = args.feed.options();
+    let (samples, _) = build_samples(&args.feed, &float, &Session::new(&float, &options)?)?;
     let tol = Tolerance {
         min_cosine: args.min_cosine,
         max_abs: args.max_abs,
     };
     let quant_options = Options {
         ort_u8s8_saturation: args.ort_u8s8_saturation,
-        ..Default::default()
+        ..options
     };
     let report = compare_models_on_samples(&float, &quant, &samples, &tol, &quant_options)?;
     if args.json {

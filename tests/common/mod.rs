@@ -9,6 +9,7 @@
 pub mod backend_cases;
 pub mod fixture_io;
 pub mod graphs;
+pub mod protos;
 #[cfg(feature = "tract")]
 pub mod tract;
 
@@ -44,6 +45,20 @@ pub fn python() -> PathBuf {
         return venv;
     }
     PathBuf::from("python3")
+}
+
+/// Runs the CLI expecting the failure contract: exit 2, one line on stderr, no panic, each of
+/// `expect` in it. Returns the message.
+pub fn cli_fails(args: &[&str], expect: &[&str]) -> String {
+    let out = cli(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    for e in expect {
+        assert!(err.contains(e), "'{e}' not in: {err}");
+    }
+    err
 }
 
 /// Runs a Python snippet with `args` (as `sys.argv[1:]`) and returns its stdout. Panics with

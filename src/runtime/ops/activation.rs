@@ -3,9 +3,9 @@
 //! - `Relu` (also signed integers, opset 14), `LeakyRelu` (`alpha` 0.01), `Sigmoid`,
 //!   `HardSigmoid` (`max(0, min(1, alpha·x + beta))`, 0.2 / 0.5), `Tanh`, `Erf`,
 //!   `Gelu` (20; `approximate` "none": `x·Φ(x)` via erf, "tanh": the tanh form).
-//!   f32 `Sigmoid` and `Tanh` are onnxruntime's MLAS approximations, vectorized
-//!   ([`crate::runtime::kernels::activation`]: within 1e-7 / 2e-7 absolute of the exact
-//!   functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
+//!   f32 `Sigmoid`, `Tanh` and `Erf` are onnxruntime's MLAS approximations, vectorized
+//!   ([`crate::runtime::kernels::activation`]: within 2e-7 / 3e-7 / 6e-8 absolute of the
+//!   exact functions, bit-identical to onnxruntime); f64 and f16 use the exact formulas.
 //! - `Softmax`, `LogSoftmax`: before opset 13 the input is viewed as 2-D
 //!   `[prod(shape[..axis]), prod(shape[axis..])]` (default axis 1) and normalized per row; from
 //!   13 along one axis (default -1). Max-subtracted, so large inputs do not overflow.
@@ -19,7 +19,7 @@ use num_traits::Float;
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
-use crate::runtime::kernels::activation::{sigmoid_into, tanh_into};
+use crate::runtime::kernels::activation::{erf_into, sigmoid_into, tanh_into};
 use crate::runtime::kernels::gemm_f32::output_buffer;
 use crate::ufn;
 
@@ -99,6 +99,8 @@ fn relu(v: &Value) -> Result<Value> {
         Value::I64(a) => Value::I64(r(a)),
         Value::I32(a) => Value::I32(r(a)),
         Value::I8(a) => Value::I8(r(a)),
+        Value::I16(a) => Value::I16(r(a)),
+        Value::BF16(a) => Value::BF16(r(a)),
         _ => return Err(err(format!("Relu of {}", dname(v)))),
     })
 }
@@ -106,20 +108,42 @@ fn relu(v: &Value) -> Result<Value> {
 /// Softmax (or log-softmax) along `axis` of a float array.
 fn softmax_t<T: Float>(a: &ArrayD<T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = a.clone();
-    for mut lane in out.lanes_mut(Axis(axis)) {
-        let m = lane
-            .iter()
-            .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
-        if log {
-            let s = lane.iter().fold(T::zero(), |s, &x| s + (x - m).exp()).ln();
-            lane.mapv_inplace(|x| x - m - s);
-        } else {
-            lane.mapv_inplace(|x| (x - m).exp());
-            let s = lane.iter().fold(T::zero(), |s, &x| s + x);
-            lane.mapv_inplace(|x| x / s);
+    // The usual case, the last axis of a row-major array, runs on the rows in place; other
+    // axes go through a row buffer (ndarray's per-lane iteration costs several times more).
+    if axis + 1 == out.ndim()
+        && let Some(data) = out.as_slice_mut()
+    {
+        let n = a.shape()[axis];
+        if n > 0 {
+            for row in data.chunks_exact_mut(n) {
+                softmax_row(row, log);
+            }
         }
+        return out;
+    }
+    let mut buf = Vec::new();
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        buf.clear();
+        buf.extend(lane.iter().copied());
+        softmax_row(&mut buf, log);
+        lane.iter_mut().zip(&buf).for_each(|(d, &v)| *d = v);
     }
     out
+}
+
+/// Softmax (or log-softmax) of one row, in place, max-subtracted.
+fn softmax_row<T: Float>(row: &mut [T], log: bool) {
+    let m = row
+        .iter()
+        .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+    if log {
+        let s = row.iter().fold(T::zero(), |s, &x| s + (x - m).exp()).ln();
+        row.iter_mut().for_each(|x| *x = *x - m - s);
+    } else {
+        row.iter_mut().for_each(|x| *x = (*x - m).exp());
+        let s = row.iter().fold(T::zero(), |s, &x| s + x);
+        row.iter_mut().for_each(|x| *x = *x / s);
+    }
 }
 
 fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
@@ -127,6 +151,9 @@ fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
         Value::F32(a) => Value::F32(softmax_t(a, axis, log)),
         Value::F64(a) => Value::F64(softmax_t(a, axis, log)),
         Value::F16(a) => Value::F16(softmax_t(&a.mapv(f16::to_f32), axis, log).mapv(f16::from_f32)),
+        Value::BF16(a) => Value::BF16(
+            softmax_t(&a.mapv(half::bf16::to_f32), axis, log).mapv(half::bf16::from_f32),
+        ),
         _ => return Err(err(format!("expects a float input, got {}", dname(v)))),
     })
 }
@@ -136,23 +163,37 @@ fn softmax(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     let legacy = ctx.opset < 13;
     let axis = node.attr_or::<i64>("axis", if legacy { 1 } else { -1 })?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
-        let x = req(ins, 0)?;
-        let shape = x.shape().to_vec();
-        if legacy {
-            let r = shape.len() as i64;
-            let a = if axis < 0 { axis + r } else { axis };
-            if !(0..=r).contains(&a) {
-                return Err(err(format!("axis {axis} is out of range for rank {r}")));
-            }
-            let outer: usize = shape[..a as usize].iter().product();
-            let inner: usize = shape[a as usize..].iter().product();
-            let flat = reshape_value(x, &[outer, inner])?;
-            let y = softmax_value(&flat, 1, log)?;
-            return Ok(vec![reshape_value(&y, &shape)?]);
-        }
-        let ax = norm_axis(axis, shape.len())?;
-        Ok(vec![softmax_value(x, ax, log)?])
+        let y = per_axis_or_coerced(req(ins, 0)?, axis, legacy, |v, ax| {
+            softmax_value(v, ax, log)
+        })?;
+        Ok(vec![y])
     })))
+}
+
+/// Applies `f(value, axis)` with the Softmax family's axis rule (shared with `Hardmax`):
+/// `legacy` (before opset 13) runs it on the 2-D view `[prod(shape[..axis]),
+/// prod(shape[axis..])]` along axis 1 and reshapes back; otherwise along `axis` itself.
+pub(super) fn per_axis_or_coerced(
+    x: &Value,
+    axis: i64,
+    legacy: bool,
+    f: impl Fn(&Value, usize) -> Result<Value>,
+) -> Result<Value> {
+    let shape = x.shape().to_vec();
+    if legacy {
+        let r = shape.len() as i64;
+        let a = if axis < 0 { axis + r } else { axis };
+        if !(0..=r).contains(&a) {
+            return Err(err(format!("axis {axis} is out of range for rank {r}")));
+        }
+        let outer: usize = shape[..a as usize].iter().product();
+        let inner: usize = shape[a as usize..].iter().product();
+        let flat = reshape_value(x, &[outer, inner])?;
+        let y = f(&flat, 1)?;
+        return reshape_value(&y, &shape);
+    }
+    let ax = norm_axis(axis, shape.len())?;
+    f(x, ax)
 }
 
 fn clip_t<T: Elem>(a: &ArrayD<T>, lo: Option<T>, hi: Option<T>) -> ArrayD<T> {
@@ -211,6 +252,11 @@ fn clip(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             Value::I32(a) => Value::I32(c!(a, as_i32)),
             Value::I8(a) => Value::I8(c!(a, as_i8)),
             Value::U8(a) => Value::U8(c!(a, as_u8)),
+            Value::I16(a) => Value::I16(c!(a, as_i16)),
+            Value::U16(a) => Value::U16(c!(a, as_u16)),
+            Value::U32(a) => Value::U32(c!(a, as_u32)),
+            Value::U64(a) => Value::U64(c!(a, as_u64)),
+            Value::BF16(a) => Value::BF16(c!(a, as_bf16)),
             Value::Bool(_) => return Err(err("Clip of bool")),
         }])
     })))
@@ -244,7 +290,10 @@ fn build(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
                 Value::F32(a) => Value::F32(map_f32(a, tanh_into)?),
                 _ => unary_float(x, &Tanh)?,
             },
-            "Erf" => unary_float(x, &Erf)?,
+            "Erf" => match x {
+                Value::F32(a) => Value::F32(map_f32(a, erf_into)?),
+                _ => unary_float(x, &Erf)?,
+            },
             "Gelu" => unary_float(x, &Gelu { tanh })?,
             other => return Err(err(format!("unknown activation {other}"))),
         }])

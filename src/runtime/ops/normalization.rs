@@ -154,25 +154,30 @@ fn layer_norm(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         };
         let scale = bcast(req(ins, 1)?)?;
         let bias = opt(ins, 2).map(bcast).transpose()?;
-        let xs = f64s(x)?;
-        let mut y = vec![0.0; xs.len()];
-        let mut means = Vec::with_capacity(outer);
-        let mut invs = Vec::with_capacity(outer);
-        for o in 0..outer {
-            let row = &xs[o * inner..(o + 1) * inner];
-            let m = row.iter().sum::<f64>() / inner as f64;
-            let var = row.iter().map(|v| (v - m).powi(2)).sum::<f64>() / inner as f64;
-            let inv = 1.0 / (var + eps).sqrt();
-            for i in 0..inner {
-                let mut v = (row[i] - m) * inv * scale[i];
-                if let Some(b) = &bias {
-                    v += b[i];
-                }
-                y[o * inner + i] = v;
+        let rows = LnRows {
+            outer,
+            inner,
+            scale: &scale,
+            bias: bias.as_deref(),
+            eps,
+        };
+        // f32 (the common case) is read in place and written as f32, without the f64 copies;
+        // the arithmetic is the same.
+        let (y, means, invs) = match x {
+            Value::F32(a) if a.is_standard_layout() => {
+                let xs = a.as_slice().unwrap_or(&[]);
+                let mut y = vec![0f32; xs.len()];
+                let (means, invs) = rows.run(xs, &mut y, f64::from, |v| v as f32);
+                let y = ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| err(e.to_string()))?;
+                (Value::F32(y), means, invs)
             }
-            means.push(m);
-            invs.push(inv);
-        }
+            _ => {
+                let xs = f64s(x)?;
+                let mut y = vec![0f64; xs.len()];
+                let (means, invs) = rows.run(&xs, &mut y, |v| v, |v| v);
+                (to_value(&shape, y, x.dtype())?, means, invs)
+            }
+        };
         let stat_shape: Vec<usize> = (0..shape.len())
             .map(|i| if i < ax { shape[i] } else { 1 })
             .collect();
@@ -182,11 +187,72 @@ fn layer_norm(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             x.dtype()
         };
         Ok(vec![
-            to_value(&shape, y, x.dtype())?,
+            y,
             to_value(&stat_shape, means, sdt)?,
             to_value(&stat_shape, invs, sdt)?,
         ])
     })))
+}
+
+/// `LayerNormalization` over rows of `inner` values, in f64.
+struct LnRows<'a> {
+    outer: usize,
+    inner: usize,
+    scale: &'a [f64],
+    bias: Option<&'a [f64]>,
+    eps: f64,
+}
+
+impl LnRows<'_> {
+    /// Normalizes each row of `xs` into `y` (`get` widens an element, `put` narrows a
+    /// result); returns each row's mean and inverse standard deviation.
+    fn run<T: Copy, O>(
+        &self,
+        xs: &[T],
+        y: &mut [O],
+        get: impl Fn(T) -> f64,
+        put: impl Fn(f64) -> O,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let n = self.inner;
+        if n == 0 {
+            // Empty rows: 0 / 0, as the sums give.
+            return (vec![f64::NAN; self.outer], vec![f64::NAN; self.outer]);
+        }
+        let (mut means, mut invs) = (
+            Vec::with_capacity(self.outer),
+            Vec::with_capacity(self.outer),
+        );
+        for (row, out) in xs.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            let m = lane_sum(row, &get) / n as f64;
+            let var = lane_sum(row, |v| (get(v) - m).powi(2)) / n as f64;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for (i, (o, &v)) in out.iter_mut().zip(row).enumerate() {
+                let mut r = (get(v) - m) * inv * self.scale[i];
+                if let Some(b) = self.bias {
+                    r += b[i];
+                }
+                *o = put(r);
+            }
+            means.push(m);
+            invs.push(inv);
+        }
+        (means, invs)
+    }
+}
+
+/// `Σ f(x)` in f64 over four interleaved partial sums (so the adds pipeline and vectorize),
+/// combined in a fixed order: deterministic, and as accurate as one running sum.
+fn lane_sum<T: Copy>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; 4];
+    let chunks = xs.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..4 {
+            acc[j] += f(c[j]);
+        }
+    }
+    let tail: f64 = tail.iter().map(|&v| f(v)).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// A float value as an f64 array.

@@ -3,7 +3,8 @@
 //! 2·255·128, far from overflow). `vpmaddubsw` would be twice as dense but saturates its i16
 //! pair sums once both operands use their full 8 bits (255·127·2 > 32767).
 //!
-//! Tile: 4 rows × 16 columns = 8 ymm accumulators, 2 B vectors, 1 A broadcast, 1 product.
+//! Tile: 6 rows × 16 columns = 12 ymm accumulators, 2 B vectors, 1 A broadcast, 1 product
+//! (all 16 registers): each pair of B vectors loaded serves 12 `vpmaddwd`s.
 
 // Indexed loops over the const-size register tile read like the math and unroll fully.
 #![allow(clippy::needless_range_loop)]
@@ -20,7 +21,7 @@ pub(crate) const NR: usize = 16;
 /// ymm vectors per tile row.
 const NV: usize = NR / 8;
 /// Rows per full tile.
-const MR: usize = 4;
+const MR: usize = 6;
 
 /// Computes output panels `p0..p1` (all rows).
 ///
@@ -49,6 +50,8 @@ pub(crate) unsafe fn run_panels(job: &Job, p0: usize, p1: usize) {
             1 => unsafe { tile::<1>(job, bp, m0, n0, ncols) },
             2 => unsafe { tile::<2>(job, bp, m0, n0, ncols) },
             3 => unsafe { tile::<3>(job, bp, m0, n0, ncols) },
+            4 => unsafe { tile::<4>(job, bp, m0, n0, ncols) },
+            5 => unsafe { tile::<5>(job, bp, m0, n0, ncols) },
             _ => {}
         }
     }
