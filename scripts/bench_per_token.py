@@ -5,12 +5,15 @@
 Model: the float32 form of all-MiniLM-L6-v2 (scripts/minilm.py). Inputs:
 fixtures/transformer/minilm_inputs.npz (batch 8 x seq 16, with padding). Metrics against the
 float model in onnxruntime: cosine of the valid (unpadded) tokens' hidden states (mean, min)
-and of the mean-pooled sentence embeddings (min). Latency: median of 15 onnxruntime runs,
+and of the mean-pooled sentence embeddings (min). The `--smooth` and `--target-cosine`
+variants are calibrated on these same sentences (`--inputs`), so their figures are in-sample
+(tests/rewrite_target.rs checks a held-out half). Latency: median of 15 onnxruntime runs,
 1 thread.
 
 Usage: python scripts/bench_per_token.py ONNX_DYNQ_BINARY [WORKDIR]
 """
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +30,13 @@ VARIANTS = {
     "per-token": ["--per-channel", "--activations", "per-token"],
     "per-token u8w": ["--per-channel", "--activations", "per-token", "--weight-type", "uint8"],
     "per-token rr": ["--per-channel", "--activations", "per-token", "--reduce-range"],
+    # Calibrated on the benchmark's own sentences (SAMPLES: a folder holding their npz).
+    "per-token u8w smooth 0.5": ["--per-channel", "--activations", "per-token", "--weight-type", "uint8",
+                                 "--inputs", "SAMPLES", "--smooth", "0.5"],
+    "per-token u8w target 0.999": ["--per-channel", "--activations", "per-token", "--weight-type", "uint8",
+                                   "--inputs", "SAMPLES", "--target-cosine", "0.999"],
+    "per-token u8w smooth+target": ["--per-channel", "--activations", "per-token", "--weight-type", "uint8",
+                                    "--inputs", "SAMPLES", "--smooth", "0.5", "--target-cosine", "0.999"],
 }
 
 
@@ -47,8 +57,12 @@ def main() -> int:
     subprocess.run([sys.executable, str(REPO / "scripts/minilm.py"), "float", str(float_model)], check=True)
     models = {"quantize_dynamic": work / "minilm_qd.onnx"}
     quantize_dynamic(str(float_model), str(models["quantize_dynamic"]), weight_type=QuantType.QInt8)
+    samples = work / "samples"
+    samples.mkdir(exist_ok=True)
+    shutil.copy(REPO / "fixtures/transformer/minilm_inputs.npz", samples / "minilm_inputs.npz")
     for name, args in VARIANTS.items():
-        out = work / f"minilm_{name.replace(' ', '_')}.onnx"
+        out = work / f"minilm_{name.replace(' ', '_').replace('+', '_')}.onnx"
+        args = [str(samples) if a == "SAMPLES" else a for a in args]
         subprocess.run([binary, "rewrite", str(float_model), str(out), *args], check=True, capture_output=True)
         models[f"onnx-dynq {name}"] = out
     d = np.load(REPO / "fixtures/transformer/minilm_inputs.npz")
@@ -73,7 +87,7 @@ def main() -> int:
         m = mask[..., None]
         pf, pq = (f * m).sum(1) / m.sum(1), (q * m).sum(1) / m.sum(1)
         pooled = (pf * pq).sum(-1) / np.linalg.norm(pf, axis=-1) / np.linalg.norm(pq, axis=-1)
-        print(f"{name:26s} {t:7.2f} ms ({t_float / t:.2f}x float)  valid-token cos mean "
+        print(f"{name:30s} {t:7.2f} ms ({t_float / t:.2f}x float)  valid-token cos mean "
               f"{cos[mask].mean():.5f} min {cos[mask].min():.5f}  pooled cos min {pooled.min():.5f}")
     return 0
 

@@ -39,7 +39,14 @@ def graph_ops(g, acc):
 
 
 def is_tensor(v):
-    return isinstance(v, np.ndarray) or np.isscalar(v)
+    # Cases of types numpy has no dtype for (bfloat16, float8, int4, ...) give TensorProtos.
+    return isinstance(v, (np.ndarray, onnx.TensorProto)) or np.isscalar(v)
+
+
+def tensor_bytes(v):
+    if isinstance(v, onnx.TensorProto):
+        return v.SerializeToString()
+    return numpy_helper.from_array(np.asarray(v)).SerializeToString()
 
 
 def main():
@@ -71,10 +78,10 @@ def main():
                 prefix = "" if k == 0 else f"{k}_"
                 for i, v in enumerate(inputs):
                     with open(os.path.join(d, f"input_{prefix}{i}.pb"), "wb") as f:
-                        f.write(numpy_helper.from_array(np.asarray(v)).SerializeToString())
+                        f.write(tensor_bytes(v))
                 for i, v in enumerate(outputs):
                     with open(os.path.join(d, f"output_{prefix}{i}.pb"), "wb") as f:
-                        f.write(numpy_helper.from_array(np.asarray(v)).SerializeToString())
+                        f.write(tensor_bytes(v))
         except Exception as e:  # dtypes numpy_helper cannot write (e.g. some float8 forms)
             print(f"skip {case.name}: {e}", file=sys.stderr)
             for fn in os.listdir(d):

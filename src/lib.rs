@@ -12,6 +12,7 @@ pub mod npy;
 pub mod onnx;
 pub mod passes;
 pub mod runtime;
+pub mod samples;
 pub mod verify;
 
 pub use error::{Error, Result};

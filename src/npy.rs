@@ -1,8 +1,10 @@
 //! numpy `.npy` and `.npz` files as runtime [`Value`]s.
 //!
 //! A small reader/writer of the `.npy` format (versions 1-3): little-endian or byte-sized
-//! element types `<f4 <f8 <f2 <i8 <i4 |i1 |u1 |b1` (the runtime's types; `ndarray-npy` has no
-//! float16, which the fp16 fixtures need), C or Fortran order. `.npz` is a zip of `.npy`
+//! element types `<f4 <f8 <f2 <i8 <i4 <i2 |i1 <u8 <u4 <u2 |u1 |b1` (the runtime's types;
+//! `ndarray-npy` has no float16, which the fp16 fixtures need), C or Fortran order. numpy has no
+//! bfloat16 (ml_dtypes saves it as an opaque `<V2`), so bfloat16 values are written widened to
+//! `<f4`, which is exact. `.npz` is a zip of `.npy`
 //! members (stored or deflated, as `np.savez` / `np.savez_compressed` write them); member
 //! names are returned without the `.npy` suffix.
 
@@ -75,15 +77,15 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> Result<Value> {
         .ok_or_else(|| bad(what, "shape overflows"))?;
     let data = &bytes[hstart + hlen..];
     let size = match descr {
-        "<f8" | "<i8" => 8,
-        "<f4" | "<i4" => 4,
-        "<f2" => 2,
+        "<f8" | "<i8" | "<u8" => 8,
+        "<f4" | "<i4" | "<u4" => 4,
+        "<f2" | "<i2" | "<u2" => 2,
         "|i1" | "|u1" | "|b1" | "<i1" | "<u1" => 1,
         d => {
             return Err(bad(
                 what,
                 format!(
-                    "element type '{d}' is not one the runtime stores (little-endian f4 f8 f2 i8 i4 i1 u1 b1)"
+                    "element type '{d}' is not one the runtime stores (little-endian f4 f8 f2 i8 i4 i2 i1 u8 u4 u2 u1 b1)"
                 ),
             ));
         }
@@ -150,6 +152,32 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> Result<Value> {
             fortran,
             what,
         )?),
+        "<i2" => Value::I16(arr(
+            &dims,
+            decode(data, 2, |b| i16::from_le_bytes([b[0], b[1]])),
+            fortran,
+            what,
+        )?),
+        "<u8" => Value::U64(arr(
+            &dims,
+            decode(data, 8, |b| {
+                u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+            }),
+            fortran,
+            what,
+        )?),
+        "<u4" => Value::U32(arr(
+            &dims,
+            decode(data, 4, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            fortran,
+            what,
+        )?),
+        "<u2" => Value::U16(arr(
+            &dims,
+            decode(data, 2, |b| u16::from_le_bytes([b[0], b[1]])),
+            fortran,
+            what,
+        )?),
         "|i1" | "<i1" => Value::I8(arr(&dims, decode(data, 1, |b| b[0] as i8), fortran, what)?),
         "|u1" | "<u1" => Value::U8(arr(&dims, data.to_vec(), fortran, what)?),
         _ => Value::Bool(arr(&dims, decode(data, 1, |b| b[0] != 0), fortran, what)?),
@@ -167,6 +195,14 @@ pub fn to_npy(v: &Value) -> Vec<u8> {
         Value::I8(a) => ("|i1", a.iter().map(|&x| x as u8).collect()),
         Value::U8(a) => ("|u1", a.iter().copied().collect()),
         Value::Bool(a) => ("|b1", a.iter().map(|&x| x as u8).collect()),
+        Value::I16(a) => ("<i2", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Value::U16(a) => ("<u2", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Value::U32(a) => ("<u4", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Value::U64(a) => ("<u8", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Value::BF16(a) => (
+            "<f4",
+            a.iter().flat_map(|x| x.to_f32().to_le_bytes()).collect(),
+        ),
     };
     let shape = match v.shape() {
         [d] => format!("({d},)"),
@@ -247,6 +283,10 @@ mod tests {
             Value::I8(array![-128i8, 127].into_dyn()),
             Value::U8(array![0u8, 255].into_dyn()),
             Value::Bool(array![[true], [false]].into_dyn()),
+            Value::I16(array![i16::MIN, 7].into_dyn()),
+            Value::U16(array![u16::MAX, 0].into_dyn()),
+            Value::U32(array![u32::MAX, 1].into_dyn()),
+            Value::U64(array![u64::MAX, 2].into_dyn()),
         ];
         for v in &vals {
             let b = to_npy(v);

@@ -8,27 +8,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use prost::Message;
 
+use common::protos::{node, value};
+
 use onnx_dynq::onnx::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    ValueInfoProto, tensor_proto::DataLocation, tensor_proto::DataType,
+    tensor_proto::DataLocation, tensor_proto::DataType,
 };
-
-fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        name: Some(name.into()),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn value(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
 
 fn weight(name: &str, dims: Vec<i64>, bytes: usize) -> TensorProto {
     TensorProto {
@@ -72,20 +57,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 /// Runs `inspect` and returns stderr, checking the failure contract.
 fn fails(path: &Path, expect: &[&str]) -> String {
-    let out = common::cli(&["inspect", path.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "{}: expected failure",
-        path.display()
-    );
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    for e in expect {
-        assert!(err.contains(e), "'{e}' not in: {err}");
-    }
-    err
+    common::cli_fails(&["inspect", path.to_str().unwrap()], expect)
 }
 
 #[test]

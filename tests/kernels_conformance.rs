@@ -68,6 +68,11 @@ fn as_f64(v: &Value) -> Vec<f64> {
         Value::I8(a) => a.iter().map(|&x| x as f64).collect(),
         Value::U8(a) => a.iter().map(|&x| x as f64).collect(),
         Value::Bool(a) => a.iter().map(|&x| x as u8 as f64).collect(),
+        Value::I16(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::U16(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::U32(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::U64(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::BF16(a) => a.iter().map(|x| x.to_f64()).collect(),
     }
 }
 

@@ -1,9 +1,9 @@
 //! `onnx-dynq fuse IN OUT`: the cleanup and fusion passes alone (no quantization), saved the
 //! way `rewrite` saves (atomically, the input protected, external data as the input had it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use onnx_dynq::passes::fuse::fuse;
@@ -27,12 +27,12 @@ pub struct FuseArgs {
 }
 
 pub fn run(args: &FuseArgs) -> Result<()> {
-    if !args.overwrite_input && same_file(&args.input, &args.output) {
-        bail!(
-            "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
-            args.output.display()
-        );
-    }
+    super::check_outputs(
+        &args.input,
+        &args.output,
+        args.report.as_deref(),
+        args.overwrite_input,
+    )?;
     let mut model = onnx_dynq::load(&args.input)?;
     let mut count = 0;
     model.graph.visit(&mut |g| count += g.nodes.len());
@@ -61,11 +61,4 @@ pub fn run(args: &FuseArgs) -> Result<()> {
         u.with_activation
     );
     Ok(())
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }

@@ -6,6 +6,23 @@ pub mod rewrite;
 pub mod run;
 pub mod verify;
 
+/// What `rewrite` and `fuse` check before reading IN: OUT (and the report, when asked) can be
+/// written, and OUT is not IN unless `overwrite_input`, so that a typo fails at once instead
+/// of after processing a large model.
+pub fn check_outputs(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    report: Option<&std::path::Path>,
+    overwrite_input: bool,
+) -> onnx_dynq::Result<()> {
+    let inputs = [input.to_path_buf()];
+    onnx_dynq::model::check_output_path(output, &inputs, overwrite_input)?;
+    if let Some(r) = report {
+        onnx_dynq::model::check_output_path(r, &inputs, false)?;
+    }
+    Ok(())
+}
+
 /// How `rewrite` and `fuse` save OUT: external data when asked (else as the input had it),
 /// and never over the input or its data files unless `overwrite_input`.
 pub fn save_options(

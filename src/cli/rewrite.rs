@@ -6,7 +6,20 @@
 //! with a fixed seed (`--seed`, default 0) unless given with `--input NAME=file.npy`; symbolic
 //! dims are 1 unless pinned with `--dim NAME=VALUE` (see `cli_inputs`). The verdict is printed
 //! after the summary and added to the `--report` JSON as `verify`; outside tolerance the
-//! command exits with status 1 (the output stays written), like `verify`.
+//! command exits with status 1 (the output stays written), like `verify`. With `--inputs DIR`
+//! (a folder of .npz samples) every sample is compared.
+//!
+//! `--smooth ALPHA` (SmoothQuant, [`onnx_dynq::passes::quantize::smooth`]) needs sample
+//! inputs (`--inputs DIR` or `--input NAME=file.npy`); it runs after the cleanup passes and
+//! before quantization.
+//!
+//! `--target-cosine X` (with `--max-abs Y` as a further limit) keeps the fewest, most
+//! sensitive nodes float so that every output meets the target on the samples
+//! ([`onnx_dynq::passes::quantize::target`]); without samples it uses random inputs that
+//! respect the graph (see `cli_inputs`) and says so. The report gives every candidate's
+//! sensitivity (`"sensitivity"`) and the search (`"target"`). When the target cannot be met
+//! with any node quantized, the command prints one line, writes nothing and exits with
+//! status 1.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -22,12 +35,15 @@ use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
 use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::rewrite::ActivationQuant;
+use onnx_dynq::passes::quantize::smooth::smooth;
+use onnx_dynq::passes::quantize::target::{TargetOutcome, search};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
-use onnx_dynq::runtime::{Options, Session};
-use onnx_dynq::verify::{Report, Tolerance, compare_models};
+use onnx_dynq::runtime::Session;
+use onnx_dynq::samples::Feed;
+use onnx_dynq::verify::{Report, Tolerance, compare_models_on_samples};
 
-use super::inputs::{InputArgs, build_feed};
+use super::inputs::{InputArgs, Origin, build_samples};
 use crate::PolicyArgs;
 
 /// Models at least this big get a progress bar (when stderr is a terminal).
@@ -80,13 +96,24 @@ pub struct RewriteArgs {
     /// With --verify: fail an output whose cosine similarity with the float output is below X.
     #[arg(long, value_name = "X", default_value_t = Tolerance::default().min_cosine)]
     min_cosine: f64,
-    /// With --verify: fail an output whose max |quant - float| is above Y (default: no limit).
+    /// With --verify: fail an output whose max |quant - float| is above Y (default: no
+    /// limit); with --target-cosine, a further target.
     #[arg(long, value_name = "Y")]
     max_abs: Option<f64>,
-    /// With --verify: the inputs (random by default).
+    /// Keep the fewest, most sensitive nodes float so that every output's cosine with the
+    /// float output (for an encoder also the valid-token and pooled cosines) is at least X on
+    /// the samples.
+    #[arg(long, value_name = "X")]
+    target_cosine: Option<f64>,
+    /// SmoothQuant: migrate activation outlier ranges into the weights with exponent ALPHA
+    /// (0.5 is usual); needs sample inputs.
+    #[arg(long, value_name = "ALPHA")]
+    smooth: Option<f64>,
+    /// Sample inputs for --verify, --target-cosine and --smooth (random by default, except
+    /// for --smooth).
     #[command(
         flatten,
-        next_help_heading = "Inputs for --verify (random unless given)"
+        next_help_heading = "Sample inputs for --verify, --target-cosine and --smooth"
     )]
     feed: InputArgs,
 }
@@ -140,12 +167,12 @@ fn file_len(p: &Path) -> u64 {
 pub fn run(args: &RewriteArgs) -> Result<()> {
     let start = Instant::now();
     let opts = args.options()?;
-    if !args.overwrite_input && same_file(&args.input, &args.output) {
-        bail!(
-            "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
-            args.output.display()
-        );
-    }
+    super::check_outputs(
+        &args.input,
+        &args.output,
+        args.report.as_deref(),
+        args.overwrite_input,
+    )?;
     let mut model = onnx_dynq::load(&args.input)?;
     // A second (memory-mapped) view of the float model for --verify, taken before OUT could
     // replace IN.
@@ -188,10 +215,56 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
         };
         Some(fuse_with(&mut model, options)?)
     };
+    let mut opts = opts;
+    let needs_samples = args.smooth.is_some() || args.target_cosine.is_some();
+    let samples = if needs_samples {
+        let session = Session::new(&model, &args.feed.options())?;
+        let (samples, origin) = build_samples(&args.feed.random_by_default(), &model, &session)?;
+        if args.smooth.is_some() && matches!(origin, Origin::Random) {
+            bail!("--smooth needs sample inputs (--inputs DIR or --input NAME=file.npy)");
+        }
+        println!("samples: {}", origin.describe(&args.feed));
+        samples
+    } else {
+        Vec::new()
+    };
+    let smoothed = match args.smooth {
+        Some(alpha) => Some(smooth(
+            &mut model,
+            &opts.policy,
+            alpha,
+            &samples,
+            &args.feed.options(),
+        )?),
+        None => None,
+    };
+    let target = match args.target_cosine {
+        Some(x) => {
+            let tol = Tolerance {
+                min_cosine: x,
+                max_abs: args.max_abs,
+            };
+            let outcome = search(&model, &opts, &samples, &tol, &args.feed.options())?;
+            if !outcome.met {
+                eprintln!("error: {}", outcome.unreachable_message(&tol));
+                std::io::stdout().flush()?;
+                // Status 1, as an accuracy verdict; nothing was written.
+                std::process::exit(1);
+            }
+            opts.policy
+                .exclude
+                .extend(outcome.kept_float.iter().cloned());
+            Some((tol, outcome))
+        }
+        None => None,
+    };
     let units = unit_labels(&model.graph, model.opset("").unwrap_or(0));
     let mut nodes = quantize(&mut model, &opts, &mut progress)?;
     for n in &mut nodes {
         n.unit = units.get(&(n.scope.clone(), n.node.clone())).cloned();
+    }
+    if let Some((_, outcome)) = &target {
+        attach_sensitivities(&mut nodes, outcome);
     }
     // The rest of the bar follows the writing, which computes most of the int8 values.
     let save_progress = bar.clone().map(|b| {
@@ -231,7 +304,7 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     report.totals.file_bytes_after = saved.model_bytes + saved.external_bytes;
     report.totals.seconds = start.elapsed().as_secs_f64();
     let verdict = match &float {
-        Some(float) => Some(verify_output(args, float).with_context(|| {
+        Some(float) => Some(verify_output(args, float, &samples).with_context(|| {
             format!(
                 "verifying {} (the quantized model was written)",
                 args.output.display()
@@ -241,13 +314,27 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     };
     if let Some(path) = &args.report {
         let mut json = serde_json::to_value(&report)?;
-        if let (Some(v), Some(obj)) = (&verdict, json.as_object_mut()) {
-            obj.insert("verify".into(), serde_json::to_value(v)?);
+        if let Some(obj) = json.as_object_mut() {
+            if let Some(v) = &verdict {
+                obj.insert("verify".into(), serde_json::to_value(v)?);
+            }
+            if let Some(sm) = &smoothed {
+                obj.insert("smooth".into(), serde_json::to_value(sm)?);
+            }
+            if let Some((tol, t)) = &target {
+                obj.insert("target".into(), target_json(tol, t)?);
+            }
         }
         onnx_dynq::model::write_atomic(path, &serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing the report {}", path.display()))?;
     }
     println!("{}", report.summary());
+    if let Some(sm) = &smoothed {
+        println!("{}", sm.summary());
+    }
+    if let Some((tol, t)) = &target {
+        println!("{}", t.summary(tol));
+    }
     if let Some(v) = &verdict {
         print_verdict(args, v);
         if !v.pass {
@@ -262,23 +349,76 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs IN and the freshly written OUT on the same inputs and compares their outputs.
-fn verify_output(args: &RewriteArgs, float: &onnx_dynq::model::Model) -> Result<Report> {
+/// Runs IN and the freshly written OUT on the same inputs (`samples` when the search or
+/// smoothing built them, else as the arguments say) and compares their outputs.
+fn verify_output(
+    args: &RewriteArgs,
+    float: &onnx_dynq::model::Model,
+    samples: &[Feed],
+) -> Result<Report> {
     let quant = onnx_dynq::load(&args.output)?;
-    let feed = build_feed(
-        &args.feed.random_by_default(),
-        &Session::new(float, &Options::default())?,
-    )?;
+    let built;
+    let samples = if samples.is_empty() {
+        built = build_samples(
+            &args.feed.random_by_default(),
+            float,
+            &Session::new(float, &args.feed.options())?,
+        )?
+        .0;
+        &built
+    } else {
+        samples
+    };
     let tol = Tolerance {
         min_cosine: args.min_cosine,
         max_abs: args.max_abs,
     };
-    Ok(compare_models(float, &quant, feed, &tol)?)
+    Ok(compare_models_on_samples(
+        float,
+        &quant,
+        samples,
+        &tol,
+        &args.feed.options(),
+    )?)
+}
+
+/// Puts each candidate's sensitivity into its report entry, and the reason for those kept
+/// float.
+fn attach_sensitivities(
+    nodes: &mut [onnx_dynq::passes::quantize::report::NodeReport],
+    outcome: &TargetOutcome,
+) {
+    let of = outcome.candidates.len();
+    for n in nodes {
+        if let Some(c) = outcome.candidates.iter().find(|c| c.node == n.node) {
+            n.sensitivity = Some(c.sensitivity.clone());
+            if c.sensitivity.kept_float {
+                n.reason = TargetOutcome::kept_reason(c, of);
+            }
+        }
+    }
+}
+
+/// The report's `target` object: the target, the figures reached and with everything
+/// quantized, and the nodes kept float.
+fn target_json(tol: &Tolerance, t: &TargetOutcome) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "min_cosine": tol.min_cosine,
+        "max_abs": tol.max_abs,
+        "candidates": t.candidates.len(),
+        "kept_float": t.kept_float,
+        "trials": t.trials,
+        "achieved": serde_json::to_value(&t.achieved)?,
+        "all_quantized": serde_json::to_value(&t.all_quantized)?,
+    }))
 }
 
 fn print_verdict(args: &RewriteArgs, v: &Report) {
     for o in &v.outputs {
         let m = &o.metrics;
+        if let Some(line) = super::verify::encoder_line(o) {
+            println!("verify {}: {line}", o.name);
+        }
         println!(
             "verify {}: max-abs {:.3e}  cosine {:.6}  sqnr {:.1} dB  top1 {:.4}  {}",
             o.name,
@@ -300,12 +440,5 @@ fn print_verdict(args: &RewriteArgs, v: &Report) {
             "verify: OUTSIDE tolerance; {} was written all the same",
             args.output.display()
         );
-    }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }

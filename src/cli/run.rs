@@ -83,13 +83,18 @@ trait ToF64 {
 macro_rules! tof {
     ($($t:ty),*) => { $(impl ToF64 for $t { fn f(&self) -> f64 { *self as f64 } })* };
 }
-tof!(f32, f64, i64, i32, i8, u8);
+tof!(f32, f64, i64, i32, i8, u8, i16, u16, u32, u64);
 impl ToF64 for bool {
     fn f(&self) -> f64 {
         *self as u8 as f64
     }
 }
 impl ToF64 for f16 {
+    fn f(&self) -> f64 {
+        self.to_f64()
+    }
+}
+impl ToF64 for half::bf16 {
     fn f(&self) -> f64 {
         self.to_f64()
     }
@@ -108,6 +113,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
+    if let Some(out) = &args.output {
+        onnx_dynq::model::check_output_path(out, std::slice::from_ref(&args.model), false)?;
+    }
     let model = onnx_dynq::load(&args.model)?;
     let session = Session::new(
         &model,
@@ -115,9 +123,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
             threads: args.threads,
             no_kernel_fusion: args.no_kernel_fusion,
             ort_u8s8_saturation: args.ort_u8s8_saturation,
+            max_memory: args.feed.max_memory,
         },
     )?;
-    let feed = build_feed(&args.feed, &session)?;
+    let feed = build_feed(&args.feed, &model, &session)?;
     let mut latency = None;
     let feed_copy = args.profile.then(|| feed.clone());
     let outs = if let Some(n) = args.repeat {

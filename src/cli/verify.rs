@@ -5,7 +5,10 @@
 //!
 //! Exit status: 0 when every output is within tolerance, 1 when some output is outside it, 2 on
 //! errors. Defaults: `--min-cosine 0.99`, no max-abs limit. Inputs as for `run` (see
-//! `cli_inputs`); the input set is built from the float model's declared inputs.
+//! `cli_inputs`), or several samples with `--inputs DIR` (the figures then cover all of them:
+//! see [`onnx_dynq::verify::compare_output_samples`]); the input set is built from the float
+//! model's declared inputs. For an encoder (a `[batch, seq, hidden]` output and an attention
+//! mask input) the valid-token and pooled-embedding cosines are printed and checked too.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,9 +17,9 @@ use anyhow::Result;
 use clap::Args;
 
 use onnx_dynq::runtime::{Options, Session};
-use onnx_dynq::verify::{Tolerance, compare_models_with};
+use onnx_dynq::verify::{OutputReport, Tolerance, compare_models_on_samples};
 
-use super::inputs::{InputArgs, build_feed};
+use super::inputs::{InputArgs, build_samples};
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -46,16 +49,17 @@ pub struct VerifyArgs {
 pub fn run(args: &VerifyArgs) -> Result<()> {
     let float = onnx_dynq::load(&args.float)?;
     let quant = onnx_dynq::load(&args.quant)?;
-    let feed = build_feed(&args.feed, &Session::new(&float, &Options::default())?)?;
+    let options = args.feed.options();
+    let (samples, _) = build_samples(&args.feed, &float, &Session::new(&float, &options)?)?;
     let tol = Tolerance {
         min_cosine: args.min_cosine,
         max_abs: args.max_abs,
     };
     let quant_options = Options {
         ort_u8s8_saturation: args.ort_u8s8_saturation,
-        ..Default::default()
+        ..options
     };
-    let report = compare_models_with(&float, &quant, feed, &tol, &quant_options)?;
+    let report = compare_models_on_samples(&float, &quant, &samples, &tol, &quant_options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -76,6 +80,9 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
                     format!("FAIL ({})", o.failures.join("; "))
                 }
             );
+            if let Some(line) = encoder_line(o) {
+                println!("{}: {line}", o.name);
+            }
         }
         println!(
             "{}",
@@ -92,4 +99,13 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The encoder figures of an output, on one line (None when it is not an encoder output).
+pub fn encoder_line(o: &OutputReport) -> Option<String> {
+    let e = o.encoder.as_ref()?;
+    Some(format!(
+        "valid-token cosine mean {:.6} min {:.6} ({} tokens, mask '{}')  pooled cosine min {:.6}",
+        e.token_cosine_mean, e.token_cosine_min, e.valid_tokens, e.mask, e.pooled_cosine_min
+    ))
 }

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use half::f16;
+use half::{bf16, f16};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
 use crate::error::{Error, Result};
@@ -119,6 +119,11 @@ pod_element!(f16, Float16, |p| p
     .int32_data
     .iter()
     .map(|&v| f16::from_bits(v as u16))
+    .collect());
+pod_element!(bf16, Bfloat16, |p| p
+    .int32_data
+    .iter()
+    .map(|&v| bf16::from_bits(v as u16))
     .collect());
 
 impl Element for bool {

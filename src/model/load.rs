@@ -50,11 +50,36 @@ fn decode(bytes: Bytes, path: &Path) -> Result<ModelProto> {
             reason: "the file is empty".into(),
         });
     }
-    ModelProto::decode(bytes).map_err(|e| Error::Decode {
-        path: path.into(),
-        reason: format!("protobuf decoding failed ({e}); the file is truncated or not ONNX"),
+    ModelProto::decode(bytes).map_err(|e| {
+        let msg = e.to_string();
+        // prost's message names every enclosing field, several kilobytes for a deep model.
+        let reason = if msg.ends_with(RECURSION_LIMIT_REACHED) {
+            format!(
+                "subgraphs nested deeper than {MAX_SUBGRAPH_NESTING} levels (If/Loop/Scan bodies \
+                 within bodies; the protobuf decoder stops at {PROTOBUF_RECURSION_LIMIT} nested \
+                 messages)"
+            )
+        } else {
+            format!("protobuf decoding failed ({msg}); the file is truncated or not ONNX")
+        };
+        Error::Decode {
+            path: path.into(),
+            reason,
+        }
     })
 }
+
+/// prost's limit on nested messages (its `RECURSION_LIMIT`, fixed unless the
+/// `no-recursion-limit` feature is on); a deeper file is refused, not a stack overflow.
+pub const PROTOBUF_RECURSION_LIMIT: usize = 100;
+
+/// The end of prost's error message when that limit stops the decoding.
+const RECURSION_LIMIT_REACHED: &str = "recursion limit reached";
+
+/// The deepest nesting of subgraphs (an If branch holding an If, ...) a model may have: the
+/// model and main graph take two levels of messages, and every subgraph three (node,
+/// attribute, graph), with two more for a tensor (a Constant's value) in the deepest body.
+pub const MAX_SUBGRAPH_NESTING: usize = (PROTOBUF_RECURSION_LIMIT - 2 - 2) / 3;
 
 fn with_path(e: Error, path: &Path) -> Error {
     match e {

@@ -14,8 +14,11 @@ use crate::ir::Graph;
 use crate::onnx::{ModelProto, OperatorSetIdProto};
 
 pub use external::release_pages;
-pub use load::{load, load_bytes};
-pub use save::{ExternalDataMode, SaveOptions, SaveProgress, Saved, save, write_atomic};
+pub use load::{MAX_SUBGRAPH_NESTING, PROTOBUF_RECURSION_LIMIT, load, load_bytes};
+pub use save::{
+    ExternalDataMode, SaveOptions, SaveProgress, Saved, check_output_path, same_file, save,
+    write_atomic,
+};
 
 /// IR versions this build reads: 3 (onnx 1.0) to 14 (onnx 1.23).
 pub const MIN_IR_VERSION: i64 = 3;
@@ -143,10 +146,23 @@ impl Model {
                 )));
             }
         }
+        // A model of only ai.onnx.ml (or training) ops need not import the default domain.
         if self.opset("").is_none() {
-            return Err(Error::invalid(
-                "the model does not import the default ONNX opset",
-            ));
+            let mut default_node = None;
+            self.graph.visit(&mut |g| {
+                if default_node.is_none() {
+                    default_node = g
+                        .nodes
+                        .iter()
+                        .find(|n| matches!(n.domain(), "" | "ai.onnx"))
+                        .map(|n| n.display_name().to_string());
+                }
+            });
+            if let Some(n) = default_node {
+                return Err(Error::invalid(format!(
+                    "node '{n}' is in the default ONNX domain, which the model does not import"
+                )));
+            }
         }
         self.graph.validate(&HashSet::new())
     }

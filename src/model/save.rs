@@ -96,10 +96,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         }
         ExternalDataMode::Auto => !model.external_files.is_empty() || inline_len > PROTOBUF_LIMIT,
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = parent_dir(path);
     let mut saved = Saved {
         model_bytes: 0,
         external_file: None,
@@ -113,7 +110,7 @@ pub fn save(model: &Model, path: impl AsRef<Path>, opts: &SaveOptions) -> Result
         let location = format!("{}.data", file_name.to_string_lossy());
         let data_path = dir.join(&location);
         check_not_protected(&data_path, &opts.protect)?;
-        let mut data = new_temp(&dir)?;
+        let mut data = new_temp(&data_path)?;
         let mut order = Vec::new();
         if let Some(g) = proto.graph.as_ref() {
             external_order(g, &mut order);
@@ -194,11 +191,7 @@ fn encode_temp(
     proto: &ModelProto,
     progress: Option<&SaveProgress>,
 ) -> Result<(tempfile::NamedTempFile, u64)> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = new_temp(&dir)?;
+    let tmp = new_temp(path)?;
     let len = proto.encoded_len() as u64;
     let mut order = Vec::new();
     if let Some(g) = proto.graph.as_ref() {
@@ -391,34 +384,149 @@ unsafe impl<W: Write> bytes::BufMut for StreamBuf<'_, W> {
 
 /// A temporary file in `dir` with the permissions of a normally created file (tempfile's
 /// default is owner-only, which would carry over to the renamed output).
-fn new_temp(dir: &Path) -> Result<tempfile::NamedTempFile> {
+///
+/// The temporary file is named after `target` and this process, `.NAME.tmp-PID-XXXXXX`: a
+/// process killed while writing (SIGKILL, power loss) cannot delete its own, so before
+/// creating one, every earlier temporary of the same target whose process is gone is removed
+/// (the next save to the same path cleans up after a killed one). A hidden name keeps it out
+/// of `ls` and globs such as `*.onnx` meanwhile.
+fn new_temp(target: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = parent_dir(target);
+    let prefix = temp_prefix(target)?;
+    remove_stale_temps(&dir, &prefix);
     let mut b = tempfile::Builder::new();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         b.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    b.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+    let prefix = format!("{prefix}{}-", std::process::id());
+    b.prefix(&prefix);
+    b.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))
+}
+
+/// The folder a file is written in ("." for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `.NAME.tmp-`, the start of the temporary files' names for `target`.
+fn temp_prefix(target: &Path) -> Result<String> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::Other(format!("{}: not a file path", target.display())))?;
+    Ok(format!(".{}.tmp-", name.to_string_lossy()))
+}
+
+/// Removes the temporaries `prefix`PID-XXXXXX in `dir` whose process no longer runs. Best
+/// effort: a folder that cannot be listed, or a file that cannot be removed, is left alone.
+fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether a process with this id exists (on other systems than Unix: assumed to, so nothing
+/// is removed).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Checks, before any work, that `path` can be written as an output: its folder exists and
+/// is writable (a temporary file is created and removed there), `path` is not a folder, and
+/// it is none of `inputs` (the same file by canonical path or, on Unix, by device and inode,
+/// so hard links count) unless `overwrite_input`.
+pub fn check_output_path(path: &Path, inputs: &[PathBuf], overwrite_input: bool) -> Result<()> {
+    let out = path.display();
+    let dir = parent_dir(path);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::Other(format!(
+                "{out}: '{}' is not a folder",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Other(format!(
+                "{out}: the folder '{}' does not exist",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(Error::io(&dir, e)),
+    }
+    if path.is_dir() {
+        return Err(Error::Other(format!("{out}: is a folder, not a file path")));
+    }
+    if !overwrite_input && inputs.iter().any(|i| same_file(i, path)) {
+        return Err(Error::Other(format!(
+            "{out}: refusing to overwrite the input (pass --overwrite-input to allow it)"
+        )));
+    }
+    new_temp(path).map_err(|e| match e {
+        Error::Io { err, .. } => Error::Other(format!(
+            "{out}: cannot write in the folder '{}': {err}",
+            dir.display()
+        )),
+        e => e,
+    })?;
+    Ok(())
+}
+
+/// Whether two paths name the same existing file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// `bytes` in a synced temporary file in `path`'s folder, ready to be renamed to `path`.
 fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = new_temp(&dir)?;
+    let mut tmp = new_temp(path)?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     Ok(tmp)
 }
 
 fn check_not_protected(path: &Path, protect: &[PathBuf]) -> Result<()> {
-    let Ok(target) = path.canonicalize() else {
-        return Ok(()); // does not exist yet
-    };
     for p in protect {
-        if p.canonicalize().is_ok_and(|p| p == target) {
+        if same_file(p, path) {
             return Err(Error::Other(format!(
                 "{}: refusing to overwrite the input (pass --overwrite-input to allow it)",
                 path.display()

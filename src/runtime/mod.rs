@@ -3,6 +3,7 @@
 //! [`kernels`].
 
 pub mod alloc;
+pub mod budget;
 pub mod kernels;
 pub mod ops;
 pub mod session;

@@ -25,6 +25,7 @@ use crate::ir::shape::{Dim, ValueType};
 use crate::ir::{Graph, Node};
 use crate::model::Model;
 
+use super::budget;
 use super::kernels::gemm_i8::with_ort_u8s8_saturation;
 use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
@@ -49,6 +50,10 @@ pub struct Options {
     /// instead of exactly as the ONNX spec defines them. Slow; for predicting and matching
     /// onnxruntime on such machines.
     pub ort_u8s8_saturation: bool,
+    /// The memory budget of a run in bytes (see [`budget`](super::budget)): tensors whose
+    /// size comes from input data, and the values alive at once, must fit in it. `None` is
+    /// [`budget::default_budget`](super::budget::default_budget).
+    pub max_memory: Option<u64>,
 }
 
 impl Options {
@@ -105,6 +110,8 @@ pub struct Session {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// [`Options::ort_u8s8_saturation`]; subgraph sessions inherit it from the running one.
     ort_u8s8_saturation: bool,
+    /// [`Options::max_memory`] resolved; a subgraph session runs under the enclosing one's.
+    max_memory: u64,
 }
 
 enum Slot<'a> {
@@ -275,10 +282,16 @@ impl Session {
         for (&s, v) in self.outer.iter().zip(outer) {
             slots[s] = Slot::Ref(v);
         }
+        // A subgraph runs under its enclosing session's budget, with the enclosing values
+        // counted as in use.
+        let (limit, base) = budget::active().unwrap_or((self.max_memory, 0));
+        let _budget = budget::enter(limit, base);
+        let mut live: u64 = inputs.iter().map(budget::value_bytes).sum();
         for ((_, s), v) in self.inputs.iter().zip(inputs) {
             slots[*s] = Slot::Own(v);
         }
         for step in &self.steps {
+            budget::set_used(base.saturating_add(live));
             let start = prof.is_some().then(std::time::Instant::now);
             let results = {
                 let ins: Vec<Option<&Value>> = step
@@ -290,6 +303,21 @@ impl Session {
                     .run(&ins)
                     .map_err(|e| in_node(&step.node, &step.op_type, e))?
             };
+            let produced: u64 = step
+                .outputs
+                .iter()
+                .zip(&results)
+                .filter(|(slot, _)| slot.is_some())
+                .map(|(_, v)| budget::value_bytes(v))
+                .sum();
+            live = live.saturating_add(produced);
+            if base.saturating_add(live) > limit {
+                return Err(in_node(
+                    &step.node,
+                    &step.op_type,
+                    budget::outputs_over_budget(produced, base.saturating_add(live), limit),
+                ));
+            }
             for (slot, v) in step.outputs.iter().zip(results) {
                 if let Some(s) = slot {
                     slots[*s] = Slot::Own(v);
@@ -315,9 +343,13 @@ impl Session {
                 });
             }
             for &s in &step.frees {
+                let freed = std::mem::replace(&mut slots[s], Slot::Empty);
+                if let Slot::Own(v) = &freed {
+                    live = live.saturating_sub(budget::value_bytes(v));
+                }
                 // A dead f32 intermediate's buffer can serve a later output (see
                 // `kernels::gemm_f32::recycle`): fewer fresh pages, so fewer page faults.
-                if let Slot::Own(Value::F32(a)) = std::mem::replace(&mut slots[s], Slot::Empty) {
+                if let Slot::Own(Value::F32(a)) = freed {
                     super::kernels::gemm_f32::recycle(a.into_raw_vec_and_offset().0);
                 }
             }
@@ -511,6 +543,10 @@ impl<'r> Planner<'r> {
             outputs,
             pool: None,
             ort_u8s8_saturation: self.options.ort_u8s8_saturation,
+            max_memory: self
+                .options
+                .max_memory
+                .unwrap_or_else(budget::default_budget),
         })
     }
 
@@ -589,6 +625,12 @@ impl<'r> Planner<'r> {
                     .zip(&input_slots)
                     .all(|(c, s)| s.is_none() || c.is_some());
             if foldable {
+                let _budget = budget::enter(
+                    self.options
+                        .max_memory
+                        .unwrap_or_else(budget::default_budget),
+                    0,
+                );
                 let outs = op
                     .run(&ctx.const_inputs)
                     .map_err(|e| in_node(node.display_name(), op_type, e))?;

@@ -1,6 +1,6 @@
 //! The runtime tensor: an n-d array of one of the element types the runtime executes.
 
-use half::f16;
+use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
@@ -17,6 +17,11 @@ pub enum Value {
     I8(ArrayD<i8>),
     U8(ArrayD<u8>),
     Bool(ArrayD<bool>),
+    I16(ArrayD<i16>),
+    U16(ArrayD<u16>),
+    U32(ArrayD<u32>),
+    U64(ArrayD<u64>),
+    BF16(ArrayD<bf16>),
 }
 
 /// Applies `$body` to the inner array whatever its element type.
@@ -32,6 +37,11 @@ macro_rules! dispatch_value {
             $crate::runtime::Value::I8($a) => $body,
             $crate::runtime::Value::U8($a) => $body,
             $crate::runtime::Value::Bool($a) => $body,
+            $crate::runtime::Value::I16($a) => $body,
+            $crate::runtime::Value::U16($a) => $body,
+            $crate::runtime::Value::U32($a) => $body,
+            $crate::runtime::Value::U64($a) => $body,
+            $crate::runtime::Value::BF16($a) => $body,
         }
     };
 }
@@ -47,6 +57,11 @@ impl Value {
             Value::I8(_) => DataType::Int8,
             Value::U8(_) => DataType::Uint8,
             Value::Bool(_) => DataType::Bool,
+            Value::I16(_) => DataType::Int16,
+            Value::U16(_) => DataType::Uint16,
+            Value::U32(_) => DataType::Uint32,
+            Value::U64(_) => DataType::Uint64,
+            Value::BF16(_) => DataType::Bfloat16,
         }
     }
 
@@ -73,6 +88,11 @@ impl Value {
             DataType::Int8 => Value::I8(t.to_array()?),
             DataType::Uint8 => Value::U8(t.to_array()?),
             DataType::Bool => Value::Bool(t.to_array()?),
+            DataType::Int16 => Value::I16(t.to_array()?),
+            DataType::Uint16 => Value::U16(t.to_array()?),
+            DataType::Uint32 => Value::U32(t.to_array()?),
+            DataType::Uint64 => Value::U64(t.to_array()?),
+            DataType::Bfloat16 => Value::BF16(t.to_array()?),
             dt => {
                 return Err(Error::tensor(
                     t.name(),
@@ -122,3 +142,8 @@ value_from!(i32, I32, as_i32);
 value_from!(i8, I8, as_i8);
 value_from!(u8, U8, as_u8);
 value_from!(bool, Bool, as_bool);
+value_from!(i16, I16, as_i16);
+value_from!(u16, U16, as_u16);
+value_from!(u32, U32, as_u32);
+value_from!(u64, U64, as_u64);
+value_from!(bf16, BF16, as_bf16);

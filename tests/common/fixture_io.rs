@@ -158,6 +158,11 @@ pub fn to_f64(v: &Value) -> ArrayD<f64> {
         Value::I8(a) => a.mapv(f64::from),
         Value::U8(a) => a.mapv(f64::from),
         Value::Bool(a) => a.mapv(|x| x as u8 as f64),
+        Value::I16(a) => a.mapv(f64::from),
+        Value::U16(a) => a.mapv(f64::from),
+        Value::U32(a) => a.mapv(f64::from),
+        Value::U64(a) => a.mapv(|x| x as f64),
+        Value::BF16(a) => a.mapv(f64::from),
     }
 }
 

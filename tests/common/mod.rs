@@ -9,6 +9,7 @@
 pub mod backend_cases;
 pub mod fixture_io;
 pub mod graphs;
+pub mod protos;
 #[cfg(feature = "tract")]
 pub mod tract;
 
@@ -46,6 +47,20 @@ pub fn python() -> PathBuf {
     PathBuf::from("python3")
 }
 
+/// Runs the CLI expecting the failure contract: exit 2, one line on stderr, no panic, each of
+/// `expect` in it. Returns the message.
+pub fn cli_fails(args: &[&str], expect: &[&str]) -> String {
+    let out = cli(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    for e in expect {
+        assert!(err.contains(e), "'{e}' not in: {err}");
+    }
+    err
+}
+
 /// Runs a Python snippet with `args` (as `sys.argv[1:]`) and returns its stdout. Panics with
 /// the script's stderr when it fails, or when Python or its packages are missing.
 pub fn run_python(script: &str, args: &[&Path]) -> String {
@@ -72,9 +87,12 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the CLI binary.
+/// Runs the CLI binary: cargo's, or `ONNX_DYNQ_BIN` when set (a copy taken right after the
+/// build, for machines where several checkouts share one target folder and its binary).
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_onnx-dynq"))
+    let bin =
+        std::env::var_os("ONNX_DYNQ_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_onnx-dynq").into());
+    Command::new(bin)
         .args(args)
         .output()
         .expect("run onnx-dynq")

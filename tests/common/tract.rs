@@ -17,6 +17,11 @@ pub fn to_tract(v: &Value) -> Tensor {
         Value::I8(a) => a.clone().into(),
         Value::U8(a) => a.clone().into(),
         Value::Bool(a) => a.clone().into(),
+        Value::I16(a) => a.clone().into(),
+        Value::U16(a) => a.clone().into(),
+        Value::U32(a) => a.clone().into(),
+        Value::U64(a) => a.clone().into(),
+        Value::BF16(_) => panic!("tract has no bfloat16 tensors"),
     }
 }
 
@@ -30,6 +35,10 @@ pub fn from_tract(t: &Tensor) -> TractResult<Value> {
         DatumType::I8 => Value::I8(t.to_plain_array_view::<i8>()?.to_owned()),
         DatumType::U8 => Value::U8(t.to_plain_array_view::<u8>()?.to_owned()),
         DatumType::Bool => Value::Bool(t.to_plain_array_view::<bool>()?.to_owned()),
+        DatumType::I16 => Value::I16(t.to_plain_array_view::<i16>()?.to_owned()),
+        DatumType::U16 => Value::U16(t.to_plain_array_view::<u16>()?.to_owned()),
+        DatumType::U32 => Value::U32(t.to_plain_array_view::<u32>()?.to_owned()),
+        DatumType::U64 => Value::U64(t.to_plain_array_view::<u64>()?.to_owned()),
         dt => anyhow::bail!("tract output of type {dt:?}"),
     })
 }

@@ -33,6 +33,8 @@ pub mod recurrent_weight_only;
 pub mod report;
 pub mod rewrite;
 mod share;
+pub mod smooth;
+pub mod target;
 pub mod transposed;
 pub mod weights;
 
@@ -143,6 +145,7 @@ pub fn quantize(
                 weight_bytes_before: 0,
                 weight_bytes_after: 0,
                 unit: None,
+                sensitivity: None,
             }
         })
         .collect();

@@ -84,7 +84,7 @@ pub enum LstmMode {
 #[derive(Clone, Debug)]
 pub struct PolicyOptions {
     pub ops: BTreeSet<OpKind>,
-    /// Original node names to leave float.
+    /// Original node names to leave float (the first output's name for a node without one).
     pub exclude: HashSet<String>,
     /// When set, only these node names are quantized.
     pub include: Option<HashSet<String>>,
@@ -265,11 +265,12 @@ impl Ctx<'_> {
         if !o.ops.contains(&kind) {
             return Err(format!("{:?} is not in the quantized op set (--ops)", kind));
         }
-        if o.exclude.contains(n.name()) {
+        // A node without a name is known by its first output (as in the report).
+        if o.exclude.contains(n.display_name()) {
             return Err("excluded by --exclude".into());
         }
         if let Some(inc) = &o.include
-            && !inc.contains(n.name())
+            && !inc.contains(n.display_name())
         {
             return Err("not in --include".into());
         }

@@ -26,6 +26,10 @@ pub struct NodeReport {
     /// follow the quantized product directly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// With an accuracy target: how much quantizing this node alone costs (see
+    /// [`super::target`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<super::target::Sensitivity>,
 }
 
 /// Sums over the nodes and the files.
@@ -130,6 +134,7 @@ mod tests {
             weight_bytes_before: b,
             weight_bytes_after: a,
             unit: None,
+            sensitivity: None,
         };
         let mut r = QuantizeReport {
             nodes: vec![node(true, 400, 104), node(false, 40, 40)],

@@ -99,6 +99,8 @@ fn relu(v: &Value) -> Result<Value> {
         Value::I64(a) => Value::I64(r(a)),
         Value::I32(a) => Value::I32(r(a)),
         Value::I8(a) => Value::I8(r(a)),
+        Value::I16(a) => Value::I16(r(a)),
+        Value::BF16(a) => Value::BF16(r(a)),
         _ => return Err(err(format!("Relu of {}", dname(v)))),
     })
 }
@@ -149,6 +151,9 @@ fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
         Value::F32(a) => Value::F32(softmax_t(a, axis, log)),
         Value::F64(a) => Value::F64(softmax_t(a, axis, log)),
         Value::F16(a) => Value::F16(softmax_t(&a.mapv(f16::to_f32), axis, log).mapv(f16::from_f32)),
+        Value::BF16(a) => Value::BF16(
+            softmax_t(&a.mapv(half::bf16::to_f32), axis, log).mapv(half::bf16::from_f32),
+        ),
         _ => return Err(err(format!("expects a float input, got {}", dname(v)))),
     })
 }
@@ -158,23 +163,37 @@ fn softmax(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     let legacy = ctx.opset < 13;
     let axis = node.attr_or::<i64>("axis", if legacy { 1 } else { -1 })?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
-        let x = req(ins, 0)?;
-        let shape = x.shape().to_vec();
-        if legacy {
-            let r = shape.len() as i64;
-            let a = if axis < 0 { axis + r } else { axis };
-            if !(0..=r).contains(&a) {
-                return Err(err(format!("axis {axis} is out of range for rank {r}")));
-            }
-            let outer: usize = shape[..a as usize].iter().product();
-            let inner: usize = shape[a as usize..].iter().product();
-            let flat = reshape_value(x, &[outer, inner])?;
-            let y = softmax_value(&flat, 1, log)?;
-            return Ok(vec![reshape_value(&y, &shape)?]);
-        }
-        let ax = norm_axis(axis, shape.len())?;
-        Ok(vec![softmax_value(x, ax, log)?])
+        let y = per_axis_or_coerced(req(ins, 0)?, axis, legacy, |v, ax| {
+            softmax_value(v, ax, log)
+        })?;
+        Ok(vec![y])
     })))
+}
+
+/// Applies `f(value, axis)` with the Softmax family's axis rule (shared with `Hardmax`):
+/// `legacy` (before opset 13) runs it on the 2-D view `[prod(shape[..axis]),
+/// prod(shape[axis..])]` along axis 1 and reshapes back; otherwise along `axis` itself.
+pub(super) fn per_axis_or_coerced(
+    x: &Value,
+    axis: i64,
+    legacy: bool,
+    f: impl Fn(&Value, usize) -> Result<Value>,
+) -> Result<Value> {
+    let shape = x.shape().to_vec();
+    if legacy {
+        let r = shape.len() as i64;
+        let a = if axis < 0 { axis + r } else { axis };
+        if !(0..=r).contains(&a) {
+            return Err(err(format!("axis {axis} is out of range for rank {r}")));
+        }
+        let outer: usize = shape[..a as usize].iter().product();
+        let inner: usize = shape[a as usize..].iter().product();
+        let flat = reshape_value(x, &[outer, inner])?;
+        let y = f(&flat, 1)?;
+        return reshape_value(&y, &shape);
+    }
+    let ax = norm_axis(axis, shape.len())?;
+    f(x, ax)
 }
 
 fn clip_t<T: Elem>(a: &ArrayD<T>, lo: Option<T>, hi: Option<T>) -> ArrayD<T> {
@@ -233,6 +252,11 @@ fn clip(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             Value::I32(a) => Value::I32(c!(a, as_i32)),
             Value::I8(a) => Value::I8(c!(a, as_i8)),
             Value::U8(a) => Value::U8(c!(a, as_u8)),
+            Value::I16(a) => Value::I16(c!(a, as_i16)),
+            Value::U16(a) => Value::U16(c!(a, as_u16)),
+            Value::U32(a) => Value::U32(c!(a, as_u32)),
+            Value::U64(a) => Value::U64(c!(a, as_u64)),
+            Value::BF16(a) => Value::BF16(c!(a, as_bf16)),
             Value::Bool(_) => return Err(err("Clip of bool")),
         }])
     })))

@@ -145,7 +145,7 @@ fn build(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let x = req(ins, 0)?;
         Ok(vec![match x {
-            Value::F32(_) | Value::F64(_) | Value::F16(_) => unary_float(x, &act)?,
+            Value::F32(_) | Value::F64(_) | Value::F16(_) | Value::BF16(_) => unary_float(x, &act)?,
             _ if integers => {
                 let Value::F64(a) = cast(x, crate::onnx::tensor_proto::DataType::Double)? else {
                     return Err(err("internal: cast to double"));

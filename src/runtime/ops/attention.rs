@@ -64,7 +64,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// The node's attributes, checked.
 #[derive(Clone, Copy, Debug)]
-struct Attrs {
+pub(super) struct Attrs {
     is_causal: bool,
     q_heads: Option<usize>,
     kv_heads: Option<usize>,
@@ -76,6 +76,22 @@ struct Attrs {
 }
 
 impl Attrs {
+    /// Plain scaled dot-product attention of 3-D Q, K and V with `heads` query and key/value
+    /// heads and this scale: no causal mask, window or softcap. The com.microsoft attention
+    /// ops (attention_ms.rs) reduce to it once their masks are an additive bias.
+    pub(super) fn plain(heads: usize, scale: f32) -> Attrs {
+        Attrs {
+            is_causal: false,
+            q_heads: Some(heads),
+            kv_heads: Some(heads),
+            scale: Some(scale),
+            softcap: 0.0,
+            qk_mode: 0,
+            left_window: -1,
+            right_window: -1,
+        }
+    }
+
     fn parse(node: &Node) -> Result<Attrs> {
         let heads = |name: &str| -> Result<Option<usize>> {
             match node.attr::<i64>(name)? {
@@ -121,6 +137,7 @@ fn as_f32<'a>(v: &'a Value, what: &str) -> Result<Cow<'a, ArrayD<f32>>> {
     match v {
         Value::F32(a) => Ok(Cow::Borrowed(a)),
         Value::F16(a) => Ok(Cow::Owned(a.mapv(f16::to_f32))),
+        Value::BF16(a) => Ok(Cow::Owned(a.mapv(half::bf16::to_f32))),
         Value::F64(a) => Ok(Cow::Owned(a.mapv(|x| x as f32))),
         _ => Err(err(format!(
             "{what} must be a float tensor, got {}",
@@ -335,7 +352,7 @@ fn to_dtype(a: ArrayD<f32>, dt: DataType) -> Result<Value> {
 
 /// Runs the op on its inputs; returns `[Y, present_key, present_value, qk_matmul_output]`
 /// (the last only when `want_qk`).
-fn attention(attrs: Attrs, ins: &[Option<&Value>], want_qk: bool) -> Result<Vec<Value>> {
+pub(super) fn attention(attrs: Attrs, ins: &[Option<&Value>], want_qk: bool) -> Result<Vec<Value>> {
     let (qv, kv, vv) = (req(ins, 0)?, req(ins, 1)?, req(ins, 2)?);
     let (q32, k32, v32) = (as_f32(qv, "Q")?, as_f32(kv, "K")?, as_f32(vv, "V")?);
     let rank = q32.ndim();

@@ -24,8 +24,8 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Node};
 use crate::map_same;
-use crate::runtime::Value;
 use crate::runtime::session::Session;
+use crate::runtime::{Value, budget};
 
 use super::data::{concat_values, reshape_value};
 use super::util::{err, ints, norm_axis, opt, req, standard};
@@ -179,8 +179,13 @@ impl Op for LoopOp {
             .collect::<Result<_>>()?;
         let n_scan = self.body.num_outputs().saturating_sub(1 + self.n_carried);
         let mut scans: Vec<Vec<Value>> = vec![Vec::new(); n_scan];
+        // The scan outputs gathered so far count as in use for the next iterations (a trip
+        // count from data can pile up any amount of them).
+        let (limit, used) = budget::active().unwrap_or((budget::default_budget(), 0));
+        let mut held: u64 = 0;
         let mut i: i64 = 0;
         while cond && max.is_none_or(|m| i < m) {
+            let _budget = budget::enter(limit, used.saturating_add(held));
             let mut inputs = vec![
                 Value::I64(ndarray::arr0(i).into_dyn()),
                 Value::Bool(ndarray::arr0(cond).into_dyn()),
@@ -194,7 +199,15 @@ impl Op for LoopOp {
             )?;
             carried = outs.by_ref().take(self.n_carried).collect();
             for (k, v) in outs.enumerate() {
+                held = held.saturating_add(budget::value_bytes(&v));
                 scans[k].push(v);
+            }
+            if used.saturating_add(held) > limit {
+                return Err(budget::outputs_over_budget(
+                    held,
+                    used.saturating_add(held),
+                    limit,
+                ));
             }
             i += 1;
         }
@@ -340,6 +353,7 @@ impl Stacked {
             None => {
                 let mut shape = v.shape().to_vec();
                 shape.insert(axis, len);
+                budget::check_like(&v, &shape)?;
                 self.buf.insert(
                     map_same!(&v, _a => ArrayD::from_elem(IxDyn(&shape), Default::default())),
                 )

@@ -1,5 +1,7 @@
 //! Convolution and pooling ops of the default domain: Conv (opset 1/11/22), MaxPool
-//! (1/8/10/11/12/22), AveragePool (1/7/10/11/19/22), GlobalAveragePool (1/22).
+//! (1/8/10/11/12/22), AveragePool (1/7/10/11/19/22), LpPool (1/2/11/18/22), and the global
+//! forms GlobalAveragePool, GlobalMaxPool, GlobalLpPool (1/2/22: one window over all the
+//! spatial axes).
 //!
 //! Shared window geometry (ONNX spec), per spatial axis with kernel `k`, stride `s`, dilation
 //! `d`, effective kernel `e = (k - 1)·d + 1`:
@@ -20,7 +22,9 @@
 //! `Indices` (row-major over the input, or column-major over the spatial axes with
 //! `storage_order = 1`); without it, a faster separable values-only path runs. AveragePool
 //! divides by the number of in-image positions, or with `count_include_pad = 1` by the
-//! positions inside the padded image (the `ceil_mode` overhang never counts). Types: f32; f16
+//! positions inside the padded image (the `ceil_mode` overhang never counts). LpPool gives
+//! `(Σ |x|^p)^(1/p)` over the in-image taps (padding adds zeros), `p` an integer attribute
+//! (default 2; a float before opset 2). Types: f32; f16
 //! and f64 computed in f32 (MaxPool also runs natively on f16, f64, int8 and uint8).
 
 use half::f16;
@@ -33,11 +37,19 @@ use crate::runtime::value::Value;
 
 use super::{BuildCtx, Op, Registry};
 
+pub mod causal;
+pub mod deform;
+pub mod qlinear;
+pub mod transpose;
+
 pub fn register(r: &mut Registry) {
     r.register("", "Conv", build_conv);
     r.register("", "MaxPool", build_max_pool);
     r.register("", "AveragePool", build_average_pool);
     r.register("", "GlobalAveragePool", build_global_average_pool);
+    r.register("", "GlobalMaxPool", build_global_max_pool);
+    r.register("", "LpPool", build_lp_pool);
+    r.register("", "GlobalLpPool", build_lp_pool);
 }
 
 /// Node identity for error messages from `run`.
@@ -566,7 +578,7 @@ struct PoolOp {
     kind: PoolKind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum PoolKind {
     /// `indices`: the node names the optional `Indices` output.
     Max {
@@ -577,6 +589,9 @@ enum PoolKind {
         count_include_pad: bool,
     },
     GlobalAverage,
+    Lp {
+        p: f32,
+    },
 }
 
 fn build_max_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
@@ -608,18 +623,62 @@ fn build_average_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     }))
 }
 
+/// The window of a global pool: no `kernel_shape`, which [`PoolOp::geometry`] reads as the
+/// whole spatial extent (the windowed builders require the attribute).
+fn global_window() -> WindowAttrs {
+    WindowAttrs {
+        auto_pad: AutoPad::Valid,
+        kernel_shape: None,
+        pads: None,
+        strides: None,
+        dilations: None,
+        ceil_mode: false,
+    }
+}
+
 fn build_global_average_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     Ok(Box::new(PoolOp {
         id: Ident::of(node),
-        window: WindowAttrs {
-            auto_pad: AutoPad::Valid,
-            kernel_shape: None,
-            pads: None,
-            strides: None,
-            dilations: None,
-            ceil_mode: false,
-        },
+        window: global_window(),
         kind: PoolKind::GlobalAverage,
+    }))
+}
+
+fn build_global_max_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
+    Ok(Box::new(PoolOp {
+        id: Ident::of(node),
+        window: global_window(),
+        kind: PoolKind::Max {
+            column_major: false,
+            indices: false,
+        },
+    }))
+}
+
+/// `LpPool` and `GlobalLpPool`.
+fn build_lp_pool(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
+    let window = if node.op_type() == "GlobalLpPool" {
+        global_window()
+    } else {
+        let w = WindowAttrs::parse(node)?;
+        if w.kernel_shape.is_none() {
+            return Err(node.error("missing required attribute 'kernel_shape'"));
+        }
+        w
+    };
+    // `p` is an int from opset 2, a float in opset 1.
+    let p = match node.attr::<i64>("p") {
+        Ok(p) => p.map(|p| p as f32),
+        Err(_) => node.attr::<f32>("p")?,
+    }
+    .unwrap_or(2.0);
+    if !(p > 0.0 && p.is_finite()) {
+        return Err(node.error(format!("p must be positive, got {p}")));
+    }
+    Ok(Box::new(PoolOp {
+        id: Ident::of(node),
+        window,
+        kind: PoolKind::Lp { p },
     }))
 }
 
@@ -631,10 +690,10 @@ impl PoolOp {
             )));
         }
         let spatial = &shape[2..];
-        let kernel = match (&self.kind, &self.window.kernel_shape) {
-            (PoolKind::GlobalAverage, _) => spatial.to_vec(),
-            (_, Some(k)) => k.clone(),
-            (_, None) => return Err(self.id.error("missing kernel_shape")),
+        let kernel = match &self.window.kernel_shape {
+            Some(k) => k.clone(),
+            // A global pool (see `global_window`).
+            None => spatial.to_vec(),
         };
         self.window.geometry(spatial, &kernel, &self.id)
     }
@@ -691,6 +750,11 @@ impl Op for PoolOp {
             PoolKind::Average { count_include_pad } => {
                 let x = float_input(xv, "X", &self.id)?;
                 let y = avg_pool(x.as_slice().unwrap_or(&[]), &geo, planes, count_include_pad);
+                Ok(vec![like(reshaped(y, &oshape, &self.id)?, xv)])
+            }
+            PoolKind::Lp { p } => {
+                let x = float_input(xv, "X", &self.id)?;
+                let y = lp_pool(x.as_slice().unwrap_or(&[]), &geo, planes, p);
                 Ok(vec![like(reshaped(y, &oshape, &self.id)?, xv)])
             }
             PoolKind::GlobalAverage => {
@@ -932,6 +996,28 @@ fn avg_pool(x: &[f32], geo: &Geometry, planes: usize, count_include_pad: bool) -
         for_windows(geo, |o, off| out[o] += plane[off]);
         for (v, d) in out.iter_mut().zip(&divisors) {
             *v /= d;
+        }
+    }
+    let n = y.len();
+    ArrayD::from_shape_vec(IxDyn(&[n]), y).expect("1-D")
+}
+
+fn lp_pool(x: &[f32], geo: &Geometry, planes: usize, p: f32) -> ArrayD<f32> {
+    let (isz, osz) = (geo.in_size(), geo.out_size());
+    // Integer p (the common 1, 2, 3) by repeated multiplication, more exact than powf.
+    let int_p = (p.fract() == 0.0 && p <= 8.0).then_some(p as i32);
+    let mut y = vec![0f32; planes * osz];
+    for (pl, out) in y.chunks_mut(osz.max(1)).enumerate() {
+        let plane = &x[pl * isz..][..isz];
+        for_windows(geo, |o, off| {
+            let a = plane[off].abs();
+            out[o] += match int_p {
+                Some(n) => a.powi(n),
+                None => a.powf(p),
+            };
+        });
+        for v in out.iter_mut() {
+            *v = if p == 2.0 { v.sqrt() } else { v.powf(1.0 / p) };
         }
     }
     let n = y.len();

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::ir::Node;
 use crate::map_same;
 use crate::runtime::Value;
+use crate::runtime::budget;
 
 use super::util::{
     Elem, broadcast_shape, bview, cast, dname, dtype_of, err, from_vec, ints, norm_axis, opt, req,
@@ -68,6 +69,7 @@ fn constant_of_shape(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     }
     Ok(op(move |ins| {
         let shape = to_shape(&ints(req(ins, 0)?, "shape")?)?;
+        budget::check_like(&fill, &shape)?;
         Ok(vec![
             map_same!(&fill, a => ArrayD::from_elem(IxDyn(&shape), a.iter().next().copied().unwrap_or_default())),
         ])
@@ -164,18 +166,18 @@ pub fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Ve
     }
     let total: usize = input.iter().product();
     if let Some(i) = infer {
-        let known: usize = out
+        let known = out
             .iter()
             .enumerate()
             .filter(|&(j, _)| j != i)
-            .map(|(_, &d)| d)
-            .product();
+            .try_fold(1usize, |n, (_, &d)| n.checked_mul(d))
+            .ok_or_else(|| err(format!("shape {spec:?} overflows")))?;
         if known == 0 || !total.is_multiple_of(known) {
             return Err(err(format!("cannot reshape {input:?} to {spec:?}")));
         }
         out[i] = total / known;
     }
-    if out.iter().product::<usize>() != total {
+    if budget::check_alloc(&out, 0)? != total {
         return Err(err(format!(
             "cannot reshape {input:?} ({total} elements) to {spec:?}"
         )));
@@ -398,6 +400,12 @@ pub fn concat_values(vals: &[&Value], axis: i64) -> Result<Value> {
         .first()
         .ok_or_else(|| err("Concat needs at least one input"))?;
     let ax = norm_axis(axis, first.shape().len())?;
+    // One input may be listed many times, so the output can dwarf the inputs.
+    let total = vals
+        .iter()
+        .try_fold(0usize, |n, v| n.checked_add(v.len()))
+        .ok_or_else(|| err("Concat output has more elements than memory can address"))?;
+    budget::check_like(first, &[total])?;
     macro_rules! cat {
         ($var:ident) => {{
             let arrs = vals
@@ -419,6 +427,11 @@ pub fn concat_values(vals: &[&Value], axis: i64) -> Result<Value> {
         Value::I8(_) => cat!(I8),
         Value::U8(_) => cat!(U8),
         Value::Bool(_) => cat!(Bool),
+        Value::I16(_) => cat!(I16),
+        Value::U16(_) => cat!(U16),
+        Value::U32(_) => cat!(U32),
+        Value::U64(_) => cat!(U64),
+        Value::BF16(_) => cat!(BF16),
     })
 }
 
@@ -579,16 +592,16 @@ fn gather_t<T: Copy + Default>(
         }
         fixed.push(j as usize);
     }
-    let mut out = Vec::with_capacity(outer * fixed.len() * inner);
+    let mut oshape = shape[..axis].to_vec();
+    oshape.extend_from_slice(idx_shape);
+    oshape.extend_from_slice(&shape[axis + 1..]);
+    let mut out = Vec::with_capacity(budget::check_shape::<T>(&oshape)?);
     for o in 0..outer {
         for &j in &fixed {
             let base = (o * dim + j) * inner;
             out.extend_from_slice(&src[base..base + inner]);
         }
     }
-    let mut oshape = shape[..axis].to_vec();
-    oshape.extend_from_slice(idx_shape);
-    oshape.extend_from_slice(&shape[axis + 1..]);
     from_vec(&oshape, out)
 }
 
@@ -657,6 +670,7 @@ fn expand(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         let x = req(ins, 0)?;
         let target = to_shape(&ints(req(ins, 1)?, "shape")?)?;
         let shape = broadcast_shape(x.shape(), &target)?;
+        budget::check_like(x, &shape)?;
         Ok(vec![map_same!(x, a => standard(bview(a, &shape)?))])
     }))
 }
@@ -671,6 +685,14 @@ fn tile(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
                 x.shape()
             )));
         }
+        let tiled = x
+            .shape()
+            .iter()
+            .zip(&reps)
+            .map(|(&d, &r)| d.checked_mul(r))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| err(format!("tiling {:?} by {reps:?} overflows", x.shape())))?;
+        budget::check_like(x, &tiled)?;
         let mut v = x.clone();
         for (ax, &r) in reps.iter().enumerate() {
             if r != 1 {
@@ -688,6 +710,7 @@ fn tile(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 
 fn where_t<T: Copy>(c: &ArrayD<bool>, x: &ArrayD<T>, y: &ArrayD<T>) -> Result<ArrayD<T>> {
     let shape = broadcast_shape(&broadcast_shape(c.shape(), x.shape())?, y.shape())?;
+    budget::check_shape::<T>(&shape)?;
     let (cv, xv, yv) = (bview(c, &shape)?, bview(x, &shape)?, bview(y, &shape)?);
     Ok(Zip::from(&cv)
         .and(&xv)
@@ -709,7 +732,9 @@ fn where_op(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
                 }
             };
         }
-        Ok(vec![w!(F32, F16, F64, I64, I32, I8, U8, Bool)])
+        Ok(vec![w!(
+            F32, F16, F64, I64, I32, I8, U8, Bool, I16, U16, U32, U64, BF16
+        )])
     }))
 }
 
@@ -719,10 +744,13 @@ fn range_t<T: Elem>(s: T, l: T, d: T) -> Result<ArrayD<T>> {
         return Err(err("Range delta cannot be 0"));
     }
     let n = ((lf - sf) / df).ceil().max(0.0);
-    if !n.is_finite() || n > 1e9 {
-        return Err(err(format!("Range of {n} elements")));
+    if !n.is_finite() || n >= usize::MAX as f64 {
+        return Err(err(format!(
+            "Range from {sf} to {lf} by {df} has more elements than memory can address"
+        )));
     }
     let n = n as usize;
+    budget::check_shape::<T>(&[n])?;
     let v: Vec<T> = if super::util::is_float(T::DT) {
         (0..n).map(|i| T::from_f64(sf + i as f64 * df)).collect()
     } else {
@@ -754,9 +782,15 @@ fn range(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             (Value::F16(a), Value::F16(b), Value::F16(c)) => {
                 Value::F16(range_t(first(a), first(b), first(c))?)
             }
+            (Value::BF16(a), Value::BF16(b), Value::BF16(c)) => {
+                Value::BF16(range_t(first(a), first(b), first(c))?)
+            }
+            (Value::I16(a), Value::I16(b), Value::I16(c)) => {
+                Value::I16(range_t(first(a), first(b), first(c))?)
+            }
             _ => {
                 return Err(err(format!(
-                    "Range of {} (start, limit and delta must share f32, f64, f16, i64 or i32)",
+                    "Range of {} (start, limit and delta must share f32, f64, f16, bf16, i64, i32 or i16)",
                     dname(s)
                 )));
             }
@@ -803,16 +837,22 @@ fn pad_t<T: Copy>(a: &ArrayD<T>, pads: &[i64], value: T, mode: PadMode) -> Resul
     for ax in 0..r {
         let d = a.shape()[ax] as i64;
         let (b, e) = (pads[ax], pads[ax + r]);
-        let o = d + b + e;
+        let o = d
+            .checked_add(b)
+            .and_then(|o| o.checked_add(e))
+            .ok_or_else(|| err(format!("pads {pads:?} overflow axis {ax}")))?;
         if o < 0 {
             return Err(err(format!("pads {pads:?} crop axis {ax} below zero")));
         }
+        // The output and the per-axis source maps are allocated from the pads: check both.
+        budget::check_shape::<Option<usize>>(&[o as usize])?;
         if d == 0 && o > 0 && mode != PadMode::Constant {
             return Err(err(format!("cannot pad an empty axis in {mode:?} mode")));
         }
         maps.push((0..o).map(|i| pad_src(i, b, d, mode)).collect());
         oshape.push(o as usize);
     }
+    budget::check_shape::<T>(&oshape)?;
     let mut src = vec![0usize; r];
     Ok(ArrayD::from_shape_fn(IxDyn(&oshape), |idx| {
         for ax in 0..r {

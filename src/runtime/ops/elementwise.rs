@@ -14,7 +14,7 @@
 //!   (numbers): bool output; inputs of one type.
 //! - `Not`, `And`, `Or`, `Xor`: bool.
 
-use half::f16;
+use half::{bf16, f16};
 use ndarray::ArrayD;
 use num_traits::Float;
 
@@ -81,29 +81,36 @@ macro_rules! float_arith {
 float_arith!(f32);
 float_arith!(f64);
 
-impl Arith for f16 {
-    fn add(a: Self, b: Self) -> Self {
-        f16::from_f32(a.to_f32() + b.to_f32())
-    }
-    fn sub(a: Self, b: Self) -> Self {
-        f16::from_f32(a.to_f32() - b.to_f32())
-    }
-    fn mul(a: Self, b: Self) -> Self {
-        f16::from_f32(a.to_f32() * b.to_f32())
-    }
-    fn div(a: Self, b: Self) -> Self {
-        f16::from_f32(a.to_f32() / b.to_f32())
-    }
-    fn pow(a: Self, b: Self) -> Self {
-        f16::from_f32(a.to_f32().powf(b.to_f32()))
-    }
-    fn max(a: Self, b: Self) -> Self {
-        f16::from_f32(<f32 as Arith>::max(a.to_f32(), b.to_f32()))
-    }
-    fn min(a: Self, b: Self) -> Self {
-        f16::from_f32(<f32 as Arith>::min(a.to_f32(), b.to_f32()))
-    }
+/// The 16-bit floats compute in f32 and round back once per operation.
+macro_rules! half_arith {
+    ($t:ty) => {
+        impl Arith for $t {
+            fn add(a: Self, b: Self) -> Self {
+                <$t>::from_f32(a.to_f32() + b.to_f32())
+            }
+            fn sub(a: Self, b: Self) -> Self {
+                <$t>::from_f32(a.to_f32() - b.to_f32())
+            }
+            fn mul(a: Self, b: Self) -> Self {
+                <$t>::from_f32(a.to_f32() * b.to_f32())
+            }
+            fn div(a: Self, b: Self) -> Self {
+                <$t>::from_f32(a.to_f32() / b.to_f32())
+            }
+            fn pow(a: Self, b: Self) -> Self {
+                <$t>::from_f32(a.to_f32().powf(b.to_f32()))
+            }
+            fn max(a: Self, b: Self) -> Self {
+                <$t>::from_f32(<f32 as Arith>::max(a.to_f32(), b.to_f32()))
+            }
+            fn min(a: Self, b: Self) -> Self {
+                <$t>::from_f32(<f32 as Arith>::min(a.to_f32(), b.to_f32()))
+            }
+        }
+    };
 }
+half_arith!(f16);
+half_arith!(bf16);
 
 macro_rules! int_arith {
     ($t:ty) => {
@@ -142,6 +149,10 @@ int_arith!(i64);
 int_arith!(i32);
 int_arith!(i8);
 int_arith!(u8);
+int_arith!(i16);
+int_arith!(u16);
+int_arith!(u32);
+int_arith!(u64);
 
 /// A binary arithmetic operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +188,11 @@ pub fn binary(op: Bin, a: &Value, b: &Value) -> Result<Value> {
         (Value::I32(x), Value::I32(y)) => Value::I32(bin_t(op, x, y)?),
         (Value::I8(x), Value::I8(y)) => Value::I8(bin_t(op, x, y)?),
         (Value::U8(x), Value::U8(y)) => Value::U8(bin_t(op, x, y)?),
+        (Value::I16(x), Value::I16(y)) => Value::I16(bin_t(op, x, y)?),
+        (Value::U16(x), Value::U16(y)) => Value::U16(bin_t(op, x, y)?),
+        (Value::U32(x), Value::U32(y)) => Value::U32(bin_t(op, x, y)?),
+        (Value::U64(x), Value::U64(y)) => Value::U64(bin_t(op, x, y)?),
+        (Value::BF16(x), Value::BF16(y)) => Value::BF16(bin_t(op, x, y)?),
         _ => {
             return Err(err(format!(
                 "{op:?} of {} and {} (inputs must have one numeric type)",
@@ -202,6 +218,11 @@ fn pow_mixed(a: &Value, b: &Value) -> Result<Value> {
                 Value::I32(y) => go($x, y),
                 Value::I8(y) => go($x, y),
                 Value::U8(y) => go($x, y),
+                Value::I16(y) => go($x, y),
+                Value::U16(y) => go($x, y),
+                Value::U32(y) => go($x, y),
+                Value::U64(y) => go($x, y),
+                Value::BF16(y) => go($x, y),
                 Value::Bool(_) => Err(err("Pow exponent cannot be bool")),
             }
         };
@@ -214,6 +235,11 @@ fn pow_mixed(a: &Value, b: &Value) -> Result<Value> {
         Value::I32(x) => Value::I32(with_b!(x)?),
         Value::I8(x) => Value::I8(with_b!(x)?),
         Value::U8(x) => Value::U8(with_b!(x)?),
+        Value::I16(x) => Value::I16(with_b!(x)?),
+        Value::U16(x) => Value::U16(with_b!(x)?),
+        Value::U32(x) => Value::U32(with_b!(x)?),
+        Value::U64(x) => Value::U64(with_b!(x)?),
+        Value::BF16(x) => Value::BF16(with_b!(x)?),
         Value::Bool(_) => return Err(err("Pow base cannot be bool")),
     })
 }
@@ -229,6 +255,7 @@ pub fn unary_float(v: &Value, op: &impl UFn) -> Result<Value> {
         Value::F32(a) => Value::F32(a.mapv(|x| op.f(x))),
         Value::F64(a) => Value::F64(a.mapv(|x| op.f(x))),
         Value::F16(a) => Value::F16(a.mapv(|x| f16::from_f32(op.f(x.to_f32())))),
+        Value::BF16(a) => Value::BF16(a.mapv(|x| bf16::from_f32(op.f(x.to_f32())))),
         _ => return Err(err(format!("expects a float input, got {}", dname(v)))),
     })
 }
@@ -268,8 +295,12 @@ fn signed_unary(v: &Value, name: &str, fi: fn(i64) -> i64, ff: &impl UFn) -> Res
         Value::I64(a) => Value::I64(a.mapv(fi)),
         Value::I32(a) => Value::I32(a.mapv(|x| fi(x as i64) as i32)),
         Value::I8(a) => Value::I8(a.mapv(|x| fi(x as i64) as i8)),
-        Value::U8(a) if name == "Abs" => Value::U8(a.clone()),
-        Value::Bool(_) | Value::U8(_) => {
+        Value::I16(a) => Value::I16(a.mapv(|x| fi(x as i64) as i16)),
+        // Unsigned: Abs is the identity and Sign is 0 or 1; Neg is not defined.
+        Value::U8(_) | Value::U16(_) | Value::U32(_) | Value::U64(_) if name != "Neg" => {
+            crate::map_same!(v, a => a.mapv(|x| if name == "Abs" { x } else { Elem::from_i64((x != Default::default()) as i64) }))
+        }
+        Value::Bool(_) | Value::U8(_) | Value::U16(_) | Value::U32(_) | Value::U64(_) => {
             return Err(err(format!("{name} of {} is not defined", dname(v))));
         }
         _ => unary_float(v, ff)?,
@@ -309,6 +340,11 @@ pub fn compare(op: Cmp, a: &Value, b: &Value) -> Result<Value> {
         (Value::I32(x), Value::I32(y)) => cmp_t(op, x, y),
         (Value::I8(x), Value::I8(y)) => cmp_t(op, x, y),
         (Value::U8(x), Value::U8(y)) => cmp_t(op, x, y),
+        (Value::I16(x), Value::I16(y)) => cmp_t(op, x, y),
+        (Value::U16(x), Value::U16(y)) => cmp_t(op, x, y),
+        (Value::U32(x), Value::U32(y)) => cmp_t(op, x, y),
+        (Value::U64(x), Value::U64(y)) => cmp_t(op, x, y),
+        (Value::BF16(x), Value::BF16(y)) => cmp_t(op, x, y),
         (Value::Bool(x), Value::Bool(y)) if matches!(op, Cmp::Eq) => cmp_t(op, x, y),
         _ => {
             return Err(err(format!(

@@ -301,7 +301,7 @@ fn one_hot_t<T: Copy>(
     };
     let mut shape = idx_shape.to_vec();
     shape.insert(axis, depth);
-    let mut out = vec![off; elem_count(&shape)?];
+    let mut out = vec![off; crate::runtime::budget::check_shape::<T>(&shape)?];
     let inner: usize = idx_shape[axis..].iter().product();
     for (p, &i) in idx.iter().enumerate() {
         // Out-of-range indices leave their row all `off`, as the spec says.

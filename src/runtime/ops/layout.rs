@@ -23,7 +23,7 @@ use crate::map_same;
 use crate::runtime::Value;
 
 use super::data::{reshape_value, transpose_value};
-use super::util::{cast, dtype_of, elem_count, err, ints, norm_axis, opt, req, to_shape};
+use super::util::{cast, dtype_of, err, ints, norm_axis, opt, req, to_shape};
 use super::{BuildCtx, FnOp, Op, Registry};
 
 /// Block-rearrangement mode of DepthToSpace / SpaceToDepth.
@@ -99,7 +99,7 @@ fn space_to_depth(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 
 fn center_crop_pad_t<T: Copy + Default>(x: &ArrayD<T>, target: &[usize]) -> Result<ArrayD<T>> {
     let r = x.ndim();
-    elem_count(target)?;
+    crate::runtime::budget::check_shape::<T>(target)?;
     // Per axis: (source start, destination start, length copied).
     let spans: Vec<(usize, usize, usize)> = (0..r)
         .map(|d| {

@@ -3,11 +3,11 @@
 //! - `MatMul` (1, 9, 13): numpy `matmul` semantics: a 1-D first operand is promoted to a row
 //!   (and the dim removed after), a 1-D second operand to a column; leading batch dims
 //!   broadcast. f32/f64 through the GEMM kernel (an A with batch dims times a 2-D B is one
-//!   product over the folded rows); f16 in f32 and rounded back; i32/i64 with wrapping
-//!   arithmetic.
+//!   product over the folded rows); f16 and bf16 in f32 and rounded back; i32/i64/u32/u64
+//!   with wrapping arithmetic.
 //! - `Gemm` (7, 9, 11, 13): `Y = alpha · A' · B' + beta · C`, where `A' = A^T` when `transA`,
 //!   `B' = B^T` when `transB` (transposes are strides, not copies), and C (optional since 11)
-//!   broadcasts unidirectionally to `[M, N]`. Float types only.
+//!   broadcasts unidirectionally to `[M, N]`. Float types only (f16 and bf16 in f32).
 //!
 //! With a constant f32 weight (MatMul's 2-D B; Gemm's B with C absent or a constant row) the
 //! op is a [`Linear`]: the weight is packed once when the op is built and f32 inputs run on
@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use half::f16;
+use half::{bf16, f16};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix2, IxDyn};
 
 use crate::error::Result;
@@ -64,6 +64,7 @@ fn batched<T: Copy + Default>(
     let nb: usize = batch.iter().product();
     let mut out_shape = batch.clone();
     out_shape.extend([m, n]);
+    crate::runtime::budget::check_shape::<T>(&out_shape)?;
     let mut out = ArrayD::<T>::default(IxDyn(&out_shape));
     if bv.ndim() == 2 && av.is_standard_layout() {
         // Fold A's batch dims into its rows: one large product instead of many small ones.
@@ -147,11 +148,16 @@ pub fn matmul(a: &Value, b: &Value) -> Result<Value> {
         (Value::F16(x), Value::F16(y)) => {
             Value::F16(float_mm(&x.mapv(f16::to_f32), &y.mapv(f16::to_f32))?.mapv(f16::from_f32))
         }
+        (Value::BF16(x), Value::BF16(y)) => Value::BF16(
+            float_mm(&x.mapv(bf16::to_f32), &y.mapv(bf16::to_f32))?.mapv(bf16::from_f32),
+        ),
         (Value::I64(x), Value::I64(y)) => Value::I64(batched(x, y, int_mm!(i64))?),
         (Value::I32(x), Value::I32(y)) => Value::I32(batched(x, y, int_mm!(i32))?),
+        (Value::U64(x), Value::U64(y)) => Value::U64(batched(x, y, int_mm!(u64))?),
+        (Value::U32(x), Value::U32(y)) => Value::U32(batched(x, y, int_mm!(u32))?),
         _ => {
             return Err(err(format!(
-                "MatMul of {} and {} (both must be one of f32, f64, f16, i64, i32)",
+                "MatMul of {} and {} (both must be one of f32, f64, f16, bf16, i64, i32, u64, u32)",
                 dname(a),
                 dname(b)
             )));
@@ -282,6 +288,17 @@ fn gemm_op_with(node: &Node, linear: Option<Linear>) -> Result<Box<dyn Op>> {
                     .transpose()?;
                 let r = gemm_t(&x.mapv(f16::to_f32), &y.mapv(f16::to_f32), c.as_ref(), p)?;
                 Value::F16(r.mapv(f16::from_f32))
+            }
+            (Value::BF16(x), Value::BF16(y)) => {
+                let c = c
+                    .map(|c| {
+                        c.as_bf16()
+                            .ok_or_else(mismatch)
+                            .map(|c| c.mapv(bf16::to_f32))
+                    })
+                    .transpose()?;
+                let r = gemm_t(&x.mapv(bf16::to_f32), &y.mapv(bf16::to_f32), c.as_ref(), p)?;
+                Value::BF16(r.mapv(bf16::from_f32))
             }
             _ => return Err(mismatch()),
         }])

@@ -7,29 +7,45 @@
 
 pub mod activation;
 pub mod activation_param;
+pub mod argminmax;
 pub mod attention;
+pub mod attention_ms;
+pub mod bitcast;
+pub mod bitwise;
 pub mod control_flow;
 pub mod conv;
+pub mod cumulative;
 pub mod data;
+pub mod detection;
+pub mod dft;
 pub mod einsum;
 pub mod elementwise;
 pub mod float_class;
+pub mod grid_sample;
 pub mod index_select;
 pub mod int8_linear;
 pub mod layout;
 pub mod linalg;
 pub mod linear_attention;
+pub mod loss;
+pub mod ml;
 pub mod modulo;
 pub mod normalization;
+pub mod optimizer;
+pub mod optional;
+pub mod prelu;
 pub mod quant;
 pub mod quant_ms;
 pub mod reduce;
+pub mod resize;
 pub mod rnn;
 pub mod rnn_quant;
 pub mod scatter_gather;
+pub mod tfidf;
 pub mod transformer;
 pub mod transformer_ms;
 pub mod trig;
+pub mod unpool;
 pub mod util;
 pub mod window;
 
@@ -155,6 +171,26 @@ pub fn register_all(r: &mut Registry) {
     trig::register(r);
     modulo::register(r);
     transformer_ms::register(r);
+    resize::register(r);
+    grid_sample::register(r);
+    conv::transpose::register(r);
+    conv::deform::register(r);
+    conv::qlinear::register(r);
+    conv::causal::register(r);
+    dft::register(r);
+    detection::register(r);
+    optional::register(r);
+    tfidf::register(r);
+    ml::register(r);
+    optimizer::register(r);
+    argminmax::register(r);
+    cumulative::register(r);
+    bitwise::register(r);
+    prelu::register(r);
+    loss::register(r);
+    bitcast::register(r);
+    unpool::register(r);
+    attention_ms::register(r);
 }
 
 /// The registry sessions use: every family, built once.

@@ -7,17 +7,16 @@
 //! - `fmod = 1`: C `fmod`, the remainder takes the dividend's sign (integers: truncated
 //!   remainder, `x fmod 0` = 0).
 //!
-//! Float16 is computed in f32 and rounded back. Integer types are those the runtime stores
-//! (int8, uint8, int32, int64); the spec's 16-bit and unsigned 32/64-bit forms need those
-//! element types.
+//! Float16 and bfloat16 are computed in f32 and rounded back. Every signed and unsigned integer
+//! width of the spec (8 to 64 bits) is computed in its own type.
 
-use half::f16;
+use ndarray::ArrayD;
 
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
 
-use super::util::{dname, err, req, zip_map};
+use super::util::{Elem, dname, err, req, zip_map};
 use super::{BuildCtx, FnOp, Op, Registry};
 
 fn float_mod(a: f64, b: f64, fmod: bool) -> f64 {
@@ -55,6 +54,17 @@ int_mod!(mod_i64, i64);
 int_mod!(mod_i32, i32);
 int_mod!(mod_i8, i8);
 int_mod!(mod_u8, u8);
+int_mod!(mod_i16, i16);
+int_mod!(mod_u16, u16);
+int_mod!(mod_u32, u32);
+int_mod!(mod_u64, u64);
+
+/// Float16 or bfloat16: widened exactly, computed in f64, rounded once.
+fn half_mod<T: Elem>(x: &ArrayD<T>, y: &ArrayD<T>, fmod: bool) -> Result<ArrayD<T>> {
+    zip_map(x, y, |p, q| {
+        T::from_f64(float_mod(p.to_f64(), q.to_f64(), fmod))
+    })
+}
 
 fn modulo(a: &Value, b: &Value, fmod: bool) -> Result<Value> {
     Ok(match (a, b) {
@@ -62,17 +72,16 @@ fn modulo(a: &Value, b: &Value, fmod: bool) -> Result<Value> {
             float_mod(f64::from(p), f64::from(q), fmod) as f32
         })?),
         (Value::F64(x), Value::F64(y)) => Value::F64(zip_map(x, y, |p, q| float_mod(p, q, fmod))?),
-        (Value::F16(x), Value::F16(y)) => Value::F16(zip_map(x, y, |p, q| {
-            f16::from_f64(float_mod(
-                f64::from(p.to_f32()),
-                f64::from(q.to_f32()),
-                fmod,
-            ))
-        })?),
+        (Value::F16(x), Value::F16(y)) => Value::F16(half_mod(x, y, fmod)?),
         (Value::I64(x), Value::I64(y)) => Value::I64(zip_map(x, y, |p, q| mod_i64(p, q, fmod))?),
         (Value::I32(x), Value::I32(y)) => Value::I32(zip_map(x, y, |p, q| mod_i32(p, q, fmod))?),
         (Value::I8(x), Value::I8(y)) => Value::I8(zip_map(x, y, |p, q| mod_i8(p, q, fmod))?),
         (Value::U8(x), Value::U8(y)) => Value::U8(zip_map(x, y, |p, q| mod_u8(p, q, fmod))?),
+        (Value::I16(x), Value::I16(y)) => Value::I16(zip_map(x, y, |p, q| mod_i16(p, q, fmod))?),
+        (Value::U16(x), Value::U16(y)) => Value::U16(zip_map(x, y, |p, q| mod_u16(p, q, fmod))?),
+        (Value::U32(x), Value::U32(y)) => Value::U32(zip_map(x, y, |p, q| mod_u32(p, q, fmod))?),
+        (Value::U64(x), Value::U64(y)) => Value::U64(zip_map(x, y, |p, q| mod_u64(p, q, fmod))?),
+        (Value::BF16(x), Value::BF16(y)) => Value::BF16(half_mod(x, y, fmod)?),
         _ => {
             return Err(err(format!(
                 "Mod of {} and {} (inputs must have one numeric type)",

@@ -17,13 +17,15 @@
 //!   scalar or one per output channel) with int32 output and no bias. Padding uses the value
 //!   `x_zero_point` (so padded taps contribute 0), as onnxruntime does. Computed as im2col
 //!   (one row per output position) times the packed transposed weights.
-//! - `QuantizeLinear` (10, 13, 19, 21): `y = saturate(round_half_even(x / scale) + zp)`, int8
-//!   or uint8 (from the zero point's type, else `output_dtype`, else uint8), scale and zero
-//!   point per tensor or per `axis` (1-D of the axis' length). The division is in f32 as
-//!   onnxruntime does it. Block quantization (`block_size > 0`) and the float8/int4 types are
-//!   not supported.
-//! - `DequantizeLinear` (10, 13, 19, 21): `y = (x - zp) * scale` for int8, uint8 and int32 x
-//!   (int32 has no zero point), per tensor or per axis; f16 scales give an f16 output.
+//! - `QuantizeLinear` (10, 13, 19, 21): `y = saturate(round_half_even(x / scale) + zp)`, int8,
+//!   uint8, int16 or uint16 (from the zero point's type, else `output_dtype`, else uint8); x
+//!   and scale f32, f16 or bf16 (x also int32); scale and zero point per tensor, per `axis`
+//!   (1-D of the axis' length) or, from 21, per block of `block_size` elements along `axis`
+//!   (parameters of x's rank with `ceil(dim / block_size)` entries on the axis). The division
+//!   is in f32 as onnxruntime does it. The float8/int4 types are not supported.
+//! - `DequantizeLinear` (10, 13, 19, 21): `y = (x - zp) * scale` for int8, uint8, int16, uint16
+//!   and int32 x (int32 has no zero point), per tensor, per axis or per block; the output has
+//!   the scale's type (f32, f16 or bf16).
 //! - `QLinearMatMul` (10): `y = saturate(round_half_even((a - za)(b - zb) · sa·sb / sy) + zy)`,
 //!   with per-tensor or per-row/per-column scales and zero points for A/B and per-tensor for Y.
 
@@ -32,10 +34,11 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
 use crate::ir::Node;
+use crate::onnx::tensor_proto::DataType;
 use crate::runtime::Value;
 use crate::runtime::kernels::gemm_i8::{self, AInput, PackedB};
 
-use super::util::{broadcast_shape, dname, err, norm_axis, opt, req, standard};
+use super::util::{broadcast_shape, cast, dname, dtype_of, err, norm_axis, opt, req, standard};
 use super::{BuildCtx, FnOp, Op, Registry};
 
 pub fn register(r: &mut Registry) {
@@ -86,10 +89,6 @@ pub fn dynamic_quantize(x: &[f32]) -> (Vec<u8>, f32, u8) {
 fn saturate_u8(v: f32) -> u8 {
     // `as` saturates and maps NaN to 0.
     v.clamp(0.0, 255.0) as u8
-}
-
-fn saturate_i8(v: f32) -> i8 {
-    v.clamp(-128.0, 127.0) as i8
 }
 
 fn build_dql(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
@@ -270,6 +269,7 @@ pub fn matmul_integer(
     let bbatch = &bsh[..bsh.len() - 2];
     let batch = broadcast_shape(abatch, bbatch)?;
     let nb: usize = batch.iter().product();
+    crate::runtime::budget::check_shape::<i32>(&[&batch[..], &[m, n]].concat())?;
     let mut out = vec![0i32; nb * m * n];
     if bbatch.iter().product::<usize>() == 1 {
         // One B for every batch entry: fold A's batch dims into rows.
@@ -684,36 +684,88 @@ impl Im2col<'_> {
 // ---------------------------------------------------------------------------------------------
 // QuantizeLinear / DequantizeLinear
 
-/// A per-tensor (len 1) or per-axis parameter, f32.
-fn float_param(v: &Value, what: &str) -> Result<(Vec<f32>, bool)> {
+/// A per-tensor (len 1) or per-axis parameter, f32, and its element type.
+fn float_param(v: &Value, what: &str) -> Result<(Vec<f32>, DataType)> {
     match v {
-        Value::F32(a) => Ok((a.iter().copied().collect(), false)),
-        Value::F16(a) => Ok((a.iter().map(|x| x.to_f32()).collect(), true)),
+        Value::F32(a) => Ok((a.iter().copied().collect(), DataType::Float)),
+        Value::F16(a) => Ok((a.iter().map(|x| x.to_f32()).collect(), DataType::Float16)),
+        Value::BF16(a) => Ok((a.iter().map(|x| x.to_f32()).collect(), DataType::Bfloat16)),
         other => Err(err(format!("{what} must be float, got {}", dname(other)))),
     }
 }
 
-/// For element `i` of a tensor of `shape`, the index of its parameter along `axis` (0 for a
-/// per-tensor parameter), or an error when a per-axis parameter's length does not match.
+/// The integer types QuantizeLinear produces, with their saturation ranges.
+fn quantized_range(dt: DataType) -> Option<(f32, f32)> {
+    Some(match dt {
+        DataType::Uint8 => (0.0, 255.0),
+        DataType::Int8 => (-128.0, 127.0),
+        DataType::Uint16 => (0.0, 65535.0),
+        DataType::Int16 => (-32768.0, 32767.0),
+        _ => return None,
+    })
+}
+
+/// For element `i` of a tensor of `shape`, the index of its parameter: 0 for a per-tensor
+/// parameter, the index along `axis` for a per-axis (1-D) one, and for block quantization
+/// (`block > 0`: the parameter has `x`'s rank, with `ceil(dim / block)` entries along `axis`)
+/// the same multi-index with the axis coordinate divided by `block`. Errors when the
+/// parameter's shape does not fit.
 struct AxisIndex {
     inner: usize,
     dim: usize,
     per_axis: bool,
+    /// Elements per block along the axis (0: not blocked) and the parameter's axis length.
+    block: usize,
+    blocks: usize,
 }
 
 impl AxisIndex {
-    fn new(shape: &[usize], axis: i64, param: &Value, len: usize, what: &str) -> Result<Self> {
-        if len == 1 && param.shape().len() <= 1 {
+    fn new(
+        shape: &[usize],
+        axis: i64,
+        block: usize,
+        param: &Value,
+        len: usize,
+        what: &str,
+    ) -> Result<Self> {
+        let per_tensor = AxisIndex {
+            inner: 1,
+            dim: 1,
+            per_axis: false,
+            block: 0,
+            blocks: 1,
+        };
+        if block > 0 {
+            let ax = norm_axis(axis, shape.len())?;
+            let ps = param.shape();
+            let fits = ps.len() == shape.len()
+                && (0..ps.len()).all(|k| {
+                    if k == ax {
+                        ps[k] == shape[k].div_ceil(block)
+                    } else {
+                        ps[k] == shape[k]
+                    }
+                });
+            if !fits {
+                return Err(err(format!(
+                    "{what} has shape {ps:?}, which does not block x of shape {shape:?} by                      {block} along axis {ax}"
+                )));
+            }
             return Ok(AxisIndex {
-                inner: 1,
-                dim: 1,
-                per_axis: false,
+                inner: shape[ax + 1..].iter().product(),
+                dim: shape[ax],
+                per_axis: true,
+                block,
+                blocks: ps[ax],
             });
+        }
+        if len == 1 && param.shape().len() <= 1 {
+            return Ok(per_tensor);
         }
         if param.shape().len() != 1 {
             return Err(err(format!(
-                "{what} has shape {:?}; only per-tensor and per-axis (1-D) forms are supported \
-                 (block quantization is not)",
+                "{what} has shape {:?}; per-tensor, per-axis (1-D) and blocked forms are \
+                 supported",
                 param.shape()
             )));
         }
@@ -728,45 +780,53 @@ impl AxisIndex {
             inner: shape[ax + 1..].iter().product(),
             dim: shape[ax],
             per_axis: true,
+            block: 0,
+            blocks: shape[ax],
         })
     }
 
     #[inline]
     fn at(&self, i: usize) -> usize {
-        if self.per_axis {
-            (i / self.inner) % self.dim
-        } else {
-            0
+        if !self.per_axis {
+            return 0;
         }
+        let along = (i / self.inner) % self.dim;
+        if self.block == 0 {
+            return along;
+        }
+        let outer = i / (self.inner * self.dim);
+        (outer * self.blocks + along / self.block) * self.inner + i % self.inner
     }
 }
 
-fn block_size(node: &Node) -> Result<()> {
-    if node.attr_or::<i64>("block_size", 0)? != 0 {
-        return Err(node.error("block quantization (block_size > 0) is not supported"));
-    }
-    Ok(())
+/// `block_size`: 0 (per tensor or per axis) or the block length of block quantization.
+fn block_size(node: &Node) -> Result<usize> {
+    let b = node.attr_or::<i64>("block_size", 0)?;
+    usize::try_from(b).map_err(|_| node.error(format!("block_size {b} is negative")))
 }
 
 fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
-    block_size(node)?;
+    let block = block_size(node)?;
     let axis = node.attr_or::<i64>("axis", 1)?;
-    // 0 = from the zero point, else uint8; 2 = uint8, 3 = int8.
-    let output_dtype = node.attr_or::<i64>("output_dtype", 0)?;
-    let want_i8 = match output_dtype {
-        0 | 2 => false,
-        3 => true,
-        other => {
-            return Err(node.error(format!(
-                "QuantizeLinear output_dtype {other} is not supported (only uint8 and int8)"
-            )));
-        }
+    // 0 = from the zero point, else uint8.
+    let want = match node.attr_or::<i64>("output_dtype", 0)? {
+        0 => DataType::Uint8,
+        code => dtype_of(code)
+            .ok()
+            .filter(|&dt| quantized_range(dt).is_some())
+            .ok_or_else(|| {
+                node.error(format!(
+                    "QuantizeLinear output_dtype {} is not supported (uint8, int8, uint16, int16)",
+                    crate::ir::tensor::dtype_name(code as i32)
+                ))
+            })?,
     };
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         let x = req(ins, 0)?;
         let xf: ArrayD<f32> = match x {
             Value::F32(a) => standard(a.view()),
             Value::F16(a) => a.mapv(f16::to_f32),
+            Value::BF16(a) => a.mapv(half::bf16::to_f32),
             Value::I32(a) => a.mapv(|v| v as f32),
             other => {
                 return Err(err(format!(
@@ -778,40 +838,39 @@ fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         let sv = req(ins, 1)?;
         let (scale, _) = float_param(sv, "y_scale")?;
         let zv = opt(ins, 2);
-        let (zp, to_i8): (Vec<f32>, bool) = match zv {
-            None => (vec![0.0], want_i8),
-            Some(Value::U8(a)) => (a.iter().map(|&z| f32::from(z)).collect(), false),
-            Some(Value::I8(a)) => (a.iter().map(|&z| f32::from(z)).collect(), true),
+        let (zp, out): (Vec<f32>, DataType) = match zv {
+            None => (vec![0.0], want),
+            Some(z) if quantized_range(z.dtype()).is_some() => {
+                let Value::F32(a) = cast(z, DataType::Float)? else {
+                    return Err(err("internal: cast to float"));
+                };
+                (a.iter().copied().collect(), z.dtype())
+            }
             Some(other) => {
                 return Err(err(format!(
-                    "y_zero_point type {} is not supported (only uint8 and int8)",
+                    "y_zero_point type {} is not supported (uint8, int8, uint16, int16)",
                     dname(other)
                 )));
             }
         };
         let shape = xf.shape().to_vec();
-        let si = AxisIndex::new(&shape, axis, sv, scale.len(), "y_scale")?;
+        let si = AxisIndex::new(&shape, axis, block, sv, scale.len(), "y_scale")?;
         let zi = match zv {
-            Some(z) => AxisIndex::new(&shape, axis, z, zp.len(), "y_zero_point")?,
-            None => AxisIndex::new(&shape, axis, sv, 1, "y_zero_point")?,
+            Some(z) => AxisIndex::new(&shape, axis, block, z, zp.len(), "y_zero_point")?,
+            None => AxisIndex::new(&shape, axis, block, sv, 1, "y_zero_point")?,
         };
         let q = |i: usize, v: f32| (v / scale[si.at(i)]).round_ties_even() + zp[zi.at(i)];
         let data = xf.as_slice().unwrap_or(&[]);
-        Ok(vec![if to_i8 {
-            let y: Vec<i8> = data
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| saturate_i8(q(i, v)))
-                .collect();
-            Value::I8(ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| err(e.to_string()))?)
-        } else {
-            let y: Vec<u8> = data
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| saturate_u8(q(i, v)))
-                .collect();
-            Value::U8(ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| err(e.to_string()))?)
-        }])
+        // Saturate in f32 (exact for these integer ranges; NaN stays NaN and casts to 0), then
+        // convert, which is exact for the integral values.
+        let (lo, hi) = quantized_range(out).unwrap_or((0.0, 0.0));
+        let y: Vec<f32> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| q(i, v).clamp(lo, hi))
+            .collect();
+        let y = ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| err(e.to_string()))?;
+        Ok(vec![cast(&Value::F32(y), out)?])
     })))
 }
 
@@ -821,10 +880,12 @@ fn ints_of(v: &Value, what: &str) -> Result<(Vec<i32>, Vec<usize>)> {
     let data = match v {
         Value::U8(a) => a.iter().map(|&x| i32::from(x)).collect(),
         Value::I8(a) => a.iter().map(|&x| i32::from(x)).collect(),
+        Value::U16(a) => a.iter().map(|&x| i32::from(x)).collect(),
+        Value::I16(a) => a.iter().map(|&x| i32::from(x)).collect(),
         Value::I32(a) => a.iter().copied().collect(),
         other => {
             return Err(err(format!(
-                "{what} must be int8, uint8 or int32, got {}",
+                "{what} must be int8, uint8, int16, uint16 or int32, got {}",
                 dname(other)
             )));
         }
@@ -833,10 +894,16 @@ fn ints_of(v: &Value, what: &str) -> Result<(Vec<i32>, Vec<usize>)> {
 }
 
 /// `(x - zp) * scale` per tensor or along `axis`.
-pub fn dequantize(x: &Value, scale: &Value, zp: Option<&Value>, axis: i64) -> Result<Value> {
+pub fn dequantize(
+    x: &Value,
+    scale: &Value,
+    zp: Option<&Value>,
+    axis: i64,
+    block: usize,
+) -> Result<Value> {
     let (xs, shape) = ints_of(x, "x")?;
-    let (sc, half) = float_param(scale, "x_scale")?;
-    let si = AxisIndex::new(&shape, axis, scale, sc.len(), "x_scale")?;
+    let (sc, out) = float_param(scale, "x_scale")?;
+    let si = AxisIndex::new(&shape, axis, block, scale, sc.len(), "x_scale")?;
     let (zs, zi) = match zp {
         Some(z) => {
             if z.dtype() != x.dtype() {
@@ -847,15 +914,15 @@ pub fn dequantize(x: &Value, scale: &Value, zp: Option<&Value>, axis: i64) -> Re
                 )));
             }
             let (zs, _) = ints_of(z, "x_zero_point")?;
-            let zi = AxisIndex::new(&shape, axis, z, zs.len(), "x_zero_point")?;
+            let zi = AxisIndex::new(&shape, axis, block, z, zs.len(), "x_zero_point")?;
             (zs, zi)
         }
         None => (
             vec![0],
-            AxisIndex::new(&shape, axis, scale, 1, "x_zero_point")?,
+            AxisIndex::new(&shape, axis, block, scale, 1, "x_zero_point")?,
         ),
     };
-    // The subtraction is exact in f32 for 8-bit data; the product rounds once, as in the
+    // The subtraction is exact in f32 for 8- and 16-bit data; the product rounds once, as in the
     // reference (`(x - zp).astype(float32) * scale`).
     let y: Vec<f32> = xs
         .iter()
@@ -863,15 +930,11 @@ pub fn dequantize(x: &Value, scale: &Value, zp: Option<&Value>, axis: i64) -> Re
         .map(|(i, &v)| (v - zs[zi.at(i)]) as f32 * sc[si.at(i)])
         .collect();
     let y = ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|e| err(e.to_string()))?;
-    Ok(if half {
-        Value::F16(y.mapv(f16::from_f32))
-    } else {
-        Value::F32(y)
-    })
+    cast(&Value::F32(y), out)
 }
 
 fn build_dequantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
-    block_size(node)?;
+    let block = block_size(node)?;
     let axis = node.attr_or::<i64>("axis", 1)?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         Ok(vec![dequantize(
@@ -879,6 +942,7 @@ fn build_dequantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             req(ins, 1)?,
             opt(ins, 2),
             axis,
+            block,
         )?])
     })))
 }

@@ -1,4 +1,7 @@
-//! Reductions: `ReduceSum`, `ReduceMean`, `ReduceMax`, `ReduceMin`, `ReduceProd`.
+//! Reductions: `ReduceSum`, `ReduceMean`, `ReduceMax`, `ReduceMin`, `ReduceProd`, and the
+//! norms and log forms `ReduceL1` (sum of |x|), `ReduceL2` (sqrt of the sum of squares),
+//! `ReduceSumSquare`, `ReduceLogSum` (ln of the sum) and `ReduceLogSumExp` (ln of the sum of
+//! exp(x), computed around the lane's largest finite value so that it does not overflow).
 //!
 //! Axes come from the `axes` attribute before opset 13 (`ReduceSum`) or 18 (the others), and
 //! from the optional second input after. No axes (or an empty list) reduces over all axes,
@@ -6,9 +9,11 @@
 //! keeps reduced axes as size 1.
 //!
 //! Float sums and products accumulate in f64 and round once (f16 too); integer ones wrap in
-//! i64. Over an empty set: sum 0, product 1, mean NaN, max -inf (integers: the type's minimum),
-//! min +inf (maximum), as numpy and the ONNX reference give. Max/Min propagate NaN; on bool
-//! they are any/all.
+//! i64 (`ReduceL2`, `ReduceLogSum` and `ReduceLogSumExp` of integers are computed in f64 and
+//! truncated back, as the reference's `astype` does). Over an empty set: sum, L1, L2 and sum
+//! of squares 0, product 1, mean NaN, log-sum and log-sum-exp -inf, max -inf (integers: the
+//! type's minimum), min +inf (maximum), as numpy and the ONNX reference give. Max/Min
+//! propagate NaN; on bool they are any/all.
 
 use ndarray::{ArrayD, IxDyn};
 
@@ -27,11 +32,56 @@ enum Kind {
     Max,
     Min,
     Prod,
+    L1,
+    L2,
+    LogSum,
+    LogSumExp,
+    SumSquare,
 }
 
 fn fold<T: Elem>(row: &[T], kind: Kind) -> T {
     let float = is_float(T::DT);
     match kind {
+        Kind::L1 | Kind::SumSquare if !float => {
+            let mut acc: i64 = 0;
+            for &x in row {
+                let v = x.to_i64();
+                acc = acc.wrapping_add(if kind == Kind::L1 {
+                    v.wrapping_abs()
+                } else {
+                    v.wrapping_mul(v)
+                });
+            }
+            T::from_i64(acc)
+        }
+        Kind::L1 | Kind::L2 | Kind::SumSquare | Kind::LogSum => {
+            let mut acc = 0.0;
+            for &x in row {
+                let v = x.to_f64();
+                acc += match kind {
+                    Kind::L1 => v.abs(),
+                    Kind::LogSum => v,
+                    _ => v * v,
+                };
+            }
+            T::from_f64(match kind {
+                Kind::L2 => acc.sqrt(),
+                Kind::LogSum => acc.ln(),
+                _ => acc,
+            })
+        }
+        Kind::LogSumExp => {
+            // Shift by the largest finite value so exp cannot overflow; infinities then give
+            // ln(inf) = inf or exp(-inf) = 0 as they should.
+            let shift = row
+                .iter()
+                .map(|x| x.to_f64())
+                .filter(|v| v.is_finite())
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+                .unwrap_or(0.0);
+            let sum: f64 = row.iter().map(|x| (x.to_f64() - shift).exp()).sum();
+            T::from_f64(sum.ln() + shift)
+        }
         Kind::Sum | Kind::Mean | Kind::Prod => {
             if float {
                 let mut acc = if kind == Kind::Prod { 1.0 } else { 0.0 };
@@ -137,6 +187,11 @@ fn build(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         "ReduceMean" => Kind::Mean,
         "ReduceMax" => Kind::Max,
         "ReduceMin" => Kind::Min,
+        "ReduceL1" => Kind::L1,
+        "ReduceL2" => Kind::L2,
+        "ReduceLogSum" => Kind::LogSum,
+        "ReduceLogSumExp" => Kind::LogSumExp,
+        "ReduceSumSquare" => Kind::SumSquare,
         _ => Kind::Prod,
     };
     let input_since = if kind == Kind::Sum { 13 } else { 18 };
@@ -169,7 +224,7 @@ fn build(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         };
         ax.sort_unstable();
         ax.dedup();
-        if matches!(kind, Kind::Sum | Kind::Mean | Kind::Prod) && matches!(x, Value::Bool(_)) {
+        if !matches!(kind, Kind::Max | Kind::Min) && matches!(x, Value::Bool(_)) {
             return Err(err("cannot sum bool values"));
         }
         Ok(vec![map_same!(x, a => reduce_t(a, &ax, keepdims, kind)?)])
@@ -183,6 +238,11 @@ pub fn register(r: &mut Registry) {
         "ReduceMax",
         "ReduceMin",
         "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
     ] {
         r.register("", op, build);
     }
@@ -208,6 +268,13 @@ mod tests {
             reduce_t(&a, &[0, 1, 2], false, Kind::Max).unwrap(),
             ndarray::arr0(8.0f32).into_dyn()
         );
+        assert_eq!(
+            reduce_t(&a, &[2], false, Kind::SumSquare).unwrap(),
+            array![[5.0f32, 25.0], [61.0, 113.0]].into_dyn()
+        );
+        let big = array![1000.0f64, 1000.0].into_dyn();
+        let lse = reduce_t(&big, &[0], false, Kind::LogSumExp).unwrap()[[]];
+        assert!((lse - (1000.0 + 2f64.ln())).abs() < 1e-12);
     }
 
     #[test]
@@ -219,6 +286,8 @@ mod tests {
         );
         let m = reduce_t(&a, &[1], false, Kind::Max).unwrap();
         assert!(m.iter().all(|&v| v == f32::NEG_INFINITY));
+        let l = reduce_t(&a, &[1], false, Kind::LogSumExp).unwrap();
+        assert!(l.iter().all(|&v| v == f32::NEG_INFINITY));
         let i = ArrayD::<i32>::zeros(IxDyn(&[0]));
         assert_eq!(reduce_t(&i, &[0], false, Kind::Max).unwrap()[[]], i32::MIN);
     }

@@ -19,6 +19,19 @@
 //!   `transBatchA` moves A's first axis to just before its last (`[d0, .., dk, K]` →
 //!   `[.., dk, d0, K]`) and `transA` then swaps the last two axes; likewise for B.
 //!
+//! - `EmbedLayerNormalization(input_ids, segment_ids?, word_embedding, position_embedding,
+//!   segment_embedding?, gamma, beta, mask?, position_ids?)`: for token `(b, s)` the sum
+//!   `e = word[input_ids] + position[p] + segment[segment_ids]` (int32 ids; `p` is
+//!   `position_ids[b, s]`, or `position_ids[0, s]` for a `[1, S]` one, else `s`; an id out of
+//!   its table's range is an error), layer-normalized over the hidden axis with `epsilon`
+//!   (default 1e-12), times gamma plus beta. Outputs: `output [B, S, H]`, `mask_index [B]`
+//!   (int32: per batch entry the number of mask values equal to 1; 0 without a mask) and the
+//!   optional `embedding_sum [B, S, H]` (the sums e).
+//! - `QEmbedLayerNormalization` (what `quantize_dynamic` makes of it): the same with the five
+//!   tables (word, position, segment, gamma, beta) stored as uint8 with a per-tensor scale and
+//!   zero point each (inputs 8-12 and 13-17), dequantized as `DequantizeLinear` does; no
+//!   `position_ids`.
+//!
 //! Sums are accumulated in f64 and rounded to f32.
 
 use ndarray::{ArrayD, IxDyn};
@@ -49,6 +62,8 @@ pub fn register(r: &mut Registry) {
         build_simplified_ln,
     );
     r.register("com.microsoft", "FusedMatMul", build_fused_matmul);
+    r.register("com.microsoft", "EmbedLayerNormalization", build_embed_ln);
+    r.register("com.microsoft", "QEmbedLayerNormalization", build_qembed_ln);
 }
 
 fn f32_arr<'a>(v: &'a Value, what: &str) -> Result<&'a ArrayD<f32>> {
@@ -306,4 +321,139 @@ fn build_fused_matmul(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             y => y,
         }])
     })))
+}
+
+/// Int32 (or int64) token ids as i64, checked to be `[B, S]`-shaped when `shape` is given.
+fn ids(v: &Value, what: &str) -> Result<Vec<i64>> {
+    super::util::ints(v, what)
+}
+
+/// Row `id` of an `[rows, h]` embedding table, or an error naming the table.
+fn table_row<'a>(table: &'a [f32], h: usize, id: i64, what: &str) -> Result<&'a [f32]> {
+    let rows = table.len().checked_div(h).unwrap_or(0);
+    usize::try_from(id)
+        .ok()
+        .filter(|&i| i < rows)
+        .map(|i| &table[i * h..(i + 1) * h])
+        .ok_or_else(|| err(format!("{what} id {id} is out of range [0, {rows})")))
+}
+
+/// An embedding table `[rows, h]` as a flat vector, checked to have `h` columns.
+fn table(v: &Value, h: Option<usize>, what: &str) -> Result<(Vec<f32>, usize)> {
+    let a = f32_arr(v, what)?;
+    match (a.shape(), h) {
+        ([_, c], None) => Ok((a.iter().copied().collect(), *c)),
+        ([_, c], Some(h)) if *c == h => Ok((a.iter().copied().collect(), h)),
+        (s, _) => Err(err(format!(
+            "{what} must be [rows, hidden{}], got {s:?}",
+            h.map_or(String::new(), |h| format!(" = {h}"))
+        ))),
+    }
+}
+
+fn build_embed_ln(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let eps = f64::from(node.attr_or::<f32>("epsilon", 1e-12)?);
+    let outputs = node.outputs().len();
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        embed_ln(ins, eps, outputs)
+    })))
+}
+
+fn build_qembed_ln(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let eps = f64::from(node.attr_or::<f32>("epsilon", 1e-12)?);
+    let outputs = node.outputs().len();
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
+        // Tables 2..=6 (word, position, segment, gamma, beta) with their scales at 8..=12
+        // and zero points at 13..=17.
+        let tables: Vec<Option<Value>> = (2..=6)
+            .map(|i| {
+                opt(ins, i)
+                    .map(|q| super::quant::dequantize(q, req(ins, i + 6)?, opt(ins, i + 11), 1, 0))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let mut float_ins: Vec<Option<&Value>> = vec![opt(ins, 0), opt(ins, 1)];
+        float_ins.extend(tables.iter().map(Option::as_ref));
+        float_ins.push(opt(ins, 7));
+        embed_ln(&float_ins, eps, outputs)
+    })))
+}
+
+/// EmbedLayerNormalization on float tables; returns its first `outputs` outputs.
+fn embed_ln(ins: &[Option<&Value>], eps: f64, outputs: usize) -> Result<Vec<Value>> {
+    let idv = req(ins, 0)?;
+    let (nb, sl) = match idv.shape() {
+        [b, s] => (*b, *s),
+        s => return Err(err(format!("input_ids must be [B, S], got {s:?}"))),
+    };
+    let input_ids = ids(idv, "input_ids")?;
+    let same_shape = |i: usize, what: &str| -> Result<Option<Vec<i64>>> {
+        let Some(v) = opt(ins, i) else {
+            return Ok(None);
+        };
+        if v.shape() != [nb, sl] {
+            return Err(err(format!(
+                "{what} {:?} must have input_ids' shape {:?}",
+                v.shape(),
+                [nb, sl]
+            )));
+        }
+        ids(v, what).map(Some)
+    };
+    let segment_ids = same_shape(1, "segment_ids")?;
+    let mask = same_shape(7, "mask")?;
+    let (word, h) = table(req(ins, 2)?, None, "word_embedding")?;
+    let (pos, _) = table(req(ins, 3)?, Some(h), "position_embedding")?;
+    let seg = opt(ins, 4)
+        .map(|v| table(v, Some(h), "segment_embedding"))
+        .transpose()?;
+    let gamma = channel(ins, 5, h, "gamma")?.ok_or_else(|| err("gamma is required"))?;
+    let beta = channel(ins, 6, h, "beta")?;
+    let position_ids = match opt(ins, 8) {
+        None => None,
+        Some(v) if v.shape() == [nb, sl] || v.shape() == [1, sl] => {
+            Some((ids(v, "position_ids")?, v.shape()[0] == 1))
+        }
+        Some(v) => {
+            return Err(err(format!(
+                "position_ids {:?} must be [B, S] or [1, S] with B={nb}, S={sl}",
+                v.shape()
+            )));
+        }
+    };
+    let n = super::util::elem_count(&[nb, sl, h])?;
+    let mut sum = Vec::with_capacity(n);
+    for (t, &id) in input_ids.iter().enumerate() {
+        let s = t % sl.max(1);
+        let p = match &position_ids {
+            Some((p, true)) => p[s],
+            Some((p, false)) => p[t],
+            None => s as i64,
+        };
+        let w = table_row(&word, h, id, "input_ids")?;
+        let pe = table_row(&pos, h, p, "position")?;
+        let se = match (&seg, &segment_ids) {
+            (Some((table, _)), Some(sid)) => Some(table_row(table, h, sid[t], "segment_ids")?),
+            _ => None,
+        };
+        for j in 0..h {
+            sum.push(w[j] + pe[j] + se.map_or(0.0, |r| r[j]));
+        }
+    }
+    let (out, _, _) = normalize_rows(&sum, h, eps, false, &gamma, beta.as_deref());
+    let mask_index: Vec<i32> = match &mask {
+        Some(m) => m
+            .chunks(sl.max(1))
+            .map(|row| row.iter().filter(|&&x| x == 1).count() as i32)
+            .collect(),
+        None => vec![0; nb],
+    };
+    let mut outs = vec![Value::F32(from_vec(&[nb, sl, h], out)?)];
+    if outputs > 1 {
+        outs.push(Value::I32(from_vec(&[nb], mask_index)?));
+    }
+    if outputs > 2 {
+        outs.push(Value::F32(from_vec(&[nb, sl, h], sum)?));
+    }
+    Ok(outs)
 }

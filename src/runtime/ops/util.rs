@@ -6,7 +6,7 @@
 //! narrower integer wraps, anything to bool is `x != 0`, bool to number is 0 or 1, and float16
 //! rounds to nearest even.
 
-use half::f16;
+use half::{bf16, f16};
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 
 use crate::error::{Error, Result};
@@ -62,6 +62,11 @@ int_elem!(i64, I64, Int64);
 int_elem!(i32, I32, Int32);
 int_elem!(i8, I8, Int8);
 int_elem!(u8, U8, Uint8);
+int_elem!(i16, I16, Int16);
+int_elem!(u16, U16, Uint16);
+int_elem!(u32, U32, Uint32);
+// `to_i64` wraps above i64::MAX; integer casts only keep the low bits, which that preserves.
+int_elem!(u64, U64, Uint64);
 
 impl Elem for f32 {
     const DT: DataType = DataType::Float;
@@ -105,27 +110,34 @@ impl Elem for f64 {
         v.as_f64()
     }
 }
-impl Elem for f16 {
-    const DT: DataType = DataType::Float16;
-    fn to_f64(self) -> f64 {
-        self.to_f64()
-    }
-    fn to_i64(self) -> i64 {
-        self.to_f32() as i64
-    }
-    fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
-    }
-    fn from_i64(v: i64) -> Self {
-        f16::from_f64(v as f64)
-    }
-    fn wrap(a: ArrayD<Self>) -> Value {
-        Value::F16(a)
-    }
-    fn unwrap(v: &Value) -> Option<&ArrayD<Self>> {
-        v.as_f16()
-    }
+/// The 16-bit float types: computed through f32 (exact), rounded once to nearest even.
+macro_rules! half_elem {
+    ($t:ty, $var:ident, $dt:ident, $as:ident) => {
+        impl Elem for $t {
+            const DT: DataType = DataType::$dt;
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn to_i64(self) -> i64 {
+                self.to_f32() as i64
+            }
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64(v)
+            }
+            fn from_i64(v: i64) -> Self {
+                <$t>::from_f64(v as f64)
+            }
+            fn wrap(a: ArrayD<Self>) -> Value {
+                Value::$var(a)
+            }
+            fn unwrap(v: &Value) -> Option<&ArrayD<Self>> {
+                v.$as()
+            }
+        }
+    };
 }
+half_elem!(f16, F16, Float16, as_f16);
+half_elem!(bf16, BF16, Bfloat16, as_bf16);
 impl Elem for bool {
     const DT: DataType = DataType::Bool;
     fn to_f64(self) -> f64 {
@@ -150,7 +162,10 @@ impl Elem for bool {
 
 /// Whether `dt` is a floating-point type the runtime stores.
 pub fn is_float(dt: DataType) -> bool {
-    matches!(dt, DataType::Float | DataType::Double | DataType::Float16)
+    matches!(
+        dt,
+        DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16
+    )
 }
 
 fn cast_elem<S: Elem, D: Elem>(v: S) -> D {
@@ -179,7 +194,12 @@ pub fn dtype_of(code: i64) -> Result<DataType> {
         | DataType::Int32
         | DataType::Int8
         | DataType::Uint8
-        | DataType::Bool => Ok(dt),
+        | DataType::Bool
+        | DataType::Int16
+        | DataType::Uint16
+        | DataType::Uint32
+        | DataType::Uint64
+        | DataType::Bfloat16 => Ok(dt),
         _ => Err(Error::Unsupported(format!(
             "element type {} in the runtime",
             crate::ir::tensor::dtype_name(code as i32)
@@ -203,6 +223,11 @@ pub fn cast(v: &Value, to: DataType) -> Result<Value> {
             Value::I8(a) => cast_array(a),
             Value::U8(a) => cast_array(a),
             Value::Bool(a) => cast_array(a),
+            Value::I16(a) => cast_array(a),
+            Value::U16(a) => cast_array(a),
+            Value::U32(a) => cast_array(a),
+            Value::U64(a) => cast_array(a),
+            Value::BF16(a) => cast_array(&a.mapv(bf16::to_f32)),
         }
     }
     Ok(match to {
@@ -218,6 +243,14 @@ pub fn cast(v: &Value, to: DataType) -> Result<Value> {
         DataType::Int8 => Value::I8(to_t(v)),
         DataType::Uint8 => Value::U8(to_t(v)),
         DataType::Bool => Value::Bool(to_t(v)),
+        DataType::Int16 => Value::I16(to_t(v)),
+        DataType::Uint16 => Value::U16(to_t(v)),
+        DataType::Uint32 => Value::U32(to_t(v)),
+        DataType::Uint64 => Value::U64(to_t(v)),
+        DataType::Bfloat16 => match v {
+            Value::F64(a) => Value::BF16(a.mapv(bf16::from_f64)),
+            _ => Value::BF16(to_t::<f32>(v).mapv(bf16::from_f32)),
+        },
         dt => {
             return Err(Error::Unsupported(format!(
                 "cast to {}",
@@ -280,6 +313,7 @@ pub fn zip_map<A: Copy, B: Copy, O>(
             return from_vec(a.shape(), v);
         }
         let shape = broadcast_shape(a.shape(), b.shape())?;
+        crate::runtime::budget::check_shape::<O>(&shape)?;
         if sb.len() == 1 && shape == a.shape() {
             let y = sb[0];
             return from_vec(&shape, sa.iter().map(|&x| f(x, y)).collect());
@@ -307,6 +341,9 @@ pub fn zip_map<A: Copy, B: Copy, O>(
         return Ok(Zip::from(a).and(b).map_collect(|&x, &y| f(x, y)));
     }
     let shape = broadcast_shape(a.shape(), b.shape())?;
+    // Two operands that broadcast each other ([n, 1] and [1, n]) make an output larger than
+    // either.
+    crate::runtime::budget::check_shape::<O>(&shape)?;
     let av = bview(a, &shape)?;
     let bv = bview(b, &shape)?;
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
@@ -369,6 +406,21 @@ pub fn scalar_f64(v: &Value) -> Result<f64> {
     Ok(crate::dispatch_value!(v, a => a.iter().next().map(|x| x.to_f64()).unwrap_or(0.0)))
 }
 
+/// A float (f16/f32/f64) operand as its shape and row-major f64 values, for ops that compute
+/// in f64; the error names `what`.
+pub fn float_values(v: &Value, what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    if !is_float(v.dtype()) {
+        return Err(err(format!(
+            "{what} must be a float tensor, got {}",
+            dname(v)
+        )));
+    }
+    match cast(v, DataType::Double)? {
+        Value::F64(a) => Ok((a.shape().to_vec(), a.iter().copied().collect())),
+        _ => Err(err("internal: cast to double")),
+    }
+}
+
 /// A value's element type as a readable name.
 pub fn dname(v: &Value) -> String {
     crate::ir::tensor::dtype_name(v.dtype() as i32)
@@ -408,6 +460,11 @@ macro_rules! map_same {
             $crate::runtime::Value::I8($a) => $crate::runtime::Value::I8($body),
             $crate::runtime::Value::U8($a) => $crate::runtime::Value::U8($body),
             $crate::runtime::Value::Bool($a) => $crate::runtime::Value::Bool($body),
+            $crate::runtime::Value::I16($a) => $crate::runtime::Value::I16($body),
+            $crate::runtime::Value::U16($a) => $crate::runtime::Value::U16($body),
+            $crate::runtime::Value::U32($a) => $crate::runtime::Value::U32($body),
+            $crate::runtime::Value::U64($a) => $crate::runtime::Value::U64($body),
+            $crate::runtime::Value::BF16($a) => $crate::runtime::Value::BF16($body),
         }
     };
 }
@@ -434,13 +491,17 @@ pub fn index_in(i: i64, dim: usize, what: &str) -> Result<usize> {
 /// an allocation failure.
 pub const MAX_ELEMS: usize = 1 << 31;
 
-/// The element count of `shape`, or an error when it overflows or passes [`MAX_ELEMS`].
+/// The element count of `shape`, or an error when it overflows, passes [`MAX_ELEMS`], or
+/// (at one byte per element, a lower bound) the memory budget. Callers that know the element
+/// type check the exact size with [`budget::check_shape`](crate::runtime::budget::check_shape).
 pub fn elem_count(shape: &[usize]) -> Result<usize> {
-    shape
+    let n = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .filter(|&n| n <= MAX_ELEMS)
-        .ok_or_else(|| err(format!("shape {shape:?} has too many elements")))
+        .ok_or_else(|| err(format!("shape {shape:?} has too many elements")))?;
+    crate::runtime::budget::check_bytes(n as u64)?;
+    Ok(n)
 }
 
 #[cfg(test)]
