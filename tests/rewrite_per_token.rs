@@ -4,7 +4,8 @@
 //! - the output passes `check_model(full_check=True)` and runs in onnxruntime;
 //! - it is much closer to the float model than the per-tensor rewrite of the same weights;
 //! - our runtime agrees with onnxruntime on the same quantized file, and runs each per-token
-//!   Linear as one fused step that gives the unfused nodes' values.
+//!   Linear as one fused step that gives the unfused nodes' values;
+//! - with `--features tract`, tract-onnx runs the same file and agrees with our runtime.
 
 mod common;
 
@@ -111,19 +112,21 @@ fn ours_vs_ort(model: &Path, feeds_npz: &Path) -> f64 {
         .map(|(k, v)| (k.trim_start_matches("input.").to_string(), v))
         .collect();
     let got = session.run(feed).unwrap();
-    let mut worst = 0.0f64;
-    for (name, g) in &got {
-        let w = to_f64(&want[&format!("ort.{name}")]);
-        let g = to_f64(g);
-        assert_eq!(g.shape(), w.shape(), "{name}");
-        let scale = w.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
-        let d = g
-            .iter()
-            .zip(w.iter())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        worst = worst.max(d / scale);
-    }
-    worst
+    got.iter()
+        .map(|(name, g)| rel_diff(name, g, &want[&format!("ort.{name}")]))
+        .fold(0.0, f64::max)
+}
+
+/// max |got - want| over want's largest magnitude.
+fn rel_diff(name: &str, got: &onnx_dynq::runtime::Value, want: &onnx_dynq::runtime::Value) -> f64 {
+    let (g, w) = (to_f64(got), to_f64(want));
+    assert_eq!(g.shape(), w.shape(), "{name}");
+    let scale = w.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+    let d = g
+        .iter()
+        .zip(w.iter())
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    d / scale
 }
 
 /// The plan runs every per-token Linear as one step, equal to the unfused nodes' values.
@@ -136,13 +139,10 @@ fn check_fused(model: &Path, feeds_npz: &Path, what: &str) {
     let (fused, plain, ops) = fused_and_plain(&m, &feed);
     let linear = ops
         .iter()
-        .filter(|o| o.starts_with("QuantizeLinear+MatMulInteger+Cast"))
+        .filter(|o| o.contains("Round+Unsqueeze+Add+Clip+Cast+MatMulInteger+Cast"))
         .count();
     assert!(
-        linear > 0
-            && !ops
-                .iter()
-                .any(|o| o == "QuantizeLinear" || o == "MatMulInteger"),
+        linear > 0 && !ops.iter().any(|o| o == "Unsqueeze" || o == "MatMulInteger"),
         "{what}: per-token Linear not fused: {ops:?}"
     );
     for ((name, f), (_, p)) in fused.iter().zip(&plain) {
@@ -173,7 +173,8 @@ fn per_token_is_valid_accurate_and_agrees_with_onnxruntime() {
             let r_tensor = compare(&tensor, &float, Some(&feeds));
             let ops = common::ops(&r_token);
             assert!(
-                ops.iter().any(|o| o == "QuantizeLinear")
+                ops.iter().any(|o| o == "MatMulInteger")
+                    && ops.iter().any(|o| o == "ReduceMax")
                     && !ops.iter().any(|o| o == "DynamicQuantizeLinear"),
                 "opset {opset} {name}: not the per-token form: {ops:?}"
             );
@@ -195,6 +196,35 @@ fn per_token_is_valid_accurate_and_agrees_with_onnxruntime() {
                 d <= 1e-4,
                 "opset {opset} {name}: our runtime differs from onnxruntime by {d} of the output scale"
             );
+            #[cfg(feature = "tract")]
+            {
+                let d = ours_vs_tract(&token, &feeds);
+                assert!(
+                    d <= 1e-4,
+                    "opset {opset} {name}: our runtime differs from tract by {d} of the output scale"
+                );
+            }
         }
     }
+}
+
+/// |ours - tract| on the same quantized file, over the output's largest magnitude.
+#[cfg(feature = "tract")]
+fn ours_vs_tract(model: &Path, feeds_npz: &Path) -> f64 {
+    let feed: HashMap<String, _> = read_npz(feeds_npz)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("input.").to_string(), v))
+        .collect();
+    let theirs = common::tract::run_tract_caught(model, &feed)
+        .unwrap_or_else(|e| panic!("tract cannot run {}: {e}", model.display()));
+    let m = onnx_dynq::load(model).unwrap();
+    let ours = Session::new(&m, &Options::with_threads(1))
+        .unwrap()
+        .run(feed)
+        .unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter()
+        .zip(&theirs)
+        .map(|((name, g), t)| rel_diff(name, g, t))
+        .fold(0.0, f64::max)
 }

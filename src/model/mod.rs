@@ -143,10 +143,23 @@ impl Model {
                 )));
             }
         }
+        // A model of only ai.onnx.ml (or training) ops need not import the default domain.
         if self.opset("").is_none() {
-            return Err(Error::invalid(
-                "the model does not import the default ONNX opset",
-            ));
+            let mut default_node = None;
+            self.graph.visit(&mut |g| {
+                if default_node.is_none() {
+                    default_node = g
+                        .nodes
+                        .iter()
+                        .find(|n| matches!(n.domain(), "" | "ai.onnx"))
+                        .map(|n| n.display_name().to_string());
+                }
+            });
+            if let Some(n) = default_node {
+                return Err(Error::invalid(format!(
+                    "node '{n}' is in the default ONNX domain, which the model does not import"
+                )));
+            }
         }
         self.graph.validate(&HashSet::new())
     }

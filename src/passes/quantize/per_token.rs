@@ -11,7 +11,9 @@
 //! lo,hi = Min(ReduceMin(A2, 1), 0), Max(ReduceMax(A2, 1), 0)     per row, [M]
 //! s     = Max((hi - lo) / 255, FLT_MIN)            (an all-zero row gets a tiny scale, q = 0)
 //! z     = Clip(Round(-lo / s), 0, 255)             float, [M]
-//! A_q   = QuantizeLinear(A2, s, uint8(z), axis 0)  saturate(round_half_even(x / s) + z)
+//! A_q   = Cast<uint8>(Clip(Round(A2 / s[:, None]) + z[:, None], 0, 255))
+//!         (= QuantizeLinear(A2, s, uint8(z), axis 0), spelled out because tract requires
+//!         QuantizeLinear's scale to be a constant)
 //! acc   = MatMulInteger(A_q, W_q, -, W_zp)         Σ_k A_q[m,k] · (W_q[k,n] - W_zp[n])
 //! Y2    = (Cast(acc) - z[m] · c[n]) · (s[m] · W_scale[n])     c[n] = Σ_k (W_q[k,n] - W_zp[n])
 //! Y     = Reshape(Y2, A.shape[:-1] ++ [N])
@@ -22,8 +24,8 @@
 //! but onnxruntime's kernel accepts only a scalar there, and the output must load everywhere.
 //! `c` is a constant computed from the quantized weight at rewrite time.
 //!
-//! Needs opset 13 (per-axis QuantizeLinear, Unsqueeze with an axes input); the reductions
-//! take `axes` as an attribute before opset 18 and as an input from 18.
+//! Needs opset 13 (Unsqueeze with an axes input); the reductions take `axes` as an attribute
+//! before opset 18 and as an input from 18.
 
 use ndarray::ArrayD;
 
@@ -145,20 +147,27 @@ pub fn quantize_rows(
     let neg_lo = e.node("Neg", vec![lo], "row_neg_lo");
     let zp = e.node("Div", vec![neg_lo, scale.clone()], "row_zp_raw");
     let zp = e.node("Round", vec![zp], "row_zp_round");
-    let zp = e.node("Clip", vec![zp, zero, c255], "row_zp");
-    let zp8 = e.node_with(
+    let zp = e.node("Clip", vec![zp, zero.clone(), c255.clone()], "row_zp");
+    // QuantizeLinear(A2, s, z, axis 0) spelled out: tract (0.23) requires QuantizeLinear's
+    // scale to be a constant. The quantize and the epilogue read their own Unsqueezes so
+    // that every intermediate has one reader (the runtime fuses the whole chain).
+    let axes = e.constant("col_axis", &[1], vec![1i64]);
+    let scale_q = e.node(
+        "Unsqueeze",
+        vec![scale.clone(), axes.clone()],
+        "q_scale_col",
+    );
+    let zp_q = e.node("Unsqueeze", vec![zp.clone(), axes.clone()], "q_zp_col");
+    let scaled = e.node("Div", vec![a2, scale_q], "rows_scaled");
+    let rounded = e.node("Round", vec![scaled], "rows_rounded");
+    let shifted = e.node("Add", vec![rounded, zp_q], "rows_shifted");
+    let clipped = e.node("Clip", vec![shifted, zero, c255], "rows_clipped");
+    let q = e.node_with(
         "Cast",
-        vec![zp.clone()],
-        "row_zp_u8",
+        vec![clipped],
+        "rows_quantized",
         vec![attr_int("to", DataType::Uint8 as i64)],
     );
-    let q = e.node_with(
-        "QuantizeLinear",
-        vec![a2, scale.clone(), zp8],
-        "rows_quantized",
-        vec![attr_int("axis", 0)],
-    );
-    let axes = e.constant("col_axis", &[1], vec![1i64]);
     let scale_col = e.node("Unsqueeze", vec![scale, axes.clone()], "row_scale_col");
     let zero_point_col = e.node("Unsqueeze", vec![zp, axes], "row_zp_col");
     RowQuantized {

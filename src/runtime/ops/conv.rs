@@ -33,6 +33,11 @@ use crate::runtime::value::Value;
 
 use super::{BuildCtx, Op, Registry};
 
+pub mod causal;
+pub mod deform;
+pub mod qlinear;
+pub mod transpose;
+
 pub fn register(r: &mut Registry) {
     r.register("", "Conv", build_conv);
     r.register("", "MaxPool", build_max_pool);

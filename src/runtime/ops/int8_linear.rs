@@ -43,8 +43,8 @@ pub enum AForm {
     /// Inputs are `A_q` (uint8 or int8), `a_scale` (scalar float), optional `a_zero_point`
     /// (scalar of A_q's type; absent means 0).
     Quantized,
-    /// Inputs are float `A [M, K]`, row scales `[M]`, uint8 row zero points `[M]` and the
-    /// same zero points as float `[M]`; `col_sums` holds the graph's `c[n]`.
+    /// Inputs are float `A [M, K]`, row scales `[M]` and row zero points `[M]` (float, whole
+    /// numbers in 0..=255 as the rewrite computes them); `col_sums` holds the graph's `c[n]`.
     PerRow,
 }
 
@@ -291,16 +291,17 @@ impl Int8Linear {
                 a.shape()
             )));
         }
-        let (Value::F32(s), Value::U8(z), Value::F32(zf)) =
-            (req(ins, 1)?, req(ins, 2)?, req(ins, 3)?)
-        else {
-            return Err(err(
-                "per-row scales and float zero points must be float, zero points uint8",
-            ));
+        let (Value::F32(s), Value::F32(zf)) = (req(ins, 1)?, req(ins, 2)?) else {
+            return Err(err("per-row scales and zero points must be float"));
         };
         let scales = row_vector(s, m, "row scales")?;
-        let zps = row_vector(z, m, "row zero points")?;
-        let zps_f = row_vector(zf, m, "float row zero points")?;
+        let zps_f = row_vector(zf, m, "row zero points")?;
+        // The uint8 zero point the kernel subtracts; a float one that is not a whole number
+        // in 0..=255 is made up for by the correction below.
+        let zps: Vec<u8> = zps_f
+            .iter()
+            .map(|&f| f.clamp(0.0, 255.0).round_ties_even() as u8)
+            .collect();
         let a_data = match a.as_slice() {
             Some(d) => std::borrow::Cow::Borrowed(d),
             None => std::borrow::Cow::Owned(a.iter().copied().collect::<Vec<f32>>()),
@@ -314,7 +315,14 @@ impl Int8Linear {
                 .zip(q.chunks_exact_mut(k))
                 .enumerate()
             {
-                quantize_with_into(xr, scales[r], zps[r], qr);
+                if f32::from(zps[r]) == zps_f[r] {
+                    quantize_with_into(xr, scales[r], zps[r], qr);
+                } else {
+                    // Cast<uint8>(Clip(Round(x / s) + z, 0, 255)) with a fractional z.
+                    for (o, &v) in qr.iter_mut().zip(xr) {
+                        *o = ((v / scales[r]).round_ties_even() + zps_f[r]).clamp(0.0, 255.0) as u8;
+                    }
+                }
             }
         }
         // Rows whose float zero point is not their uint8 one need a float correction, which

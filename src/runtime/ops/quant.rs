@@ -19,13 +19,13 @@
 //!   (one row per output position) times the packed transposed weights.
 //! - `QuantizeLinear` (10, 13, 19, 21): `y = saturate(round_half_even(x / scale) + zp)`, int8,
 //!   uint8, int16 or uint16 (from the zero point's type, else `output_dtype`, else uint8); x
-//!   and scale f32, f16 or bf16 (x also int32); scale and zero
-//!   point per tensor or per `axis` (1-D of the axis' length). The division is in f32 as
-//!   onnxruntime does it. Block quantization (`block_size > 0`) and the float8/int4 types are
-//!   not supported.
+//!   and scale f32, f16 or bf16 (x also int32); scale and zero point per tensor, per `axis`
+//!   (1-D of the axis' length) or, from 21, per block of `block_size` elements along `axis`
+//!   (parameters of x's rank with `ceil(dim / block_size)` entries on the axis). The division
+//!   is in f32 as onnxruntime does it. The float8/int4 types are not supported.
 //! - `DequantizeLinear` (10, 13, 19, 21): `y = (x - zp) * scale` for int8, uint8, int16, uint16
-//!   and int32 x (int32 has no zero point), per tensor or per axis; the output has the scale's
-//!   type (f32, f16 or bf16).
+//!   and int32 x (int32 has no zero point), per tensor, per axis or per block; the output has
+//!   the scale's type (f32, f16 or bf16).
 //! - `QLinearMatMul` (10): `y = saturate(round_half_even((a - za)(b - zb) · sa·sb / sy) + zy)`,
 //!   with per-tensor or per-row/per-column scales and zero points for A/B and per-tensor for Y.
 
@@ -704,27 +704,70 @@ fn quantized_range(dt: DataType) -> Option<(f32, f32)> {
     })
 }
 
-/// For element `i` of a tensor of `shape`, the index of its parameter along `axis` (0 for a
-/// per-tensor parameter), or an error when a per-axis parameter's length does not match.
+/// For element `i` of a tensor of `shape`, the index of its parameter: 0 for a per-tensor
+/// parameter, the index along `axis` for a per-axis (1-D) one, and for block quantization
+/// (`block > 0`: the parameter has `x`'s rank, with `ceil(dim / block)` entries along `axis`)
+/// the same multi-index with the axis coordinate divided by `block`. Errors when the
+/// parameter's shape does not fit.
 struct AxisIndex {
     inner: usize,
     dim: usize,
     per_axis: bool,
+    /// Elements per block along the axis (0: not blocked) and the parameter's axis length.
+    block: usize,
+    blocks: usize,
 }
 
 impl AxisIndex {
-    fn new(shape: &[usize], axis: i64, param: &Value, len: usize, what: &str) -> Result<Self> {
-        if len == 1 && param.shape().len() <= 1 {
+    fn per_tensor() -> Self {
+        AxisIndex {
+            inner: 1,
+            dim: 1,
+            per_axis: false,
+            block: 0,
+            blocks: 1,
+        }
+    }
+
+    fn new(
+        shape: &[usize],
+        axis: i64,
+        block: usize,
+        param: &Value,
+        len: usize,
+        what: &str,
+    ) -> Result<Self> {
+        if block > 0 {
+            let ax = norm_axis(axis, shape.len())?;
+            let ps = param.shape();
+            let fits = ps.len() == shape.len()
+                && (0..ps.len()).all(|k| {
+                    if k == ax {
+                        ps[k] == shape[k].div_ceil(block)
+                    } else {
+                        ps[k] == shape[k]
+                    }
+                });
+            if !fits {
+                return Err(err(format!(
+                    "{what} has shape {ps:?}, which does not block x of shape {shape:?} by                      {block} along axis {ax}"
+                )));
+            }
             return Ok(AxisIndex {
-                inner: 1,
-                dim: 1,
-                per_axis: false,
+                inner: shape[ax + 1..].iter().product(),
+                dim: shape[ax],
+                per_axis: true,
+                block,
+                blocks: ps[ax],
             });
+        }
+        if len == 1 && param.shape().len() <= 1 {
+            return Ok(AxisIndex::per_tensor());
         }
         if param.shape().len() != 1 {
             return Err(err(format!(
-                "{what} has shape {:?}; only per-tensor and per-axis (1-D) forms are supported \
-                 (block quantization is not)",
+                "{what} has shape {:?}; per-tensor, per-axis (1-D) and blocked forms are \
+                 supported",
                 param.shape()
             )));
         }
@@ -739,28 +782,33 @@ impl AxisIndex {
             inner: shape[ax + 1..].iter().product(),
             dim: shape[ax],
             per_axis: true,
+            block: 0,
+            blocks: shape[ax],
         })
     }
 
     #[inline]
     fn at(&self, i: usize) -> usize {
-        if self.per_axis {
-            (i / self.inner) % self.dim
-        } else {
-            0
+        if !self.per_axis {
+            return 0;
         }
+        let along = (i / self.inner) % self.dim;
+        if self.block == 0 {
+            return along;
+        }
+        let outer = i / (self.inner * self.dim);
+        (outer * self.blocks + along / self.block) * self.inner + i % self.inner
     }
 }
 
-fn block_size(node: &Node) -> Result<()> {
-    if node.attr_or::<i64>("block_size", 0)? != 0 {
-        return Err(node.error("block quantization (block_size > 0) is not supported"));
-    }
-    Ok(())
+/// `block_size`: 0 (per tensor or per axis) or the block length of block quantization.
+fn block_size(node: &Node) -> Result<usize> {
+    let b = node.attr_or::<i64>("block_size", 0)?;
+    usize::try_from(b).map_err(|_| node.error(format!("block_size {b} is negative")))
 }
 
 fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
-    block_size(node)?;
+    let block = block_size(node)?;
     let axis = node.attr_or::<i64>("axis", 1)?;
     // 0 = from the zero point, else uint8.
     let want = match node.attr_or::<i64>("output_dtype", 0)? {
@@ -808,10 +856,11 @@ fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             }
         };
         let shape = xf.shape().to_vec();
-        let si = AxisIndex::new(&shape, axis, sv, scale.len(), "y_scale")?;
+        let si = AxisIndex::new(&shape, axis, block, sv, scale.len(), "y_scale")?;
         let zi = match zv {
-            Some(z) => AxisIndex::new(&shape, axis, z, zp.len(), "y_zero_point")?,
-            None => AxisIndex::new(&shape, axis, sv, 1, "y_zero_point")?,
+            Some(z) => AxisIndex::new(&shape, axis, block, z, zp.len(), "y_zero_point")?,
+            // No zero point: one implicit 0 for every element, whatever the scale's form.
+            None => AxisIndex::per_tensor(),
         };
         let q = |i: usize, v: f32| (v / scale[si.at(i)]).round_ties_even() + zp[zi.at(i)];
         let data = xf.as_slice().unwrap_or(&[]);
@@ -848,10 +897,16 @@ fn ints_of(v: &Value, what: &str) -> Result<(Vec<i32>, Vec<usize>)> {
 }
 
 /// `(x - zp) * scale` per tensor or along `axis`.
-pub fn dequantize(x: &Value, scale: &Value, zp: Option<&Value>, axis: i64) -> Result<Value> {
+pub fn dequantize(
+    x: &Value,
+    scale: &Value,
+    zp: Option<&Value>,
+    axis: i64,
+    block: usize,
+) -> Result<Value> {
     let (xs, shape) = ints_of(x, "x")?;
     let (sc, out) = float_param(scale, "x_scale")?;
-    let si = AxisIndex::new(&shape, axis, scale, sc.len(), "x_scale")?;
+    let si = AxisIndex::new(&shape, axis, block, scale, sc.len(), "x_scale")?;
     let (zs, zi) = match zp {
         Some(z) => {
             if z.dtype() != x.dtype() {
@@ -862,13 +917,10 @@ pub fn dequantize(x: &Value, scale: &Value, zp: Option<&Value>, axis: i64) -> Re
                 )));
             }
             let (zs, _) = ints_of(z, "x_zero_point")?;
-            let zi = AxisIndex::new(&shape, axis, z, zs.len(), "x_zero_point")?;
+            let zi = AxisIndex::new(&shape, axis, block, z, zs.len(), "x_zero_point")?;
             (zs, zi)
         }
-        None => (
-            vec![0],
-            AxisIndex::new(&shape, axis, scale, 1, "x_zero_point")?,
-        ),
+        None => (vec![0], AxisIndex::per_tensor()),
     };
     // The subtraction is exact in f32 for 8- and 16-bit data; the product rounds once, as in the
     // reference (`(x - zp).astype(float32) * scale`).
@@ -882,7 +934,7 @@ pub fn dequantize(x: &Value, scale: &Value, zp: Option<&Value>, axis: i64) -> Re
 }
 
 fn build_dequantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
-    block_size(node)?;
+    let block = block_size(node)?;
     let axis = node.attr_or::<i64>("axis", 1)?;
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
         Ok(vec![dequantize(
@@ -890,6 +942,7 @@ fn build_dequantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
             req(ins, 1)?,
             opt(ins, 2),
             axis,
+            block,
         )?])
     })))
 }
@@ -965,6 +1018,18 @@ fn build_qlinear_matmul(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_dequantize_without_zero_point() {
+        // Previously the implicit zero point was indexed like a blocked one and panicked.
+        let x = Value::I16(ndarray::arr2(&[[1i16, 2, 3, 4, -5]]).into_dyn());
+        let scale = Value::F32(ndarray::arr2(&[[0.5f32, 2.0, 4.0]]).into_dyn());
+        let y = dequantize(&x, &scale, None, 1, 2).unwrap();
+        assert_eq!(
+            y,
+            Value::F32(ndarray::arr2(&[[0.5f32, 1.0, 6.0, 8.0, -20.0]]).into_dyn())
+        );
+    }
 
     #[test]
     fn dynamic_quantize_rounds_half_to_even_and_saturates() {

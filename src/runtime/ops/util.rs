@@ -402,6 +402,21 @@ pub fn scalar_f64(v: &Value) -> Result<f64> {
     Ok(crate::dispatch_value!(v, a => a.iter().next().map(|x| x.to_f64()).unwrap_or(0.0)))
 }
 
+/// A float (f16/f32/f64) operand as its shape and row-major f64 values, for ops that compute
+/// in f64; the error names `what`.
+pub fn float_values(v: &Value, what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    if !is_float(v.dtype()) {
+        return Err(err(format!(
+            "{what} must be a float tensor, got {}",
+            dname(v)
+        )));
+    }
+    match cast(v, DataType::Double)? {
+        Value::F64(a) => Ok((a.shape().to_vec(), a.iter().copied().collect())),
+        _ => Err(err("internal: cast to double")),
+    }
+}
+
 /// A value's element type as a readable name.
 pub fn dname(v: &Value) -> String {
     crate::ir::tensor::dtype_name(v.dtype() as i32)
@@ -501,6 +516,43 @@ mod tests {
         assert_eq!(
             cast(&i, DataType::Uint8).unwrap(),
             Value::U8(array![1u8, 255].into_dyn())
+        );
+    }
+
+    #[test]
+    fn casts_the_16_bit_and_unsigned_types() {
+        // bfloat16 rounds to nearest even: 1 + 2^-8 is a tie between 1 and 1 + 2^-7.
+        let v = Value::F32(array![1.0f32 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::NAN].into_dyn());
+        let Value::BF16(b) = cast(&v, DataType::Bfloat16).unwrap() else {
+            panic!("not bf16")
+        };
+        assert_eq!(b[0].to_f32(), 1.0);
+        assert_eq!(b[1].to_f32(), 1.0 + 4.0 / 256.0);
+        assert!(b[2].is_nan());
+        // u64 above i64::MAX survives integer casts bit-exactly and widens to float.
+        let u = Value::U64(array![u64::MAX, 1 << 63].into_dyn());
+        assert_eq!(
+            cast(&u, DataType::Uint32).unwrap(),
+            Value::U32(array![u32::MAX, 0].into_dyn())
+        );
+        assert_eq!(
+            cast(&u, DataType::Double).unwrap(),
+            Value::F64(array![18446744073709551615.0, 9223372036854775808.0].into_dyn())
+        );
+        // Narrowing wraps; float to integer truncates toward zero.
+        let i = Value::I32(array![70000i32, -1].into_dyn());
+        assert_eq!(
+            cast(&i, DataType::Int16).unwrap(),
+            Value::I16(array![4464i16, -1].into_dyn())
+        );
+        assert_eq!(
+            cast(&i, DataType::Uint16).unwrap(),
+            Value::U16(array![4464u16, 65535].into_dyn())
+        );
+        let f = Value::F64(array![-2.7f64, 65535.9].into_dyn());
+        assert_eq!(
+            cast(&f, DataType::Int16).unwrap(),
+            Value::I16(array![-2i16, i16::MAX].into_dyn())
         );
     }
 

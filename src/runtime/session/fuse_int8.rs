@@ -25,13 +25,14 @@
 //! The per-token form of `rewrite --activations per-token`,
 //!
 //! ```text
-//! QuantizeLinear(A2, s, z, axis 0) -> MatMulInteger(·, Wq, -, Wz) -> Cast(to float)
+//! Cast<uint8>(Clip(Round(A2 / Unsqueeze(s, [1])) + Unsqueeze(z_f, [1]), 0, 255))
+//!   -> MatMulInteger(·, Wq, -, Wz) -> Cast(to float)
 //!   -> Sub(·, Mul(Unsqueeze(z_f, [1]), c)) -> Mul(·, Mul(Unsqueeze(s, [1]), Ws)) [-> Add(bias)]
 //!   [-> activation]
 //! ```
 //!
-//! (`c` and `Ws` constants; `z = Cast(z_f)` is left to the graph), becomes one per-row
-//! `Int8Linear` step reading `A2, s, z, z_f`. The small `[M]` steps computing `s` and `z_f`
+//! (`c` and `Ws` constants; each Unsqueeze read once), becomes one per-row `Int8Linear` step
+//! reading `A2, s, z_f`. The small `[M]` steps computing `s` and `z_f`
 //! stay: they are the graph's own definition of the row parameters, so the fused step does
 //! not have to recognise how they were computed.
 //!
@@ -349,31 +350,35 @@ fn match_per_row(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chai
         [Some(a), Some(b), None, z] => (a, b, z),
         _ => return None,
     };
-    let (qi, q) = producer_for(steps, aq, "QuantizeLinear", i, cx, idx)?;
-    let [Some(rows), Some(s), Some(z)] = q.inputs[..] else {
-        return None;
-    };
-    let qnode = idx.nodes.get(&aq)?;
-    if qnode.attr_or::<i64>("axis", 1).ok()? != 0
-        || qnode.attr_or::<i64>("block_size", 0).ok()? != 0
-        || qnode.attr_or::<i64>("output_dtype", 0).ok()? != 0
+    // A_q = Cast<uint8>(Clip(Add(Round(Div(A2, Unsqueeze(s))), Unsqueeze(z_f)), 0, 255)).
+    let (qc_i, qcast) = producer_for(steps, aq, "Cast", i, cx, idx)?;
+    if idx.nodes.get(&aq)?.attr::<i64>("to").ok()??
+        != crate::onnx::tensor_proto::DataType::Uint8 as i64
     {
         return None;
     }
-    // A uint8 zero point (so a uint8 A_q), known at plan time.
-    let zp_u8 = match const_of(cx, Some(z)) {
-        Some(v) => matches!(v, Value::U8(_)),
-        None => {
-            let &zc = idx.links.producer.get(&z)?;
-            steps[zc].onnx_domain
-                && steps[zc].op_type == "Cast"
-                && idx.nodes.get(&z)?.attr::<i64>("to").ok()??
-                    == crate::onnx::tensor_proto::DataType::Uint8 as i64
-        }
+    let (clip_i, clip) = producer_for(steps, qcast.inputs[0]?, "Clip", qc_i, cx, idx)?;
+    let [Some(shifted), Some(lo), Some(hi)] = clip.inputs[..] else {
+        return None;
     };
-    if !zp_u8 {
+    let bound = |slot| match const_of(cx, Some(slot)) {
+        Some(Value::F32(a)) if a.len() == 1 => a.iter().next().copied(),
+        _ => None,
+    };
+    if bound(lo)? != 0.0 || bound(hi)? != 255.0 {
         return None;
     }
+    let (add_i, add) = producer_for(steps, shifted, "Add", clip_i, cx, idx)?;
+    let (round_i, zq_col) = add.inputs.iter().flatten().find_map(|&x| {
+        let (ri, _) = producer_for(steps, x, "Round", add_i, cx, idx)?;
+        Some((ri, other_input(add, x)?))
+    })?;
+    let (zq_i, zq_f) = unsqueeze_col(steps, zq_col, add_i, cx, idx)?;
+    let (div_i, div) = producer_for(steps, steps[round_i].inputs[0]?, "Div", round_i, cx, idx)?;
+    let [Some(rows), Some(sq_col)] = div.inputs[..] else {
+        return None;
+    };
+    let (sq_i, s) = unsqueeze_col(steps, sq_col, div_i, cx, idx)?;
     let packed = pack(cx, Some(wq), wz)?;
     let n = packed.n();
     let acc = single_output(mm)?;
@@ -402,6 +407,9 @@ fn match_per_row(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chai
         (c.len() == n).then_some((x, c))
     })?;
     let (zu_i, zp_f) = unsqueeze_col(steps, zp_col, corr_i, cx, idx)?;
+    if zp_f != zq_f {
+        return None;
+    }
     // Mul(centered, Mul(Unsqueeze(s), Ws)).
     let centered = single_output(sub)?;
     let fi = idx.only_reader(centered, cx)?;
@@ -418,9 +426,17 @@ fn match_per_row(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chai
     if s_again != s {
         return None;
     }
-    let mut chain = vec![qi, i, ci, zu_i, corr_i, sub_i, su_i, si, fi];
+    let mut chain = vec![
+        sq_i, div_i, round_i, zq_i, add_i, clip_i, qc_i, i, ci, zu_i, corr_i, sub_i, su_i, si, fi,
+    ];
     let mut names: Vec<String> = [
-        "QuantizeLinear",
+        "Unsqueeze",
+        "Div",
+        "Round",
+        "Unsqueeze",
+        "Add",
+        "Clip",
+        "Cast",
         "MatMulInteger",
         "Cast",
         "Unsqueeze",
@@ -441,7 +457,7 @@ fn match_per_row(steps: &[Step], i: usize, cx: &Ctx, idx: &Index) -> Option<Chai
         Partial {
             steps: chain,
             names,
-            inputs: vec![Some(rows), Some(s), Some(z), Some(zp_f)],
+            inputs: vec![Some(rows), Some(s), Some(zp_f)],
             output: out,
             form: AForm::PerRow,
             packed,
