@@ -720,6 +720,16 @@ struct AxisIndex {
 }
 
 impl AxisIndex {
+    fn per_tensor() -> Self {
+        AxisIndex {
+            inner: 1,
+            dim: 1,
+            per_axis: false,
+            block: 0,
+            blocks: 1,
+        }
+    }
+
     fn new(
         shape: &[usize],
         axis: i64,
@@ -728,13 +738,6 @@ impl AxisIndex {
         len: usize,
         what: &str,
     ) -> Result<Self> {
-        let per_tensor = AxisIndex {
-            inner: 1,
-            dim: 1,
-            per_axis: false,
-            block: 0,
-            blocks: 1,
-        };
         if block > 0 {
             let ax = norm_axis(axis, shape.len())?;
             let ps = param.shape();
@@ -760,7 +763,7 @@ impl AxisIndex {
             });
         }
         if len == 1 && param.shape().len() <= 1 {
-            return Ok(per_tensor);
+            return Ok(AxisIndex::per_tensor());
         }
         if param.shape().len() != 1 {
             return Err(err(format!(
@@ -857,7 +860,8 @@ fn build_quantize(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         let si = AxisIndex::new(&shape, axis, block, sv, scale.len(), "y_scale")?;
         let zi = match zv {
             Some(z) => AxisIndex::new(&shape, axis, block, z, zp.len(), "y_zero_point")?,
-            None => AxisIndex::new(&shape, axis, block, sv, 1, "y_zero_point")?,
+            // No zero point: one implicit 0 for every element, whatever the scale's form.
+            None => AxisIndex::per_tensor(),
         };
         let q = |i: usize, v: f32| (v / scale[si.at(i)]).round_ties_even() + zp[zi.at(i)];
         let data = xf.as_slice().unwrap_or(&[]);
@@ -917,10 +921,7 @@ pub fn dequantize(
             let zi = AxisIndex::new(&shape, axis, block, z, zs.len(), "x_zero_point")?;
             (zs, zi)
         }
-        None => (
-            vec![0],
-            AxisIndex::new(&shape, axis, block, scale, 1, "x_zero_point")?,
-        ),
+        None => (vec![0], AxisIndex::per_tensor()),
     };
     // The subtraction is exact in f32 for 8- and 16-bit data; the product rounds once, as in the
     // reference (`(x - zp).astype(float32) * scale`).
@@ -1018,6 +1019,18 @@ fn build_qlinear_matmul(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_dequantize_without_zero_point() {
+        // Previously the implicit zero point was indexed like a blocked one and panicked.
+        let x = Value::I16(ndarray::arr2(&[[1i16, 2, 3, 4, -5]]).into_dyn());
+        let scale = Value::F32(ndarray::arr2(&[[0.5f32, 2.0, 4.0]]).into_dyn());
+        let y = dequantize(&x, &scale, None, 1, 2).unwrap();
+        assert_eq!(
+            y,
+            Value::F32(ndarray::arr2(&[[0.5f32, 1.0, 6.0, 8.0, -20.0]]).into_dyn())
+        );
+    }
 
     #[test]
     fn dynamic_quantize_rounds_half_to_even_and_saturates() {

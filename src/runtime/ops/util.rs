@@ -528,6 +528,43 @@ mod tests {
     }
 
     #[test]
+    fn casts_the_16_bit_and_unsigned_types() {
+        // bfloat16 rounds to nearest even: 1 + 2^-8 is a tie between 1 and 1 + 2^-7.
+        let v = Value::F32(array![1.0f32 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::NAN].into_dyn());
+        let Value::BF16(b) = cast(&v, DataType::Bfloat16).unwrap() else {
+            panic!("not bf16")
+        };
+        assert_eq!(b[0].to_f32(), 1.0);
+        assert_eq!(b[1].to_f32(), 1.0 + 4.0 / 256.0);
+        assert!(b[2].is_nan());
+        // u64 above i64::MAX survives integer casts bit-exactly and widens to float.
+        let u = Value::U64(array![u64::MAX, 1 << 63].into_dyn());
+        assert_eq!(
+            cast(&u, DataType::Uint32).unwrap(),
+            Value::U32(array![u32::MAX, 0].into_dyn())
+        );
+        assert_eq!(
+            cast(&u, DataType::Double).unwrap(),
+            Value::F64(array![18446744073709551615.0, 9223372036854775808.0].into_dyn())
+        );
+        // Narrowing wraps; float to integer truncates toward zero.
+        let i = Value::I32(array![70000i32, -1].into_dyn());
+        assert_eq!(
+            cast(&i, DataType::Int16).unwrap(),
+            Value::I16(array![4464i16, -1].into_dyn())
+        );
+        assert_eq!(
+            cast(&i, DataType::Uint16).unwrap(),
+            Value::U16(array![4464u16, 65535].into_dyn())
+        );
+        let f = Value::F64(array![-2.7f64, 65535.9].into_dyn());
+        assert_eq!(
+            cast(&f, DataType::Int16).unwrap(),
+            Value::I16(array![-2i16, i16::MAX].into_dyn())
+        );
+    }
+
+    #[test]
     fn broadcasts() {
         assert_eq!(broadcast_shape(&[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
         assert!(broadcast_shape(&[2], &[3]).is_err());
