@@ -552,6 +552,44 @@ mod tests {
     }
 
     #[test]
+    fn encoder_figures_mask_padding() {
+        // Batch 2, seq 2, hidden 2. Sentence 0: token 1 is padding and wildly off; sentence 1:
+        // both tokens valid, token 1 off by a rotation.
+        let f = Value::F32(
+            ndarray::Array3::from_shape_vec((2, 2, 2), vec![1., 0., 5., 5., 1., 0., 0., 1.])
+                .unwrap()
+                .into_dyn(),
+        );
+        let q = Value::F32(
+            ndarray::Array3::from_shape_vec((2, 2, 2), vec![1., 0., -5., 5., 1., 0., 1., 1.])
+                .unwrap()
+                .into_dyn(),
+        );
+        let mask = Value::I64(ndarray::arr2(&[[1i64, 0], [1, 1]]).into_dyn());
+        let r = compare_output_samples(
+            "h",
+            &[(&f, &q, Some(("attention_mask", &mask)))],
+            &Tolerance::default(),
+        )
+        .unwrap();
+        let e = r.encoder.as_ref().unwrap();
+        assert_eq!(e.valid_tokens, 3);
+        let c = 1.0 / 2f64.sqrt();
+        assert!((e.token_cosine_min - c).abs() < 1e-12, "{e:?}");
+        assert!(
+            (e.token_cosine_mean - (2.0 + c) / 3.0).abs() < 1e-12,
+            "{e:?}"
+        );
+        // Pooled: sentence 0 is token 0 alone (cosine 1); sentence 1 is [1,1]/2 vs [2,1]/2.
+        let pooled = 3.0 / (2f64.sqrt() * 5f64.sqrt());
+        assert!((e.pooled_cosine_min - pooled).abs() < 1e-12, "{e:?}");
+        // The padded token drags the raw cosine below the tolerance, the verdict ignores it.
+        assert!(r.metrics.cosine < 0.99);
+        assert!(!r.pass, "the valid tokens are below 0.99 too");
+        assert!(r.failures.iter().all(|f| !f.starts_with("cosine")), "{r:?}");
+    }
+
+    #[test]
     fn tolerance_verdicts() {
         let f = Value::F32(ndarray::arr1(&[1.0f32, 2.0, 3.0]).into_dyn());
         let q = Value::F32(ndarray::arr1(&[1.0f32, 2.0, 3.5]).into_dyn());

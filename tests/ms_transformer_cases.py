@@ -121,6 +121,29 @@ mha("mha_packed_kv", layout="packed_kv", L=6)
 mha("mha_packed_qkv", layout="packed_qkv")
 mha("mha_bnsh_kv", layout="bnsh", L=6, mask=i32([6, 2]))
 
+# ---- GroupQueryAttention ---------------------------------------------------------------------
+def gqa(name, S_=5, kvN=2, past_len=None, seqlens=None, total=None, packed=False, attrs=None, B=B):
+    Hd = 8
+    q, k, v = f32(B, S_, N * Hd), f32(B, S_, kvN * Hd), f32(B, S_, kvN * Hd)
+    if packed:
+        q, k, v = np.concatenate([q, k, v], axis=2), None, None
+    past = (f32(B, kvN, past_len, Hd), f32(B, kvN, past_len, Hd)) if past_len else (None, None)
+    seqlens = i32(seqlens if seqlens is not None else [S_ - 1] * B)
+    total = np.array(total if total is not None else S_, np.int32)
+    ins = [("query", q), ("key", k), ("value", v), ("past_key", past[0]), ("past_value", past[1]),
+           ("seqlens_k", seqlens), ("total_sequence_length", total)]
+    case(name, "GroupQueryAttention", ins, dict(num_heads=N, kv_num_heads=kvN, **(attrs or {})), 3)
+
+gqa("gqa_prompt")
+gqa("gqa_prompt_mqa", kvN=1)
+gqa("gqa_packed", packed=True)
+gqa("gqa_decode", S_=1, past_len=6, seqlens=[6, 3], total=7)
+# onnxruntime runs a prompt after a past only for batch 1.
+gqa("gqa_subsequent_prompt", S_=3, past_len=4, seqlens=[6], total=7, B=1)
+gqa("gqa_local_window", S_=6, attrs=dict(local_window_size=2))
+gqa("gqa_softcap_scale", attrs=dict(softcap=2.0, scale=0.4))
+gqa("gqa_smooth_softmax", attrs=dict(smooth_softmax=1))
+
 # ---- QAttention ------------------------------------------------------------------------------
 def qattn(name, wtype=np.int8, per_col=False, mask=None, past=None, attrs=None, n_out=1, zp=True):
     x = rng.integers(0, 256, (B, S, D)).astype(np.uint8)

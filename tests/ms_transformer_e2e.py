@@ -1,12 +1,15 @@
 """End-to-end models for tests/ms_transformer_ort.rs, made at test time.
 
-    python ms_transformer_e2e.py OUT_DIR
+    python ms_transformer_e2e.py OUT_DIR FIXTURE_DIR
 
 Writes into OUT_DIR: bert.onnx (a 2-layer BERT encoder built with onnx.helper in the graph
 pattern of the classic PyTorch BERT export, random weights), bert_opt_raw.onnx and
 bert_opt_index.onnx (onnxruntime's transformer optimizer on it: raw 2-D attention mask, and
 mask index from EmbedLayerNormalization), bert_opt_q.onnx (quantize_dynamic on
-bert_opt_index.onnx), mlp.onnx and mlp_nbits{4,8}.onnx (MatMulNBitsQuantizer on a small MLP);
+bert_opt_index.onnx), mlp.onnx and mlp_nbits{4,8}.onnx (MatMulNBitsQuantizer on a small MLP),
+fixture_opt.onnx and fixture_opt_q.onnx (the optimizer and then quantize_dynamic on the
+committed fixtures/transformer/bert_encoder.onnx, a TorchScript export whose attention the
+optimizer does not fuse: it gets SkipLayerNormalization and BiasGelu);
 for each MODEL.onnx a MODEL.npz with the inputs (`input.*`) and onnxruntime's outputs
 (`output.*`). Prints a JSON object {model: {op_type: count}}.
 """
@@ -18,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-out = sys.argv[1]
+out, fixture_dir = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(5)
 V, MAXP, H, N, FF, LAYERS = 50, 16, 32, 4, 64, 2
 HD = H // N
@@ -151,12 +154,22 @@ for bits, sym in [(4, False), (8, True)]:
     q.model.save_model_to_file(os.path.join(out, f"mlp_nbits{bits}.onnx"))
 mlp_feed = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
 
+fixture = os.path.join(fixture_dir, "transformer", "bert_encoder.onnx")
+o = optimize_model(fixture, model_type="bert", num_heads=4, hidden_size=64, opt_level=0)
+o.save_model_to_file(os.path.join(out, "fixture_opt.onnx"))
+quantize_dynamic(os.path.join(out, "fixture_opt.onnx"), os.path.join(out, "fixture_opt_q.onnx"),
+                 weight_type=QuantType.QInt8, per_channel=True,
+                 extra_options={"DefaultTensorType": TensorProto.FLOAT})
+d = np.load(fixture.replace(".onnx", ".npz"))
+fixture_feed = {k[len("input."):]: d[k] for k in d.files if k.startswith("input.")}
+
 so = ort.SessionOptions()
 so.intra_op_num_threads = 1
 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 summary = {}
 for name, feed in [("bert", bert_feed), ("bert_opt_raw", bert_feed), ("bert_opt_index", bert_feed),
-                   ("bert_opt_q", bert_feed), ("mlp", mlp_feed), ("mlp_nbits4", mlp_feed), ("mlp_nbits8", mlp_feed)]:
+                   ("bert_opt_q", bert_feed), ("mlp", mlp_feed), ("mlp_nbits4", mlp_feed), ("mlp_nbits8", mlp_feed),
+                   ("fixture_opt", fixture_feed), ("fixture_opt_q", fixture_feed)]:
     path = os.path.join(out, name + ".onnx")
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     names = {i.name for i in s.get_inputs()}

@@ -4,7 +4,9 @@
 //!   mask forms, unidirectional, past/present, attention_bias, qkv_hidden_sizes, scale and
 //!   mask_filter_value; QAttention with int8/uint8 weights, per-tensor and per-column scales,
 //!   past; MultiHeadAttention with separate, packed and `[B, N, L, H]` keys and values,
-//!   bias, masks, attention_bias and past/present; EmbedLayerNormalization with and without segments, mask, position_ids and the sum
+//!   bias, masks, attention_bias and past/present; GroupQueryAttention on prompts (separate and
+//!   packed QKV, one or several key/value heads), decoding and later prompts with a past,
+//!   local windows, softcap, scale and smooth softmax; EmbedLayerNormalization with and without segments, mask, position_ids and the sum
 //!   output; MatMulNBits at 2, 4 and 8 bits with packed, float and no zero points, g_idx, a
 //!   ragged last block and bias; the gelu, layer-norm and FusedMatMul ops). Where onnxruntime
 //!   refuses a model (Attention's 4-D mask) ours must refuse it too.
@@ -12,7 +14,9 @@
 //!   pattern, run through onnxruntime's transformer optimizer (EmbedLayerNormalization,
 //!   Attention with a raw 2-D mask or EmbedLayerNormalization's mask index,
 //!   SkipLayerNormalization, BiasGelu) and then `quantize_dynamic` (QEmbedLayerNormalization,
-//!   QAttention, MatMulInteger); and an MLP through `MatMulNBitsQuantizer` at 4 and 8 bits.
+//!   QAttention, MatMulInteger); the committed fixtures/transformer/bert_encoder.onnx through
+//!   both (its attention is not fused); and an MLP through `MatMulNBitsQuantizer` at 4 and 8
+//!   bits.
 //!
 //! Every output must match onnxruntime's within 1e-4 of its scale (max(1, max |output|));
 //! integer outputs exactly.
@@ -101,6 +105,11 @@ fn multi_head_attention_matches_onnxruntime() {
 }
 
 #[test]
+fn group_query_attention_matches_onnxruntime() {
+    run_cases("gqa_");
+}
+
+#[test]
 fn qattention_matches_onnxruntime() {
     run_cases("qattn_");
 }
@@ -126,7 +135,11 @@ fn e2e_dir() -> &'static (tempfile::TempDir, serde_json::Value) {
         std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = common::run_python(include_str!("ms_transformer_e2e.py"), &[dir.path()]);
+        let fixtures = common::repo().join("fixtures");
+        let out = common::run_python(
+            include_str!("ms_transformer_e2e.py"),
+            &[dir.path(), &fixtures],
+        );
         let last = out.lines().last().unwrap_or("");
         let summary: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
             panic!("e2e script output is not JSON ({e}): {out}");
@@ -173,6 +186,18 @@ fn optimized_bert_through_quantize_dynamic_matches_onnxruntime() {
     check_e2e(
         "bert_opt_q",
         &["QEmbedLayerNormalization", "QAttention", "MatMulInteger"],
+    );
+}
+
+/// The committed TorchScript encoder: the optimizer fuses its layer norms and GELUs but not its
+/// attention (whose mask the export builds with IsNaN/Where, a pattern the optimizer does not
+/// match); then quantize_dynamic per channel.
+#[test]
+fn bert_fixture_through_the_optimizer_and_quantizer_matches_onnxruntime() {
+    check_e2e("fixture_opt", &["SkipLayerNormalization", "BiasGelu"]);
+    check_e2e(
+        "fixture_opt_q",
+        &["SkipLayerNormalization", "MatMulInteger"],
     );
 }
 

@@ -26,16 +26,12 @@ fn input(dt: DataType, shape: &[usize], seed: usize) -> Option<Value> {
     let sh = IxDyn(shape);
     Some(match dt {
         DataType::Float => Value::F32(ArrayD::from_shape_vec(sh, (0..n).map(f).collect()).ok()?),
-        DataType::Double => Value::F64(ArrayD::from_shape_vec(
-            sh,
-            (0..n).map(|i| f(i) as f64).collect(),
-        )
-        .ok()?),
-        DataType::Float16 => Value::F16(ArrayD::from_shape_vec(
-            sh,
-            (0..n).map(|i| half::f16::from_f32(f(i))).collect(),
-        )
-        .ok()?),
+        DataType::Double => {
+            Value::F64(ArrayD::from_shape_vec(sh, (0..n).map(|i| f(i) as f64).collect()).ok()?)
+        }
+        DataType::Float16 => Value::F16(
+            ArrayD::from_shape_vec(sh, (0..n).map(|i| half::f16::from_f32(f(i))).collect()).ok()?,
+        ),
         DataType::Int64 => Value::I64(ArrayD::from_shape_vec(sh, (0..n).map(k).collect()).ok()?),
         DataType::Int32 => {
             Value::I32(ArrayD::from_shape_vec(sh, (0..n).map(|i| k(i) as i32).collect()).ok()?)

@@ -324,7 +324,7 @@ impl Problem<'_> {
 }
 
 /// Softmax of one row; a row whose largest entry is -inf (or NaN) softmaxes to zeros, not NaN.
-fn softmax_in_place<T: Float>(row: &mut [T]) {
+pub(super) fn softmax_in_place<T: Float>(row: &mut [T]) {
     let max = row.iter().copied().fold(T::neg_infinity(), T::max);
     let max = if max == T::neg_infinity() {
         T::zero()

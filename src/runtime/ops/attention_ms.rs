@@ -34,12 +34,29 @@
 //!   past_key?, past_value?)`: Q, K and V given apart (already projected): query `[B, S, D]`;
 //!   key and value `[B, L, D]` / `[B, L, Dv]`, or `[B, N, L, H]` (then used as given, without
 //!   past). The packed forms (QKV `[B, S, N, 3, H]`, KV `[B, L, N, 2, H]`) are refused, as
-//!   onnxruntime's CPU kernel refuses them. `bias` `[D+D+Dv]` is added to the 3-D Q, K and V. `key_padding_mask` takes `mask_index`'s forms; past and present keys and
-//!   values are `[B, N, P, H]` and `[B, N, P+L, H]`; the optional fourth output (the scores)
-//!   and `cache_indirection` (beam search) are refused.
+//!   onnxruntime's CPU kernel refuses them. `bias` `[D+D+Dv]` is added to the 3-D Q, K and
+//!   V. `key_padding_mask` takes `mask_index`'s forms; past and present keys and values are
+//!   `[B, N, P, H]` and `[B, N, P+L, H]`; the optional fourth output (the scores) and
+//!   `cache_indirection` (beam search) are refused.
+//! - `GroupQueryAttention(query, key?, value?, past_key?, past_value?, seqlens_k,
+//!   total_sequence_length)`: causal attention with `num_heads` query heads reading
+//!   `kv_num_heads` key/value heads (query head `h` reads `h / (num_heads / kv_num_heads)`).
+//!   query `[B, S, N·H]` with key and value `[B, S, Nkv·H]`, or packed `[B, S, (N+2·Nkv)·H]`
+//!   without them. Batch entry `b` has `seqlens_k[b] + 1` keys in all; its past length is 0
+//!   on a first prompt (`S == total_sequence_length`) and `seqlens_k[b] + 1 - S` otherwise.
+//!   `present_key` / `present_value` `[B, Nkv, max(P, total_sequence_length), H]` hold the
+//!   past's first past-length rows, then the new keys/values, then zeros. Query `i` sees
+//!   keys `j <= past + i`, with `local_window_size` w > 0 only the last w of them
+//!   (`j > past + i - w`); scores are scaled (`scale`, default `1/√H`), soft-capped with
+//!   `softcap` > 0 (`softcap · tanh(s / softcap)`) and softmaxed (`smooth_softmax` adds 1 to
+//!   the denominator, as a sink at score 0). Rotary embedding (`do_rotary`), `cos_cache`,
+//!   `sin_cache`, `position_ids`, `attention_bias`, `head_sink` and the qk output are refused.
+//!   Queries of a first prompt past their entry's length (padding) see the keys up to
+//!   themselves that exist, `j < seqlens_k[b] + 1`.
 //!
-//! The heads run on the default-domain `Attention` implementation (attention.rs) with the mask
-//! and bias folded into one additive bias.
+//! Attention, QAttention and MultiHeadAttention run their heads on the default-domain
+//! `Attention` implementation (attention.rs) with the mask and bias folded into one additive
+//! bias; GroupQueryAttention's per-entry lengths and windows run per query row.
 
 use ndarray::{Array4, ArrayD, Axis, IxDyn, s};
 
@@ -57,6 +74,7 @@ pub fn register(r: &mut Registry) {
     r.register("com.microsoft", "Attention", build_attention);
     r.register("com.microsoft", "QAttention", build_qattention);
     r.register("com.microsoft", "MultiHeadAttention", build_mha);
+    r.register("com.microsoft", "GroupQueryAttention", build_gqa);
 }
 
 /// The attributes the com.microsoft attention ops share.
@@ -204,7 +222,7 @@ fn attend(
 ) -> Result<[Value; 3]> {
     let (nb, sq, hq) = (q.shape()[0], q.shape()[1], q.shape()[2]);
     let n = a.heads;
-    if hq % n != 0 || k.shape()[2] != hq || v.shape()[2] % n != 0 {
+    if !hq.is_multiple_of(n) || k.shape()[2] != hq || !v.shape()[2].is_multiple_of(n) {
         return Err(err(format!(
             "Q {:?}, K {:?} and V {:?} widths must be multiples of {n} heads, Q's and K's equal",
             q.shape(),
@@ -356,7 +374,7 @@ fn build_attention(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         }
         let widths = match sizes {
             Some(s) => s,
-            None if total % 3 == 0 => [total / 3; 3],
+            None if total.is_multiple_of(3) => [total / 3; 3],
             None => {
                 return Err(err(format!(
                     "weights width {total} is not 3 equal parts (give qkv_hidden_sizes)"
@@ -408,7 +426,7 @@ fn build_qattention(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             )));
         }
         let total = ws[1];
-        if total % 3 != 0 {
+        if !total.is_multiple_of(3) {
             return Err(err(format!("weight width {total} is not 3 equal parts")));
         }
         let bias = f32s(req(ins, 2)?, "bias")?;
@@ -522,4 +540,237 @@ fn build_mha(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
         }
         Ok(outs)
     })))
+}
+
+/// GroupQueryAttention's attributes.
+#[derive(Clone, Copy, Debug)]
+struct Gqa {
+    heads: usize,
+    kv_heads: usize,
+    scale: Option<f32>,
+    softcap: f32,
+    window: i64,
+    smooth: bool,
+}
+
+/// `[B, S, heads·H]` (a column range of a packed `[B, S, W]`) as `[B, heads, S, H]` rows.
+fn gqa_heads(
+    x: &ArrayD<f32>,
+    cols: std::ops::Range<usize>,
+    heads: usize,
+    h: usize,
+) -> Result<Array4<f32>> {
+    let (nb, sq) = (x.shape()[0], x.shape()[1]);
+    let part = columns(x, nb, sq, cols)?;
+    part.into_shape_with_order(IxDyn(&[nb, sq, heads, h]))
+        .and_then(|a| a.into_dimensionality::<ndarray::Ix4>())
+        .map(|a| {
+            a.permuted_axes([0, 2, 1, 3])
+                .as_standard_layout()
+                .into_owned()
+        })
+        .map_err(|e| err(e.to_string()))
+}
+
+fn build_gqa(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
+    let pos = |name: &str| -> Result<usize> {
+        let v = node.attr_req::<i64>(name)?;
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| err(format!("{name} must be positive, got {v}")))
+    };
+    let (heads, kv_heads) = (pos("num_heads")?, pos("kv_num_heads")?);
+    if !heads.is_multiple_of(kv_heads) {
+        return Err(err(format!(
+            "num_heads {heads} is not a multiple of kv_num_heads {kv_heads}"
+        )));
+    }
+    let refused = node.attr_or::<i64>("do_rotary", 0)? != 0
+        || node.attr_or::<i64>("qk_output", 0)? != 0
+        || wants_output(node, 3)
+        || (7..=11).any(|i| node.input(i).is_some());
+    if refused {
+        return Err(Error::Unsupported(format!(
+            "GroupQueryAttention with rotary embedding, position_ids, attention_bias, head_sink or the qk output (node {})",
+            node.display_name()
+        )));
+    }
+    let scale = node.attr_or::<f32>("scale", 0.0)?;
+    let g = Gqa {
+        heads,
+        kv_heads,
+        scale: (scale != 0.0).then_some(scale),
+        softcap: node.attr_or::<f32>("softcap", 0.0)?,
+        window: node.attr_or::<i64>("local_window_size", -1)?,
+        smooth: node.attr_or::<i64>("smooth_softmax", 0)? != 0,
+    };
+    Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| gqa(&g, ins))))
+}
+
+fn gqa(g: &Gqa, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let query = input_3d(req(ins, 0)?)?;
+    let (nb, sq, width) = (query.shape()[0], query.shape()[1], query.shape()[2]);
+    let (q, k, v, h) = match (opt(ins, 1), opt(ins, 2)) {
+        (None, None) => {
+            let per_head = g.heads + 2 * g.kv_heads;
+            if !width.is_multiple_of(per_head) {
+                return Err(err(format!(
+                    "packed query width {width} is not a multiple of {per_head} heads"
+                )));
+            }
+            let h = width / per_head;
+            let (qw, kw) = (g.heads * h, g.kv_heads * h);
+            (
+                gqa_heads(&query, 0..qw, g.heads, h)?,
+                gqa_heads(&query, qw..qw + kw, g.kv_heads, h)?,
+                gqa_heads(&query, qw + kw..qw + 2 * kw, g.kv_heads, h)?,
+                h,
+            )
+        }
+        (Some(k), Some(v)) => {
+            let (k, v) = (input_3d(k)?, input_3d(v)?);
+            if !width.is_multiple_of(g.heads) {
+                return Err(err(format!(
+                    "query width {width} is not a multiple of {} heads",
+                    g.heads
+                )));
+            }
+            let h = width / g.heads;
+            let kw = g.kv_heads * h;
+            if k.shape() != [nb, sq, kw] || v.shape() != [nb, sq, kw] {
+                return Err(err(format!(
+                    "key {:?} and value {:?} must be [B, S, kv_num_heads·H] = {:?}",
+                    k.shape(),
+                    v.shape(),
+                    [nb, sq, kw]
+                )));
+            }
+            (
+                gqa_heads(&query, 0..width, g.heads, h)?,
+                gqa_heads(&k, 0..kw, g.kv_heads, h)?,
+                gqa_heads(&v, 0..kw, g.kv_heads, h)?,
+                h,
+            )
+        }
+        _ => return Err(err("key and value must be given together")),
+    };
+    let seqlens = ints(req(ins, 5)?, "seqlens_k")?;
+    if seqlens.len() != nb {
+        return Err(err(format!(
+            "seqlens_k has {} values for batch size {nb}",
+            seqlens.len()
+        )));
+    }
+    let total = ints(req(ins, 6)?, "total_sequence_length")?;
+    let &[total] = total.as_slice() else {
+        return Err(err("total_sequence_length must be a scalar"));
+    };
+    let past = match (opt(ins, 3), opt(ins, 4)) {
+        (None, None) => None,
+        (Some(pk), Some(pv)) => {
+            let (pk, pv) = (f32_array(pk, "past_key")?, f32_array(pv, "past_value")?);
+            if pk.ndim() != 4
+                || pk.shape() != pv.shape()
+                || pk.shape()[..2] != [nb, g.kv_heads]
+                || pk.shape()[3] != h
+            {
+                return Err(err(format!(
+                    "past_key {:?} and past_value {:?} must be [B, kv_num_heads, P, H] = [{nb}, {}, P, {h}]",
+                    pk.shape(),
+                    pv.shape(),
+                    g.kv_heads
+                )));
+            }
+            Some((pk, pv))
+        }
+        _ => return Err(err("past_key and past_value must be given together")),
+    };
+    let past_buf = past.as_ref().map_or(0, |(pk, _)| pk.shape()[2]);
+    let present_len = usize::try_from(total)
+        .map_err(|_| err(format!("total_sequence_length {total} is negative")))?
+        .max(past_buf);
+    elem_count(&[nb, g.kv_heads, present_len, h])?;
+    elem_count(&[nb, g.heads, sq, present_len])?;
+    let first_prompt = total == sq as i64;
+    // Per batch entry: the number of keys and the past length.
+    let mut lens = Vec::with_capacity(nb);
+    for &sk in &seqlens {
+        let t = sk + 1;
+        let p = if first_prompt { 0 } else { t - sq as i64 };
+        if t < 1 || p < 0 || p as usize > past_buf || t as usize > present_len {
+            return Err(err(format!(
+                "seqlens_k value {sk} does not fit S={sq}, past {past_buf}, total_sequence_length {total}"
+            )));
+        }
+        lens.push((t as usize, p as usize));
+    }
+    let mut present_k = Array4::<f32>::zeros((nb, g.kv_heads, present_len, h));
+    let mut present_v = present_k.clone();
+    for (b, &(_, p)) in lens.iter().enumerate() {
+        let new_rows = sq.min(present_len - p);
+        for (dst, (cur, old)) in [
+            (&mut present_k, (&k, past.as_ref().map(|x| &x.0))),
+            (&mut present_v, (&v, past.as_ref().map(|x| &x.1))),
+        ] {
+            if let Some(old) = old {
+                let old = old
+                    .view()
+                    .into_dimensionality::<ndarray::Ix4>()
+                    .map_err(|e| err(e.to_string()))?;
+                dst.slice_mut(s![b, .., ..p, ..])
+                    .assign(&old.slice(s![b, .., ..p, ..]));
+            }
+            dst.slice_mut(s![b, .., p..p + new_rows, ..])
+                .assign(&cur.slice(s![b, .., ..new_rows, ..]));
+        }
+    }
+    let scale = g.scale.unwrap_or(1.0 / (h as f32).sqrt());
+    let group = g.heads / g.kv_heads;
+    let mut y = Array4::<f32>::zeros((nb, sq, g.heads, h));
+    let mut scores = Vec::with_capacity(present_len + 1);
+    for (b, &(t, p)) in lens.iter().enumerate() {
+        for hq in 0..g.heads {
+            let keys = present_k.slice(s![b, hq / group, .., ..]);
+            let vals = present_v.slice(s![b, hq / group, .., ..]);
+            for i in 0..sq {
+                let end = (p + i + 1).min(t);
+                let start = if g.window > 0 {
+                    (p + i + 1).saturating_sub(g.window as usize)
+                } else {
+                    0
+                };
+                let qrow = q.slice(s![b, hq, i, ..]);
+                scores.clear();
+                scores.extend((start..end).map(|j| {
+                    let s = scale * qrow.dot(&keys.row(j));
+                    if g.softcap > 0.0 {
+                        g.softcap * (s / g.softcap).tanh()
+                    } else {
+                        s
+                    }
+                }));
+                if g.smooth {
+                    // A sink at score 0: one more term in the denominator.
+                    scores.push(0.0);
+                    super::attention::softmax_in_place(&mut scores);
+                    scores.pop();
+                } else {
+                    super::attention::softmax_in_place(&mut scores);
+                }
+                let mut out = y.slice_mut(s![b, i, hq, ..]);
+                for (j, &pj) in (start..end).zip(&scores) {
+                    out.scaled_add(pj, &vals.row(j));
+                }
+            }
+        }
+    }
+    let y = y
+        .into_shape_with_order(IxDyn(&[nb, sq, g.heads * h]))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(vec![
+        Value::F32(y),
+        Value::F32(present_k.into_dyn()),
+        Value::F32(present_v.into_dyn()),
+    ])
 }

@@ -10,59 +10,23 @@
 //!   negative signed value (what shifting one bit at a time would reach), as the ONNX
 //!   reference does.
 //!
-//! Every op is generic over the integer element type; the dispatch macros below list the
-//! integer [`Value`] variants the runtime stores.
+//! Every op is generic over the integer element type ([`BitElem`], implemented for every
+//! element type a [`Value`] may hold, so an integer variant the runtime adds is covered by
+//! implementing it there); float and bool operands are refused.
 
+use std::any::Any;
+
+use half::{bf16, f16};
 use ndarray::ArrayD;
 use num_traits::PrimInt;
 
+use crate::dispatch_value;
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
 
 use super::util::{dname, err, req, zip_map};
 use super::{BuildCtx, FnOp, Op, Registry};
-
-/// Evaluates `$body` with `$x`, `$y` bound to the arrays of two integer values of one type,
-/// wrapping the result in that type's variant; other pairs make `$what` fail.
-macro_rules! int_pair {
-    ($a:expr, $b:expr, $what:expr, $x:ident, $y:ident => $body:expr) => {
-        match ($a, $b) {
-            (Value::I64($x), Value::I64($y)) => Value::I64($body),
-            (Value::I32($x), Value::I32($y)) => Value::I32($body),
-            (Value::I8($x), Value::I8($y)) => Value::I8($body),
-            (Value::U8($x), Value::U8($y)) => Value::U8($body),
-            (a, b) => {
-                return Err(err(format!(
-                    "{} of {} and {} (inputs must have one integer type)",
-                    $what,
-                    dname(a),
-                    dname(b)
-                )));
-            }
-        }
-    };
-}
-
-/// Evaluates `$body` with `$x` bound to the array of an integer value, wrapping the result in
-/// the same variant; other types make `$what` fail.
-macro_rules! int_one {
-    ($a:expr, $what:expr, $x:ident => $body:expr) => {
-        match $a {
-            Value::I64($x) => Value::I64($body),
-            Value::I32($x) => Value::I32($body),
-            Value::I8($x) => Value::I8($body),
-            Value::U8($x) => Value::U8($body),
-            a => {
-                return Err(err(format!(
-                    "{} of {} (input must be an integer type)",
-                    $what,
-                    dname(a)
-                )));
-            }
-        }
-    };
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bits {
@@ -99,6 +63,75 @@ fn bits_t<T: PrimInt>(op: Bits, a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T
     }
 }
 
+/// The bit operations of an element type: `None` for the float and bool types.
+trait BitElem: Copy + 'static {
+    fn binary(op: Bits, a: &ArrayD<Self>, b: &ArrayD<Self>) -> Option<Result<ArrayD<Self>>>;
+    fn not(a: &ArrayD<Self>) -> Option<ArrayD<Self>>;
+}
+
+macro_rules! int_bits {
+    ($($t:ty),*) => {$(
+        impl BitElem for $t {
+            fn binary(op: Bits, a: &ArrayD<Self>, b: &ArrayD<Self>) -> Option<Result<ArrayD<Self>>> {
+                Some(bits_t(op, a, b))
+            }
+            fn not(a: &ArrayD<Self>) -> Option<ArrayD<Self>> {
+                Some(a.mapv(|x| !x))
+            }
+        }
+    )*};
+}
+int_bits!(i8, u8, i16, u16, i32, u32, i64, u64);
+
+macro_rules! no_bits {
+    ($($t:ty),*) => {$(
+        impl BitElem for $t {
+            fn binary(_: Bits, _: &ArrayD<Self>, _: &ArrayD<Self>) -> Option<Result<ArrayD<Self>>> {
+                None
+            }
+            fn not(_: &ArrayD<Self>) -> Option<ArrayD<Self>> {
+                None
+            }
+        }
+    )*};
+}
+no_bits!(f32, f64, f16, bf16, bool);
+
+/// `op` of `x` (the array of value `a`) and value `b`, which must hold the same integer type.
+fn binary_value<T: BitElem>(
+    op: Bits,
+    what: &str,
+    x: &ArrayD<T>,
+    a: &Value,
+    b: &Value,
+) -> Result<Value>
+where
+    Value: From<ArrayD<T>>,
+{
+    let y = dispatch_value!(b, y => (y as &dyn Any).downcast_ref::<ArrayD<T>>());
+    let out = y.and_then(|y| T::binary(op, x, y)).ok_or_else(|| {
+        err(format!(
+            "{what} of {} and {} (inputs must have one integer type)",
+            dname(a),
+            dname(b)
+        ))
+    })??;
+    Ok(Value::from(out))
+}
+
+fn not_value<T: BitElem>(x: &ArrayD<T>, a: &Value) -> Result<Value>
+where
+    Value: From<ArrayD<T>>,
+{
+    let out = T::not(x).ok_or_else(|| {
+        err(format!(
+            "BitwiseNot of {} (input must be an integer type)",
+            dname(a)
+        ))
+    })?;
+    Ok(Value::from(out))
+}
+
 fn build_binary(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     let op = match node.op_type() {
         "BitwiseAnd" => Bits::And,
@@ -115,15 +148,17 @@ fn build_binary(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     };
     let what = node.op_type().to_string();
     Ok(Box::new(FnOp(move |ins: &[Option<&Value>]| {
-        let y = int_pair!(req(ins, 0)?, req(ins, 1)?, what, a, b => bits_t(op, a, b)?);
-        Ok(vec![y])
+        let (a, b) = (req(ins, 0)?, req(ins, 1)?);
+        Ok(vec![
+            dispatch_value!(a, x => binary_value(op, &what, x, a, b))?,
+        ])
     })))
 }
 
 fn build_not(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     Ok(Box::new(FnOp(|ins: &[Option<&Value>]| {
-        let y = int_one!(req(ins, 0)?, "BitwiseNot", a => a.mapv(|x| !x));
-        Ok(vec![y])
+        let a = req(ins, 0)?;
+        Ok(vec![dispatch_value!(a, x => not_value(x, a))?])
     })))
 }
 
@@ -148,5 +183,23 @@ mod tests {
         assert_eq!(shift(1i32, -1, true), 0);
         assert_eq!(shift(0x80u8, 7, false), 1);
         assert_eq!(shift(0x80u8, 8, true), 0);
+        assert_eq!(shift(u64::MAX, 63, false), 1);
+    }
+
+    #[test]
+    fn operands_must_share_an_integer_type() {
+        let a = Value::I32(ndarray::array![[6, -1]].into_dyn());
+        let b = Value::I32(ndarray::array![3].into_dyn());
+        let got = dispatch_value!(&a, x => binary_value(Bits::Xor, "BitwiseXor", x, &a, &b));
+        assert_eq!(
+            got.unwrap(),
+            Value::I32(ndarray::array![[5, -4]].into_dyn())
+        );
+        let c = Value::I64(ndarray::array![3].into_dyn());
+        assert!(
+            dispatch_value!(&a, x => binary_value(Bits::And, "BitwiseAnd", x, &a, &c)).is_err()
+        );
+        let f = Value::F32(ndarray::array![1.0].into_dyn());
+        assert!(dispatch_value!(&f, x => not_value(x, &f)).is_err());
     }
 }

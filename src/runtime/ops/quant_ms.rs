@@ -173,12 +173,13 @@ struct NBits {
 
 impl NBits {
     fn parse(node: &Node) -> Result<NBits> {
+        // Bounded so that the byte counts derived from them cannot overflow.
         let pos = |name: &str| -> Result<usize> {
             let v = node.attr_req::<i64>(name)?;
             usize::try_from(v)
                 .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| err(format!("{name} must be positive, got {v}")))
+                .filter(|&v| v > 0 && v <= super::util::MAX_ELEMS)
+                .ok_or_else(|| err(format!("{name} must be in 1..=2^31, got {v}")))
         };
         let p = NBits {
             k: pos("K")?,
@@ -189,7 +190,8 @@ impl NBits {
         if ![2, 4, 8].contains(&p.bits) {
             return Err(err(format!("bits must be 2, 4 or 8, got {}", p.bits)));
         }
-        if (p.block * p.bits) % 8 != 0 {
+        elem_count(&[p.k, p.n])?;
+        if !(p.block * p.bits).is_multiple_of(8) {
             return Err(err(format!(
                 "block_size {} does not fill whole bytes at {} bits",
                 p.block, p.bits
