@@ -143,6 +143,16 @@ impl Node {
             .ok_or_else(|| self.error(format!("missing required attribute '{name}'")))
     }
 
+    /// Reads an integer attribute that must be positive (a group count, an output size),
+    /// `default` when absent.
+    pub fn attr_positive(&self, name: &str, default: i64) -> Result<usize> {
+        let v = self.attr_or::<i64>(name, default)?;
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| self.error(format!("{name} {v} must be positive")))
+    }
+
     /// Reads a tensor attribute (e.g. Constant's `value`) as a checked [`Tensor`].
     pub fn attr_tensor(&self, name: &str) -> Result<Option<Tensor>> {
         match self.attr::<TensorProto>(name)? {

@@ -172,19 +172,12 @@ fn build_roi_align(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
             return Err(node.error(format!("unknown coordinate_transformation_mode '{m}'")));
         }
     };
-    let positive = |name: &str| -> Result<usize> {
-        let v = node.attr_or::<i64>(name, 1)?;
-        usize::try_from(v)
-            .ok()
-            .filter(|&v| v > 0)
-            .ok_or_else(|| node.error(format!("{name} {v} must be positive")))
-    };
     let sr = node.attr_or::<i64>("sampling_ratio", 0)?;
     let op = RoiAlign {
         max,
         half_pixel,
-        out_h: positive("output_height")?,
-        out_w: positive("output_width")?,
+        out_h: node.attr_positive("output_height", 1)?,
+        out_w: node.attr_positive("output_width", 1)?,
         sampling_ratio: usize::try_from(sr)
             .map_err(|_| node.error(format!("sampling_ratio {sr} must not be negative")))?,
         spatial_scale: node.attr_or::<f32>("spatial_scale", 1.0)? as f64,

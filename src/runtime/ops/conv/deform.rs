@@ -32,18 +32,11 @@ struct DeformConvOp {
 }
 
 fn build(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
-    let positive = |name: &str| -> Result<usize> {
-        let v = node.attr_or::<i64>(name, 1)?;
-        usize::try_from(v)
-            .ok()
-            .filter(|&v| v > 0)
-            .ok_or_else(|| node.error(format!("{name} {v} must be positive")))
-    };
     Ok(Box::new(DeformConvOp {
         id: Ident::of(node),
         window: WindowAttrs::parse(node)?,
-        group: positive("group")?,
-        offset_group: positive("offset_group")?,
+        group: node.attr_positive("group", 1)?,
+        offset_group: node.attr_positive("offset_group", 1)?,
     }))
 }
 

@@ -26,14 +26,10 @@ struct QLinearConvOp {
 }
 
 fn build(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
-    let group = node.attr_or::<i64>("group", 1)?;
     Ok(Box::new(QLinearConvOp {
         id: Ident::of(node),
         window: WindowAttrs::parse(node)?,
-        group: usize::try_from(group)
-            .ok()
-            .filter(|&g| g > 0)
-            .ok_or_else(|| node.error(format!("group {group} must be positive")))?,
+        group: node.attr_positive("group", 1)?,
     }))
 }
 

@@ -239,11 +239,7 @@ struct ConvTransposeOp {
 }
 
 fn build_conv_transpose(node: &Node, _ctx: &BuildCtx) -> Result<Box<dyn Op>> {
-    let group = node.attr_or::<i64>("group", 1)?;
-    let group = usize::try_from(group)
-        .ok()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| node.error(format!("group {group} must be positive")))?;
+    let group = node.attr_positive("group", 1)?;
     let nonneg = |name: &str| -> Result<Option<Vec<usize>>> {
         node.attr::<Vec<i64>>(name)?
             .map(|v| {
