@@ -38,7 +38,7 @@ use onnx_dynq::passes::quantize::rewrite::ActivationQuant;
 use onnx_dynq::passes::quantize::smooth::smooth;
 use onnx_dynq::passes::quantize::target::{TargetOutcome, search};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
-use onnx_dynq::passes::quantize::{QuantizeOptions, quantize};
+use onnx_dynq::passes::quantize::{LinearWeights, QuantizeOptions, quantize};
 use onnx_dynq::runtime::Session;
 use onnx_dynq::samples::Feed;
 use onnx_dynq::verify::{Report, Tolerance, compare_models_on_samples};
@@ -55,16 +55,23 @@ pub struct RewriteArgs {
     input: PathBuf,
     /// Where to write the quantized model.
     output: PathBuf,
-    /// One weight scale per output channel instead of one per tensor.
+    /// One weight scale per output channel instead of one per tensor (MatMul/Gemm weights
+    /// are per channel already unless --weight-type is given).
     #[arg(long)]
     per_channel: bool,
     /// Activation scales of MatMul/Gemm: one per tensor (DynamicQuantizeLinear, fused by
-    /// onnxruntime) or one per token (row), more accurate on transformers (opset 13+).
-    #[arg(long, value_enum, default_value = "per-tensor")]
+    /// onnxruntime), one per token (row; opset 13+), or auto: per-token in graphs with
+    /// self-attention (transformers, whose outlier tokens a single scale spreads over all
+    /// tokens), per-tensor elsewhere (LSTMs, MLPs, convolutions) and with full-range int8
+    /// weights (which onnxruntime's uint8 x int8 products saturate on CPUs without VNNI). The
+    /// report says which mode each node got and why.
+    #[arg(long, value_enum, default_value = "auto")]
     activations: ActivationsArg,
-    /// Element type of the stored weights.
-    #[arg(long, value_enum, default_value = "int8")]
-    weight_type: WeightTypeArg,
+    /// Element type of the stored weights. Default: MatMul/Gemm weights uint8, asymmetric,
+    /// per channel (exact in onnxruntime on every CPU), the other families int8; giving it
+    /// applies it (and --per-channel as given) to every family.
+    #[arg(long, value_enum)]
+    weight_type: Option<WeightTypeArg>,
     /// Symmetric weight ranges (zero point 0 / 128); the default for int8.
     #[arg(long, conflicts_with = "asymmetric")]
     symmetric: bool,
@@ -120,6 +127,7 @@ pub struct RewriteArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ActivationsArg {
+    Auto,
     PerTensor,
     PerToken,
 }
@@ -133,9 +141,16 @@ enum WeightTypeArg {
 impl RewriteArgs {
     fn options(&self) -> Result<QuantizeOptions> {
         let weight_type = match self.weight_type {
-            WeightTypeArg::Int8 => WeightType::Int8,
-            WeightTypeArg::Uint8 => WeightType::Uint8,
+            None | Some(WeightTypeArg::Int8) => WeightType::Int8,
+            Some(WeightTypeArg::Uint8) => WeightType::Uint8,
         };
+        // Without --weight-type, MatMul/Gemm weights are uint8 per channel (asymmetric unless
+        // --symmetric): see LinearWeights::uint8_per_channel.
+        let linear_weights = self.weight_type.is_none().then(|| {
+            let mut l = LinearWeights::uint8_per_channel(self.reduce_range);
+            l.weights.symmetric = self.symmetric;
+            l
+        });
         let symmetric = if self.symmetric {
             true
         } else if self.asymmetric {
@@ -152,7 +167,9 @@ impl RewriteArgs {
                 reduce_range: self.reduce_range,
             },
             per_channel: self.per_channel,
+            linear_weights,
             activations: match self.activations {
+                ActivationsArg::Auto => ActivationQuant::Auto,
                 ActivationsArg::PerTensor => ActivationQuant::PerTensor,
                 ActivationsArg::PerToken => ActivationQuant::PerToken,
             },

@@ -13,6 +13,7 @@
 //! Every outcome lands in the report with the weight bytes before and after. Output is
 //! deterministic: stored order everywhere, names from one [`NameGen`].
 
+pub mod activation_choice;
 mod cleanup;
 pub mod consts;
 pub mod conv;
@@ -57,12 +58,41 @@ pub struct QuantizeOptions {
     pub policy: PolicyOptions,
     pub weights: WeightQuantOptions,
     pub per_channel: bool,
+    /// MatMul/Gemm weights, when they differ from `weights` and `per_channel` (the CLI's
+    /// default: uint8, asymmetric, per channel).
+    pub linear_weights: Option<LinearWeights>,
+    /// MatMul/Gemm activations; `Auto` (the default) decides per node
+    /// ([`activation_choice`]).
     pub activations: rewrite::ActivationQuant,
     /// Leave the int8 values of large MatMul, Gemm and Gather weights to be computed while
     /// the model is saved ([`crate::ir::deferred`]): the save then overlaps quantizing and
     /// writing. Until then those initializers read as zeros, so only set this when the
     /// model goes straight to [`crate::model::save`].
     pub defer_values: bool,
+}
+
+/// How MatMul/Gemm weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearWeights {
+    pub weights: WeightQuantOptions,
+    pub per_channel: bool,
+}
+
+impl LinearWeights {
+    /// The CLI's default: uint8, asymmetric, one scale and zero point per output column.
+    /// Exact in onnxruntime on every x86 CPU (its uint8 x int8 products saturate without
+    /// VNNI, its uint8 x uint8 ones do not), and as accurate as per-channel int8 where int8
+    /// is exact (BENCHMARKS.md, "Choosing the activation mode").
+    pub fn uint8_per_channel(reduce_range: bool) -> Self {
+        LinearWeights {
+            weights: WeightQuantOptions {
+                weight_type: weights::WeightType::Uint8,
+                symmetric: false,
+                reduce_range,
+            },
+            per_channel: true,
+        }
+    }
 }
 
 /// The rewriter of each family.
@@ -146,6 +176,7 @@ pub fn quantize(
                 weight_bytes_after: 0,
                 unit: None,
                 sensitivity: None,
+                activations: None,
             }
         })
         .collect();
@@ -293,11 +324,18 @@ impl Walk<'_, '_> {
     ) {
         let consts = ConstScope::new(g, parent);
         let types = infer_types(g, outer_types);
+        let attention = activation_choice::has_attention(g, &|v| consts.get(v).is_some());
         for (i, n) in g.nodes.iter().enumerate() {
             if let Some(kind) = OpKind::of(n) {
                 let key = (scope.to_string(), n.display_name().to_string());
                 if let Some(rec) = self.pending.get_mut(&key).and_then(VecDeque::pop_front) {
-                    self.node(n, kind, &consts, &types, rec, path, i);
+                    let at = NodeAt {
+                        rec,
+                        path,
+                        index: i,
+                        attention,
+                    };
+                    self.node(n, kind, &consts, &types, at);
                 }
             }
             if !self.opts.policy.subgraphs {
@@ -312,28 +350,41 @@ impl Walk<'_, '_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn node(
         &mut self,
         n: &Node,
         kind: OpKind,
         consts: &ConstScope,
         types: &HashMap<String, ValueType>,
-        rec: usize,
-        path: &[(usize, usize)],
-        index: usize,
+        at: NodeAt<'_>,
     ) {
+        let NodeAt {
+            rec,
+            path,
+            index,
+            attention,
+        } = at;
         let get = |name: &str| consts.get(name);
         let before = const_bytes(n, &get, &mut self.bytes.before);
+        let linear = matches!(kind, OpKind::MatMul | OpKind::Gemm);
+        let (weights, per_channel) = match &self.opts.linear_weights {
+            Some(l) if linear => (l.weights, l.per_channel),
+            _ => (self.opts.weights, self.opts.per_channel),
+        };
+        let choice = linear.then(|| {
+            activation_choice::resolve(self.opts.activations, attention, &weights, self.opset)
+        });
         let result: RewriteResult = {
             let mut ctx = NodeCtx {
                 constants: as_lookup(&get),
                 types,
                 names: &mut self.names,
-                weights: self.opts.weights,
-                per_channel: self.opts.per_channel,
+                weights,
+                per_channel,
                 lstm_mode: self.opts.policy.lstm_mode,
-                activations: self.opts.activations,
+                activations: choice
+                    .as_ref()
+                    .map_or(rewrite::ActivationQuant::PerTensor, |c| c.mode),
                 opset: self.opset,
                 defer_values: self.opts.defer_values,
             };
@@ -363,6 +414,7 @@ impl Walk<'_, '_> {
                 r.weight_bytes_after = after;
                 r.quantized = true;
                 r.reason = rep.note.clone();
+                r.activations = choice;
                 self.read_by_replaced
                     .extend(n.inputs().iter().filter(|i| !i.is_empty()).cloned());
                 self.plans.push(Plan {
@@ -381,6 +433,15 @@ impl Walk<'_, '_> {
         self.done += 1;
         (self.progress)(self.done, self.total, n.display_name());
     }
+}
+
+/// Where a node to rewrite is: its report entry, the path to its graph and its index there,
+/// and whether that graph has self-attention.
+struct NodeAt<'p> {
+    rec: usize,
+    path: &'p [(usize, usize)],
+    index: usize,
+    attention: bool,
 }
 
 /// Fills in the weight bytes of the nodes the policy left float (they keep their

@@ -30,6 +30,10 @@ pub struct NodeReport {
     /// [`super::target`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<super::target::Sensitivity>,
+    /// A quantized MatMul/Gemm: the activation mode it got (per-tensor or per-token) and why
+    /// (see [`super::activation_choice`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activations: Option<super::activation_choice::ActivationChoice>,
 }
 
 /// Sums over the nodes and the files.
@@ -97,6 +101,15 @@ impl QuantizeReport {
                 act
             ));
         }
+        let per_token = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.activations.as_ref())
+            .filter(|c| c.mode == super::rewrite::ActivationQuant::PerToken)
+            .count();
+        if per_token > 0 {
+            s.push_str(&format!("; {per_token} with per-token activations"));
+        }
         if let Some(f) = &self.fusion {
             s.push_str(&format!("; fused: {}", f.summary()));
         }
@@ -135,6 +148,7 @@ mod tests {
             weight_bytes_after: a,
             unit: None,
             sensitivity: None,
+            activations: None,
         };
         let mut r = QuantizeReport {
             nodes: vec![node(true, 400, 104), node(false, 40, 40)],

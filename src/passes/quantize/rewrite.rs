@@ -27,7 +27,7 @@ pub struct NodeCtx<'a> {
     pub weights: WeightQuantOptions,
     pub per_channel: bool,
     pub lstm_mode: LstmMode,
-    /// How MatMul/Gemm activations are quantized.
+    /// How MatMul/Gemm activations are quantized (never `Auto` here: the driver resolves it).
     pub activations: ActivationQuant,
     /// Default-domain opset of the model.
     pub opset: i64,
@@ -40,9 +40,13 @@ pub struct NodeCtx<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActivationQuant {
+    /// Per node: per-token in graphs with self-attention (when the weights make it safe),
+    /// per-tensor elsewhere ([`super::activation_choice`]). The driver resolves it before a
+    /// rewriter sees it.
+    #[default]
+    Auto,
     /// One scale and zero point for the whole activation (`DynamicQuantizeLinear`, the
     /// incumbent's form, which onnxruntime fuses into one kernel).
-    #[default]
     PerTensor,
     /// One per row (token) of the activation ([`super::per_token`]); needs opset 13, below
     /// which nodes fall back to per-tensor.
