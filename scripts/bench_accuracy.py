@@ -24,9 +24,11 @@ For word_lm also the top-1 agreement with exact integer products ("exact", in th
 runtime, which computes them as onnxruntime does on CPUs with VNNI; onnxruntime on AVX2
 without VNNI saturates uint8 x int8 byte pairs) on every 10th chunk, each from the float
 model's state before it.
-Latency: median of --repeat onnxruntime runs, 1 thread (word_lm: one [35, 16] chunk).
+Latency: onnxruntime, 1 thread; each round times every variant in turn (median of --repeat
+runs), the figure is the median over --rounds rounds (word_lm: one [35, 16] chunk).
 
 Usage: python scripts/bench_accuracy.py ONNX_DYNQ_BINARY [WORKDIR] [--models a,b] [--repeat N]
+       [--rounds R]
        [--variants a,b]   (default: the first 8 of VARIANTS; the rest are word-LM diagnostics)
 """
 
@@ -276,7 +278,7 @@ def make_variant(binary, float_path, name, kind, args, out):
     return out
 
 
-def bench_model(binary, work, model, variants, repeat):
+def bench_model(binary, work, model, variants, repeat, rounds):
     loaded, why = MODELS[model](work)
     if loaded is None:
         print(f"## {model}: skipped ({why})")
@@ -293,11 +295,10 @@ def bench_model(binary, work, model, variants, repeat):
         exact = word_lm_exact_samples(session(float_path), feeds_list, work / "word_lm_samples")
     else:
         fs = [session(float_path).run(None, f) for f in feeds_list]
-    t_float = None
-    for name, p in paths.items():
-        s = session(p)
-        t = timed(s, time_feed, repeat)
-        t_float = t_float or t
+    sessions = {name: session(p) for name, p in paths.items()}
+    figures = {}
+    for name, s in sessions.items():
+        p = paths[name]
         if model == "word_lm":
             if name == "float":
                 fig = {"loss": f_loss, "top-1 acc": f_acc}
@@ -308,6 +309,16 @@ def bench_model(binary, work, model, variants, repeat):
                        "exact top-1 agreement": exact_top1(binary, float_path, p, exact)}
         else:
             fig = metrics(fs, [s.run(None, f) for f in feeds_list], feeds_list)
+        figures[name] = fig
+    # Latency: every variant timed once per round, in turn, so that the machine's load
+    # drifts over all of them alike; the median over the rounds.
+    times = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            times[name].append(timed(s, time_feed, repeat))
+    t_float = float(np.median(times["float"]))
+    for name, fig in figures.items():
+        t = float(np.median(times[name]))
         figs = "  ".join(f"{k} {v:.5f}" for k, v in fig.items())
         print(f"{name:36s} {t:8.2f} ms ({t_float / t:.2f}x float)  {figs}", flush=True)
 
@@ -324,9 +335,11 @@ def main() -> int:
     models = opt("--models", ",".join(MODELS)).split(",")
     variants = opt("--variants", ",".join(CORE)).split(",")
     repeat = int(opt("--repeat", "15"))
-    print(f"onnxruntime {ort.__version__}, 1 thread; binary {binary}")
+    rounds = int(opt("--rounds", "3"))
+    print(f"onnxruntime {ort.__version__}, 1 thread, median of {rounds} rounds of {repeat} runs; "
+          f"binary {binary}")
     for m in models:
-        bench_model(binary, work, m, variants, repeat)
+        bench_model(binary, work, m, variants, repeat, rounds)
     return 0
 
 

@@ -342,7 +342,7 @@ impl Ctx<'_> {
         {
             return Err(format!("bias '{c}' is not a constant"));
         }
-        Ok(format!("int8 weight {}x{}{fp16}", w[0], w[1]))
+        Ok(format!("8-bit weight {}x{}{fp16}", w[0], w[1]))
     }
 
     /// A recurrent weight's shape: known, or (behind a constant chain that shape inference
