@@ -133,7 +133,15 @@ fn check(q: &Path, f: &Path, feeds: &Path) -> Checked {
     Checked { cos, inits }
 }
 
-const ALL: [&str; 4] = ["--min-weight-elements", "1", "--min-inner-dim", "1"];
+/// Every node, int8 weights (the sharing of int8 forms is what these tests count).
+const ALL: [&str; 6] = [
+    "--min-weight-elements",
+    "1",
+    "--min-inner-dim",
+    "1",
+    "--weight-type",
+    "int8",
+];
 
 /// Bytes of the initializers `check` listed.
 fn init_bytes(c: &Checked) -> u64 {
