@@ -202,9 +202,10 @@ mod tests {
     }
 
     fn graph(nodes: Vec<Node>) -> Graph {
-        let mut g = Graph::default();
-        g.nodes = nodes;
-        g
+        Graph {
+            nodes,
+            ..Default::default()
+        }
     }
 
     #[test]
