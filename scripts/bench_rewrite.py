@@ -102,7 +102,10 @@ def main():
             label = "per-channel" if per_channel else "per-tensor"
             ours_out = os.path.join(tmp, "ours.onnx")
             inc_out = os.path.join(tmp, "incumbent.onnx")
-            ours = [a.bin, "rewrite", a.lm, ours_out] + (["--per-channel"] if per_channel else [])
+            # int8 weights in both granularities, as the incumbent's (the default would store
+            # MatMul/Gemm weights as uint8 per channel).
+            ours = [a.bin, "rewrite", a.lm, ours_out, "--weight-type", "int8"] + (
+                ["--per-channel"] if per_channel else [])
             inc = [sys.executable, "-c", INCUMBENT, a.lm, inc_out, "1" if per_channel else "0"]
             best = {}
             digests = set()

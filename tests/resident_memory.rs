@@ -129,9 +129,16 @@ fn rewrite_releases_the_mapped_weights() {
         peak >> 20,
         weights >> 20
     );
-    // The output is complete and valid: int8 weights of a quarter of the size, nothing float.
+    // The output is complete and valid: 8-bit weights of a quarter of the size, nothing
+    // float, and (uint8 per channel, the default for MatMul/Gemm) a float scale and a uint8
+    // zero point per output column.
     let written = std::fs::metadata(dir.path().join("out.onnx.data"))
         .unwrap()
         .len();
-    assert_eq!(written, weights / 4, "one byte per weight");
+    let per_column = ((MATMULS + 1) * SIDE * (4 + 1)) as u64;
+    assert_eq!(
+        written,
+        weights / 4 + per_column,
+        "one byte per weight, five per column"
+    );
 }
