@@ -206,9 +206,19 @@ fn decide_in(
         consts: constant_values(g, outer_consts, &types),
         types,
     };
+    // What `rewrite` does by default (`inspect` describes it): MatMul/Gemm weights uint8 per
+    // channel, activations as `--activations auto` decides for this graph.
+    let attention = super::activation_choice::has_attention(g, &|v| ctx.consts.contains(v));
     for n in &g.nodes {
         if let Some(kind) = OpKind::of(n) {
-            let verdict = ctx.node_verdict(g, n, kind);
+            let mut verdict = ctx.node_verdict(g, n, kind);
+            if let (Ok(v), OpKind::MatMul | OpKind::Gemm) = (&mut verdict, kind) {
+                v.push_str(if attention {
+                    ", per-token activations (self-attention)"
+                } else {
+                    ", per-tensor activations"
+                });
+            }
             out.push(Decision {
                 scope: scope.to_string(),
                 node: n.display_name().to_string(),
@@ -342,7 +352,7 @@ impl Ctx<'_> {
         {
             return Err(format!("bias '{c}' is not a constant"));
         }
-        Ok(format!("8-bit weight {}x{}{fp16}", w[0], w[1]))
+        Ok(format!("uint8 per-channel weight {}x{}{fp16}", w[0], w[1]))
     }
 
     /// A recurrent weight's shape: known, or (behind a constant chain that shape inference
