@@ -165,7 +165,7 @@ def main():
         subprocess.run(["sync"], check=True)
 
     runs = {b: [] for b in bins}
-    digests = set()
+    digests = {b: set() for b in bins}
     for r in range(args.repeat):
         remove(copy)
         settled()
@@ -175,7 +175,7 @@ def main():
             remove(out, out + ".data")
             settled()
             wall, cpu, peaks, _, _ = run_sampled([b, "rewrite", model, out])
-            digests.add(digest([out, out + ".data"]))
+            digests[b].add(digest([out, out + ".data"]))
             runs[b].append({"cp_s": t_cp, "rewrite_s": wall, "rewrite_cpu_s": cpu,
                             **{f"rss_{k}": v for k, v in peaks.items()}})
             print(f"run {r + 1} {b}: cp {t_cp:.2f} s, rewrite {wall:.2f} s ({wall / t_cp:.2f}x cp); "
@@ -183,8 +183,9 @@ def main():
                   f"total {peaks['total'] / 1e6:.0f} MB (VmHWM {peaks['hwm'] / 1e6:.0f} MB)",
                   flush=True)
 
-    if len(digests) != 1:
-        sys.exit("outputs differ between repetitions (or binaries)")
+    for b, d in digests.items():
+        if len(d) != 1:
+            sys.exit(f"{b}: outputs differ between repetitions")
     out_bytes = os.path.getsize(out) + os.path.getsize(out + ".data")
     if args.check:
         import onnx
