@@ -193,6 +193,45 @@ pub fn reshape_value(v: &Value, shape: &[usize]) -> Result<Value> {
     }))
 }
 
+/// `v` reshaped like [`reshape_value`], reusing its buffer when it is row-major already.
+pub fn reshape_owned(v: Value, shape: &[usize]) -> Result<Value> {
+    Ok(map_same!(v, a => {
+        let a = if a.is_standard_layout() { a } else { standard(a.view()) };
+        a.into_shape_with_order(IxDyn(shape)).map_err(|e| err(e.to_string()))?
+    }))
+}
+
+/// An op whose output is input 0 with another shape (Reshape, Flatten, Squeeze, Unsqueeze):
+/// `F` computes the output shape from input 0's shape and all inputs. Given input 0 by value
+/// it keeps the buffer (see [`Op::run_taking`]).
+struct Relabel<F>(F);
+
+impl<F> Op for Relabel<F>
+where
+    F: Fn(&[usize], &[Option<&Value>]) -> Result<Vec<usize>> + Send + Sync,
+{
+    fn run(&self, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let x = req(inputs, 0)?;
+        let dims = (self.0)(x.shape(), inputs)?;
+        Ok(vec![reshape_value(x, &dims)?])
+    }
+
+    fn takes_first_input(&self) -> bool {
+        true
+    }
+
+    fn run_taking(&self, first: Value, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let dims = (self.0)(first.shape(), inputs)?;
+        Ok(vec![reshape_owned(first, &dims)?])
+    }
+}
+
+fn relabel(
+    f: impl Fn(&[usize], &[Option<&Value>]) -> Result<Vec<usize>> + Send + Sync + 'static,
+) -> Box<dyn Op> {
+    Box::new(Relabel(f))
+}
+
 fn reshape(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     let allowzero = node.attr_or::<i64>("allowzero", 0)? != 0;
     let attr_shape = if ctx.opset < 5 {
@@ -200,29 +239,26 @@ fn reshape(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     } else {
         None
     };
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
+    Ok(relabel(move |x_shape, ins| {
         let spec = match &attr_shape {
             Some(s) => s.clone(),
             None => ints(req(ins, 1)?, "shape")?,
         };
-        let dims = reshape_dims(x.shape(), &spec, allowzero)?;
-        Ok(vec![reshape_value(x, &dims)?])
+        reshape_dims(x_shape, &spec, allowzero)
     }))
 }
 
 fn flatten(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     let axis = node.attr_or::<i64>("axis", 1)?;
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
-        let r = x.shape().len() as i64;
+    Ok(relabel(move |x_shape, _| {
+        let r = x_shape.len() as i64;
         let a = if axis < 0 { axis + r } else { axis };
         if !(0..=r).contains(&a) {
             return Err(err(format!("axis {axis} is out of range for rank {r}")));
         }
-        let outer: usize = x.shape()[..a as usize].iter().product();
-        let inner: usize = x.shape()[a as usize..].iter().product();
-        Ok(vec![reshape_value(x, &[outer, inner])?])
+        let outer: usize = x_shape[..a as usize].iter().product();
+        let inner: usize = x_shape[a as usize..].iter().product();
+        Ok(vec![outer, inner])
     }))
 }
 
@@ -331,29 +367,27 @@ fn squeeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     } else {
         None
     };
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
-        let r = x.shape().len();
+    Ok(relabel(move |x_shape, ins| {
+        let r = x_shape.len();
         let axes = axes_of(&attr, ins, 1)?;
         let drop: Vec<usize> = match axes {
             Some(a) if !a.is_empty() => {
                 a.iter().map(|&i| norm_axis(i, r)).collect::<Result<_>>()?
             }
-            _ => (0..r).filter(|&i| x.shape()[i] == 1).collect(),
+            _ => (0..r).filter(|&i| x_shape[i] == 1).collect(),
         };
         for &d in &drop {
-            if x.shape()[d] != 1 {
+            if x_shape[d] != 1 {
                 return Err(err(format!(
                     "cannot squeeze axis {d} of size {}",
-                    x.shape()[d]
+                    x_shape[d]
                 )));
             }
         }
-        let shape: Vec<usize> = (0..r)
+        Ok((0..r)
             .filter(|i| !drop.contains(i))
-            .map(|i| x.shape()[i])
-            .collect();
-        Ok(vec![reshape_value(x, &shape)?])
+            .map(|i| x_shape[i])
+            .collect())
     }))
 }
 
@@ -363,10 +397,9 @@ fn unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     } else {
         None
     };
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
+    Ok(relabel(move |x_shape, ins| {
         let axes = axes_of(&attr, ins, 1)?.ok_or_else(|| err("missing axes"))?;
-        let out_rank = x.shape().len() + axes.len();
+        let out_rank = x_shape.len() + axes.len();
         let mut ax: Vec<usize> = axes
             .iter()
             .map(|&i| norm_axis(i, out_rank))
@@ -375,8 +408,8 @@ fn unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         if ax.windows(2).any(|w| w[0] == w[1]) {
             return Err(err(format!("repeated axis in {axes:?}")));
         }
-        let mut it = x.shape().iter();
-        let shape: Vec<usize> = (0..out_rank)
+        let mut it = x_shape.iter();
+        Ok((0..out_rank)
             .map(|i| {
                 if ax.contains(&i) {
                     1
@@ -384,8 +417,7 @@ fn unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
                     it.next().copied().unwrap_or(1)
                 }
             })
-            .collect();
-        Ok(vec![reshape_value(x, &shape)?])
+            .collect())
     }))
 }
 
