@@ -666,7 +666,7 @@ fn run(
     };
     // The byte layout reads A 4 bytes at a time: rows are padded unless K is a multiple of 4
     // (rare in models, so no scratch reuse).
-    let a4 = if matches!(b.data, pack::Data::Bytes(_)) && k % 4 != 0 {
+    let a4 = if matches!(b.data, pack::Data::Bytes(_)) && !k.is_multiple_of(4) {
         pad_a(a, m, k)
     } else {
         Vec::new()

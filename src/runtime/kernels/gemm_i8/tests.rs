@@ -642,9 +642,9 @@ fn split_pairs_fit_vpmaddubsw_and_add_back_up() {
 fn trained_like(rng: &mut Rng, k: usize, n: usize) -> Vec<i8> {
     let mut b: Vec<i8> = rng.i8s(k * n).into_iter().map(|v| v / 4).collect();
     let big = [127i8, -128, 100, -100, 65, -65, 64, 1, -1];
-    for i in 0..k * n {
-        if rng.next() % 37 == 0 {
-            b[i] = big[(rng.next() % big.len() as u64) as usize];
+    for v in b.iter_mut() {
+        if rng.next().is_multiple_of(37) {
+            *v = big[(rng.next() % big.len() as u64) as usize];
         }
     }
     b
