@@ -217,11 +217,16 @@ unsafe fn epilogue<const R: usize>(
         unsafe {
             let adj = _mm256_loadu_si256(job.b.col_adj.as_ptr().add(c).cast());
             let zb = _mm256_loadu_si256(job.b.zb.as_ptr().add(c).cast());
-            for (r, sums_r) in sums.iter().enumerate() {
+            // A per-tensor zero point's correction is the same for every row.
+            let za_adj =
+                (job.za.len() == 1).then(|| _mm256_mullo_epi32(_mm256_set1_epi32(job.za[0]), adj));
+            let corrected = |r: usize| {
                 let row = m0 + r;
+                let za_adj = za_adj
+                    .unwrap_or_else(|| _mm256_mullo_epi32(_mm256_set1_epi32(job.za(row)), adj));
                 let mut corr = _mm256_sub_epi32(
-                    _mm256_loadu_si256(sums_r.as_ptr().add(8 * j).cast()),
-                    _mm256_mullo_epi32(_mm256_set1_epi32(job.za(row)), adj),
+                    _mm256_loadu_si256(sums[r].as_ptr().add(8 * j).cast()),
+                    za_adj,
                 );
                 if job.b.has_zb {
                     corr = _mm256_sub_epi32(
@@ -229,27 +234,34 @@ unsafe fn epilogue<const R: usize>(
                         _mm256_mullo_epi32(_mm256_set1_epi32(job.row_sum(row)), zb),
                     );
                 }
-                match job.out {
-                    Out::I32(ptr) => _mm256_storeu_si256(ptr.add(row * n + c).cast(), corr),
-                    Out::F32 {
-                        ptr,
-                        a_scales,
-                        b_scales,
-                        bias,
-                        act,
-                    } => {
+                corr
+            };
+            match job.out {
+                Out::I32(ptr) => {
+                    for r in 0..R {
+                        _mm256_storeu_si256(ptr.add((m0 + r) * n + c).cast(), corrected(r));
+                    }
+                }
+                Out::F32 {
+                    ptr,
+                    a_scales,
+                    b_scales,
+                    bias,
+                    act,
+                } => {
+                    let col_scales =
+                        (b_scales.len() != 1).then(|| _mm256_loadu_ps(b_scales.as_ptr().add(c)));
+                    let bias = bias.map(|b| _mm256_loadu_ps(b.as_ptr().add(c)));
+                    for r in 0..R {
+                        let row = m0 + r;
                         let a_scale = a_scale_of(a_scales, row);
-                        let scale = if b_scales.len() == 1 {
-                            _mm256_set1_ps(a_scale * b_scales[0])
-                        } else {
-                            _mm256_mul_ps(
-                                _mm256_set1_ps(a_scale),
-                                _mm256_loadu_ps(b_scales.as_ptr().add(c)),
-                            )
+                        let scale = match col_scales {
+                            None => _mm256_set1_ps(a_scale * b_scales[0]),
+                            Some(bs) => _mm256_mul_ps(_mm256_set1_ps(a_scale), bs),
                         };
-                        let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), scale);
+                        let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(corrected(r)), scale);
                         if let Some(bias) = bias {
-                            v = _mm256_add_ps(v, _mm256_loadu_ps(bias.as_ptr().add(c)));
+                            v = _mm256_add_ps(v, bias);
                         }
                         v = act_m256(v, act);
                         _mm256_storeu_ps(ptr.add(row * n + c), v);
