@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::runtime::kernels::activation::GeluErf;
+use crate::runtime::kernels::gemm_f32::output_buffer;
 use crate::runtime::ops::{FnOp, Op};
 use crate::runtime::value::Value;
 
@@ -45,7 +46,7 @@ impl Op for FusedGelu {
         {
             let src = a.as_standard_layout();
             if let Some(s) = src.as_slice() {
-                let mut out = vec![0f32; s.len()];
+                let mut out = output_buffer(s.len());
                 self.gelu.apply_into(s, &mut out);
                 if let Ok(y) = ndarray::ArrayD::from_shape_vec(a.raw_dim(), out) {
                     return Ok(vec![Value::F32(y)]);
