@@ -24,6 +24,8 @@ from the page cache and read once, as a first read from disk leaves it.
 """
 import argparse, hashlib, json, os, resource, subprocess, sys, tempfile, time
 
+from bench_common import settle_page_cache
+
 SPEEDUP_TARGET = 25.0
 RSS_TARGET = 1.5
 
@@ -54,20 +56,6 @@ def measure(cmd):
                          stdout=subprocess.PIPE, text=True).stdout.splitlines()
     wall, rss, cpu = out[0].split()
     return float(wall), int(rss), float(cpu), out[1] if len(out) > 1 else ""
-
-
-def settle_page_cache(path):
-    """Puts the input in the page cache as a first read from disk leaves it: evicted, then
-    read once sequentially (readahead then caches it in large folios). Otherwise the cache
-    holds whatever earlier writes and partial reads left, and mapping it costs up to a
-    quarter more for whoever maps it; both tools then start from the same state."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        while os.read(fd, 1 << 22):
-            pass
-    finally:
-        os.close(fd)
 
 
 def make_linear(path):

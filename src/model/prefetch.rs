@@ -23,6 +23,8 @@ use crate::ir::deferred::{self, Fill, Lookup};
 const PIECE: usize = 2 << 20;
 /// Pieces computed ahead of the writer.
 const AHEAD: usize = 3;
+/// Bytes of a plain (already computed or memory-mapped) payload written per call.
+const PLAIN_PIECE: usize = 16 << 20;
 
 /// One computed piece: payload index (in the announced order), offset, bytes.
 type Piece = (usize, usize, Vec<u8>);
@@ -121,7 +123,16 @@ impl Payloads {
             return out(raw);
         }
         match deferred::lookup(raw) {
-            Lookup::Plain => out(raw),
+            Lookup::Plain => {
+                // Writing from a file map faults its pages into this process: release them
+                // piece by piece so that copying a large float tensor through keeps the
+                // resident size near a piece (a no-op for heap memory).
+                for piece in raw.chunks(PLAIN_PIECE) {
+                    out(piece)?;
+                    crate::model::release_pages(piece);
+                }
+                Ok(())
+            }
             Lookup::Partial => Err(io::Error::other(
                 "part of a deferred tensor payload cannot be written on its own",
             )),

@@ -70,7 +70,10 @@ impl Fill for DeferredValues {
 
     fn fill(&self, offset: usize, out: &mut [u8]) {
         let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
-        self.layout.fill(src, offset, out, &self.params, false);
+        self.layout.fill(src, offset, out, &self.params);
+        // The piece's file pages are done with (the ranges pass is over): one `madvise` per
+        // piece rather than per parallel chunk keeps the resident input near a piece's size.
+        crate::model::release_pages(bytemuck::cast_slice(&src[offset..offset + out.len()]));
     }
 
     fn identity(&self) -> Vec<u8> {
@@ -170,6 +173,8 @@ impl Fill for RowValues {
             })
             .collect::<Vec<_>>()
             .concat();
+        // One pass reads each row: its file pages are done with.
+        crate::model::release_pages(bytemuck::cast_slice(src));
         let first = offset / row;
         let mut known = t.scales.lock().unwrap_or_else(|e| e.into_inner());
         known[first..first + scales.len()].copy_from_slice(&scales);

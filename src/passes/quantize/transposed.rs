@@ -94,7 +94,7 @@ impl TransposedValues {
             .get_or_insert_with(|| {
                 let src: &[[u8; 4]] = bytemuck::cast_slice(&self.src);
                 let mut q = output_buffer(src.len());
-                self.layout.fill(src, 0, &mut q, &self.params, false);
+                self.layout.fill_all(src, &mut q, &self.params);
                 Arc::new(q)
             })
             .clone();

@@ -475,18 +475,45 @@ fn column_min_max(flat: &[[u8; 4]], cols: usize) -> (Vec<f32>, Vec<f32>) {
             cols_min_max(b, &mut lo, &mut hi);
             (lo, hi)
         })
-        .reduce(
-            || (vec![0f32; cols], vec![0f32; cols]),
-            |(mut l1, mut h1), (l2, h2)| {
-                for (a, b) in l1.iter_mut().zip(&l2) {
-                    *a = a.min(*b);
-                }
-                for (a, b) in h1.iter_mut().zip(&h2) {
-                    *a = a.max(*b);
-                }
-                (l1, h1)
-            },
-        )
+        .reduce(|| (vec![0f32; cols], vec![0f32; cols]), merge_ranges)
+}
+
+/// Per-column ranges of two blocks of rows merged into one.
+fn merge_ranges(
+    (mut l1, mut h1): (Vec<f32>, Vec<f32>),
+    (l2, h2): (Vec<f32>, Vec<f32>),
+) -> (Vec<f32>, Vec<f32>) {
+    for (a, b) in l1.iter_mut().zip(&l2) {
+        *a = a.min(*b);
+    }
+    for (a, b) in h1.iter_mut().zip(&h2) {
+        *a = a.max(*b);
+    }
+    (l1, h1)
+}
+
+/// Elements per window of the ranges pass (16 MiB of f32).
+const RANGES_WINDOW: usize = 4 << 20;
+
+/// `flat` cut into windows of about [`RANGES_WINDOW`] elements (whole `granule`s each), each
+/// window's file pages released once the caller has read it and asks for the next. Without
+/// this the ranges pass over every weight leaves the whole mapped input resident until the
+/// values are written (4 GiB of RSS for a 4 GiB model); with it the pages come back in from
+/// the page cache for the values pass, which costs little next to reading them, and one
+/// `madvise` per 16 MiB keeps the calls (and their TLB flushes) rare.
+fn released_windows(flat: &[[u8; 4]], granule: usize) -> impl Iterator<Item = &[[u8; 4]]> {
+    let window = granule.max(1) * (RANGES_WINDOW / granule.max(1)).max(1);
+    let mut previous: Option<&[[u8; 4]]> = None;
+    flat.chunks(window)
+        .map(Some)
+        .chain(std::iter::once(None))
+        .filter_map(move |next| {
+            if let Some(done) = previous.take() {
+                crate::model::release_pages(bytemuck::cast_slice(done));
+            }
+            previous = next;
+            next
+        })
 }
 
 /// Quantizes `w` per tensor (`axis = None`) or per index along `axis`.
@@ -525,7 +552,7 @@ pub(super) fn needs_permute(rank: usize, axis: Option<usize>) -> bool {
 fn quantize_flat(w: &WeightSrc, axis: Option<usize>, opts: &WeightQuantOptions) -> QuantizedWeight {
     let layout = flat_layout(w, axis, opts);
     let mut out = output_buffer(w.data.len());
-    layout.fill(&w.data, 0, &mut out, &Params::of(opts), true);
+    layout.fill_all(&w.data, &mut out, &Params::of(opts));
     layout.into_weight(&w.shape, axis, |dims| {
         let dims = IxDyn(dims);
         if opts.weight_type == WeightType::Int8 {
@@ -559,10 +586,15 @@ pub(super) fn flat_layout(
     let flat: &[[u8; 4]] = &w.data;
     match axis {
         None => {
+            let (lo, hi) = released_windows(flat, 1)
+                .map(min_max)
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |a, b| {
+                    (a.0.min(b.0), a.1.max(b.1))
+                });
             let (lo, hi) = if flat.is_empty() {
                 (0.0, 0.0)
             } else {
-                min_max(flat)
+                (lo, hi)
             };
             let (scale, zero_point) = scale_zero_point(lo, hi, opts);
             FlatLayout::Tensor { scale, zero_point }
@@ -576,17 +608,20 @@ pub(super) fn flat_layout(
                     .collect()
             } else {
                 let block = row * (CHUNK / row).max(1);
-                flat.par_chunks(block)
-                    .map(|vb| {
-                        vb.chunks(row)
-                            .map(|v| {
-                                let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
-                                scale_zero_point(lo, hi, opts)
+                released_windows(flat, row)
+                    .flat_map(|window| {
+                        window
+                            .par_chunks(block)
+                            .map(|vb| {
+                                vb.chunks(row)
+                                    .map(|v| {
+                                        let (lo, hi) = chunk_min_max(v, (0.0, 0.0));
+                                        scale_zero_point(lo, hi, opts)
+                                    })
+                                    .collect::<Vec<_>>()
                             })
                             .collect::<Vec<_>>()
                     })
-                    .collect::<Vec<_>>()
-                    .into_iter()
                     .flatten()
                     .collect()
             };
@@ -597,7 +632,10 @@ pub(super) fn flat_layout(
             let params = if cols == 0 {
                 vec![]
             } else {
-                let (lo, hi) = column_min_max(flat, cols);
+                let (lo, hi) = released_windows(flat, cols)
+                    .map(|window| column_min_max(window, cols))
+                    .reduce(merge_ranges)
+                    .unwrap_or_else(|| (vec![0f32; cols], vec![0f32; cols]));
                 lo.iter()
                     .zip(&hi)
                     .map(|(&l, &h)| scale_zero_point(l, h, opts))
@@ -618,28 +656,24 @@ impl FlatLayout {
         }
     }
 
+    /// The whole values pass of `src` into `out`, in windows of [`RANGES_WINDOW`] elements
+    /// whose file pages are released once quantized: the resident input stays near one
+    /// window (one `madvise` per 16 MiB; per parallel chunk, the calls were a quarter of the
+    /// CPU time of a rewrite, twice what unmapping at exit costs).
+    pub(super) fn fill_all(&self, src: &[[u8; 4]], out: &mut [u8], p: &Params) {
+        let granule = self.granule();
+        let window = granule * (RANGES_WINDOW / granule).max(1);
+        for (i, o) in out.chunks_mut(window).enumerate() {
+            let first = i * window;
+            self.fill(src, first, o, p);
+            crate::model::release_pages(bytemuck::cast_slice(&src[first..first + o.len()]));
+        }
+    }
+
     /// The values pass over `src`, the elements from `first` on (a multiple of the
-    /// granule), into `out` (one byte per element), in parallel chunks. With `release`, each
-    /// chunk's file pages are released once it is quantized (only pages of a file map are
-    /// touched): that keeps the resident size down while quantized weights pile up in
-    /// memory. Deferred values don't pile up, and the ranges pass has mapped the whole
-    /// weight by then anyway, so they skip it: the `madvise` calls were a quarter of the
-    /// CPU time of a rewrite, twice what unmapping at exit costs.
-    pub(super) fn fill(
-        &self,
-        src: &[[u8; 4]],
-        first: usize,
-        out: &mut [u8],
-        p: &Params,
-        release: bool,
-    ) {
+    /// granule), into `out` (one byte per element), in parallel chunks.
+    pub(super) fn fill(&self, src: &[[u8; 4]], first: usize, out: &mut [u8], p: &Params) {
         let src = &src[first..first + out.len()];
-        let done = |v: &[[u8; 4]]| {
-            // Pieces under two pages rarely hold a whole page: not worth the call.
-            if release && v.len() >= 2048 {
-                crate::model::release_pages(bytemuck::cast_slice(v));
-            }
-        };
         match self {
             FlatLayout::Tensor { scale, zero_point } => {
                 let z = *zero_point as f32;
@@ -647,7 +681,6 @@ impl FlatLayout {
                     .zip(src.par_chunks(CHUNK))
                     .for_each(|(o, v)| {
                         fill_run(v, o, *scale, z, p);
-                        done(v);
                     });
             }
             FlatLayout::Rows { row, params } => {
@@ -668,7 +701,6 @@ impl FlatLayout {
                         {
                             fill_run(v, o, s, z as f32, p);
                         }
-                        done(vb);
                     });
             }
             FlatLayout::Cols { params } => {
@@ -683,7 +715,6 @@ impl FlatLayout {
                     .with_min_len((CHUNK / cols).max(1))
                     .for_each(|(o, v)| {
                         fill_cols(v, o, &ss, &zs, p);
-                        done(v);
                     });
             }
         }
@@ -1209,6 +1240,31 @@ pub(super) mod tests {
                 quantize_weight_permuted(t.view(), Some(1), &o)
             );
         }
+    }
+
+    #[test]
+    fn weights_larger_than_a_window_match_the_permuted_path() {
+        // More elements than RANGES_WINDOW, with rows and columns that do not divide it: the
+        // ranges and values passes each take several windows, the last one partial, and the
+        // extremes sit in the last window.
+        let (rows, cols) = (1031, 4099);
+        assert!(rows * cols > RANGES_WINDOW);
+        let mut w = ArrayD::from_shape_fn(IxDyn(&[rows, cols]), |ix| {
+            ((ix[0] * 7 + ix[1] * 13) % 101) as f32 * 0.01 - 0.5
+        });
+        w[[rows - 1, 5]] = 3.0;
+        w[[rows - 2, cols - 1]] = -2.5;
+        let o = opts(WeightType::Uint8, false, false);
+        for axis in [None, Some(0), Some(1)] {
+            let fast = quantize_weight(w.view(), axis, &o);
+            let slow = quantize_weight_permuted(w.view(), axis, &o);
+            assert_eq!(fast, slow, "axis {axis:?}");
+        }
+        let windows: Vec<usize> = released_windows(&vec![[0u8; 4]; rows * cols], cols)
+            .map(<[_]>::len)
+            .collect();
+        assert_eq!(windows.iter().sum::<usize>(), rows * cols);
+        assert!(windows.iter().all(|n| n % cols == 0) && windows.len() == 2);
     }
 
     #[test]
