@@ -743,6 +743,25 @@ fn tile(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 fn where_t<T: Copy>(c: &ArrayD<bool>, x: &ArrayD<T>, y: &ArrayD<T>) -> Result<ArrayD<T>> {
     let shape = broadcast_shape(&broadcast_shape(c.shape(), x.shape())?, y.shape())?;
     budget::check_shape::<T>(&shape)?;
+    // The common forms (a Softmax NaN guard `Where(IsNaN(p), 0, p)`, a mask against a
+    // scalar): each operand row-major of the full shape or a single value, selected in one
+    // flat loop instead of a broadcast iteration over IxDyn indices.
+    let full = |dims: &[usize], len: usize| dims == shape.as_slice() || len == 1;
+    if let (Some(cs), Some(xs), Some(ys)) = (c.as_slice(), x.as_slice(), y.as_slice())
+        && full(c.shape(), cs.len())
+        && full(x.shape(), xs.len())
+        && full(y.shape(), ys.len())
+    {
+        let at = |s: &[T], i: usize| if s.len() == 1 { s[0] } else { s[i] };
+        let n: usize = shape.iter().product();
+        let v: Vec<T> = (0..n)
+            .map(|i| {
+                let ci = if cs.len() == 1 { cs[0] } else { cs[i] };
+                if ci { at(xs, i) } else { at(ys, i) }
+            })
+            .collect();
+        return from_vec(&shape, v);
+    }
     let (cv, xv, yv) = (bview(c, &shape)?, bview(x, &shape)?, bview(y, &shape)?);
     Ok(Zip::from(&cv)
         .and(&xv)
@@ -980,6 +999,49 @@ pub fn register(r: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn where_flat_and_broadcast_forms_agree_with_the_definition() {
+        use ndarray::{ArrayD, IxDyn};
+        let shape = [2usize, 3, 4];
+        let c = ArrayD::from_shape_fn(IxDyn(&shape), |i| (i[0] + 2 * i[1] + i[2]) % 3 == 0);
+        let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| (i[0] * 12 + i[1] * 4 + i[2]) as i32);
+        let y = ArrayD::from_shape_fn(IxDyn(&shape), |i| -((i[0] * 12 + i[1] * 4 + i[2]) as i32));
+        let scalar = |v| ArrayD::from_shape_vec(IxDyn(&[]), vec![v]).unwrap();
+        let one = |v| ArrayD::from_shape_vec(IxDyn(&[1, 1]), vec![v]).unwrap();
+        // Row-broadcast y (not the flat form) and the flat forms: full, scalar, [1, 1].
+        let y_row = ArrayD::from_shape_fn(IxDyn(&[4]), |i| 100 + i[0] as i32);
+        let cases: Vec<(ArrayD<bool>, ArrayD<i32>, ArrayD<i32>)> = vec![
+            (c.clone(), x.clone(), y.clone()),
+            (c.clone(), scalar(7), x.clone()),
+            (c.clone(), x.clone(), one(-1)),
+            (
+                ArrayD::from_shape_vec(IxDyn(&[]), vec![true]).unwrap(),
+                x.clone(),
+                y.clone(),
+            ),
+            (c.clone(), x.clone(), y_row.clone()),
+        ];
+        for (k, (cc, xx, yy)) in cases.iter().enumerate() {
+            let got = super::where_t(cc, xx, yy).unwrap();
+            let out_shape = got.shape().to_vec();
+            let want = ArrayD::from_shape_fn(IxDyn(&out_shape), |i| {
+                let pick = |a: &ArrayD<i32>| {
+                    *a.broadcast(IxDyn(&out_shape))
+                        .unwrap()
+                        .get(i.clone())
+                        .unwrap()
+                };
+                let cv = *cc
+                    .broadcast(IxDyn(&out_shape))
+                    .unwrap()
+                    .get(i.clone())
+                    .unwrap();
+                if cv { pick(xx) } else { pick(yy) }
+            });
+            assert_eq!(got, want, "case {k}");
+        }
+    }
+
     #[test]
     fn permute_rows_matches_ndarray_on_every_permutation() {
         use ndarray::{ArrayD, IxDyn};
