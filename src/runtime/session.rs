@@ -30,6 +30,7 @@ use super::kernels::gemm_i8::with_ort_u8s8_saturation;
 use super::ops::{BuildCtx, Op, Registry, Scope, default_registry};
 use super::value::Value;
 
+mod fuse_gelu;
 mod fuse_int8;
 mod fuse_linear;
 mod fuse_lstm_cell;
@@ -293,15 +294,39 @@ impl Session {
         for step in &self.steps {
             budget::set_used(base.saturating_add(live));
             let start = prof.is_some().then(std::time::Instant::now);
+            // A value whose last reader is this step moves into an op that can reuse its
+            // buffer (Reshape and friends), instead of being copied and then freed.
+            let taken = match step.inputs.first() {
+                Some(&Some(s))
+                    if step.op.takes_first_input()
+                        && step.frees.contains(&s)
+                        && step.inputs[1..].iter().all(|&i| i != Some(s))
+                        && matches!(slots[s], Slot::Own(_)) =>
+                {
+                    match std::mem::replace(&mut slots[s], Slot::Empty) {
+                        Slot::Own(v) => {
+                            live = live.saturating_sub(budget::value_bytes(&v));
+                            Some(v)
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
             let results = {
-                let ins: Vec<Option<&Value>> = step
+                let mut ins: Vec<Option<&Value>> = step
                     .inputs
                     .iter()
                     .map(|s| s.and_then(|i| slots[i].get()))
                     .collect();
-                step.op
-                    .run(&ins)
-                    .map_err(|e| in_node(&step.node, &step.op_type, e))?
+                match taken {
+                    Some(first) => {
+                        ins[0] = None;
+                        step.op.run_taking(first, &ins)
+                    }
+                    None => step.op.run(&ins),
+                }
+                .map_err(|e| in_node(&step.node, &step.op_type, e))?
             };
             let produced: u64 = step
                 .outputs
@@ -509,6 +534,9 @@ impl<'r> Planner<'r> {
             self.options,
         );
         fuse_lstm_cell::fuse_lstm_cells(&mut steps, graph, &self.consts, &graph_outs, self.options);
+        if !self.options.no_kernel_fusion {
+            fuse_gelu::fuse_gelu(&mut steps, &self.consts, &graph_outs);
+        }
         // Lifetimes: a slot dies after its last reader; a step output nobody reads dies at once.
         let keep: HashSet<usize> = outputs
             .iter()

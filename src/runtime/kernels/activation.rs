@@ -242,6 +242,135 @@ vectorized!(
     erf_inplace_fma
 );
 
+/// `exp(r)` for `r <= 0` (Softmax's `x - max`) with MLAS's exp steps (the ones inside
+/// [`mlas_erf`]: Cody-Waite reduction by ln 2, a degree-6 polynomial, scaling by `2^k`), in a
+/// form LLVM vectorizes. Within 2 ulp of the exact value (tests) down to `r = -87.33`, where
+/// exp reaches the smallest normal float; below that, and at -inf, it gives 0 (the exact
+/// value is under 1.2e-38). NaN gives NaN. Positive `r` is outside its domain.
+#[allow(clippy::excessive_precision)]
+#[inline(always)]
+pub fn exp_nonpositive(r: f32) -> f32 {
+    // ln(2^-126): 2^k below it would need a subnormal scale.
+    const LOWER: f32 = -87.336_54;
+    const LOG2_RECIPROCAL: f32 = std::f32::consts::LOG2_E;
+    const LOG2_HI: f32 = -6.93145752e-1;
+    const LOG2_LO: f32 = -1.42860677e-6;
+    const EXP: [f32; 7] = [
+        1.38319808e-3,
+        8.37550033e-3,
+        4.16689515e-2,
+        1.66664466e-1,
+        4.99999851e-1,
+        1.0,
+        1.0,
+    ];
+    const ROUNDER: f32 = 1.25829120e+7;
+    let under = r < LOWER;
+    // NaN fails the comparison and passes through.
+    let c = if under { LOWER } else { r };
+    // t + ROUNDER holds k = round(c / ln 2) in its low mantissa bits (k in [-126, 0]).
+    let biased = LOG2_RECIPROCAL.mul_add(c, ROUNDER);
+    let t = biased - ROUNDER;
+    let f = t.mul_add(LOG2_HI, c);
+    let f = t.mul_add(LOG2_LO, f);
+    let p = horner(f, &EXP);
+    // (k + 127) << 23 is 2^k: the bits above the low 9 of `biased + 127` shift out.
+    let pow2 = f32::from_bits(biased.to_bits().wrapping_add(127) << 23);
+    let y = p * pow2;
+    if under { 0.0 } else { y }
+}
+
+/// Softmax of each row of `n` values of `data` in place: `exp(x - max) / Σ exp(x - max)`
+/// with [`exp_nonpositive`], the sum taken in row order.
+pub fn softmax_rows(data: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { softmax_rows_fma(data, n) };
+        return;
+    }
+    softmax_rows_portable(data, n);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_rows_fma(data: &mut [f32], n: usize) {
+    softmax_rows_portable(data, n);
+}
+
+#[inline(always)]
+fn softmax_rows_portable(data: &mut [f32], n: usize) {
+    if n == 0 {
+        return;
+    }
+    for row in data.chunks_exact_mut(n) {
+        let m = row
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        map_inplace(row, |x| exp_nonpositive(x - m));
+        let s: f32 = row.iter().fold(0.0, |s, &x| s + x);
+        map_inplace(row, |x| x / s);
+    }
+}
+
+/// GELU in the erf form exporters spell out node by node, `Div(x, div)`, `Erf`,
+/// `Add(·, add)`, then `Mul` by `mul` and `Mul` by `x` in either association; [`GeluErf::eval`]
+/// rounds every step to f32 as the separate nodes do, so the fused pass gives their bits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GeluErf {
+    pub div: f32,
+    pub add: f32,
+    pub mul: f32,
+    /// `x * ((erf + add) * mul)` when true, `(x * (erf + add)) * mul` when false.
+    pub scale_first: bool,
+}
+
+impl GeluErf {
+    #[inline(always)]
+    pub fn eval(&self, x: f32) -> f32 {
+        let u = mlas_erf(x / self.div) + self.add;
+        if self.scale_first {
+            x * (u * self.mul)
+        } else {
+            (x * u) * self.mul
+        }
+    }
+
+    /// [`GeluErf::eval`] of each value, in place (vectorized like the functions above).
+    pub fn apply_inplace(&self, xs: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_fma() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { self.apply_inplace_fma(xs) };
+            return;
+        }
+        map_inplace(xs, |x| self.eval(x));
+    }
+
+    /// [`GeluErf::eval`] of each `src[i]` into `dst[i]`.
+    pub fn apply_into(&self, src: &[f32], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_fma() {
+            // SAFETY: as above.
+            unsafe { self.apply_into_fma(src, dst) };
+            return;
+        }
+        map_into(src, dst, |x| self.eval(x));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn apply_inplace_fma(&self, xs: &mut [f32]) {
+        map_inplace(xs, |x| self.eval(x));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn apply_into_fma(&self, src: &[f32], dst: &mut [f32]) {
+        map_into(src, dst, |x| self.eval(x));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,5 +527,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn exp_nonpositive_is_within_2_ulp_and_flushes_below_the_normal_range() {
+        let mut worst = (0u32, 0.0f32);
+        // A dense grid on [-87.33, 0] and every binade of small magnitudes.
+        let mut xs: Vec<f32> = (0..=873_300).map(|i| -(i as f32) * 1e-4).collect();
+        let mut t = f32::from_bits(1);
+        while t < 87.0 {
+            xs.push(-t);
+            t *= 1.5;
+        }
+        for &x in &xs {
+            let got = exp_nonpositive(x);
+            let want = f64::from(x).exp() as f32;
+            let u = ulps(got, want);
+            if u > worst.0 {
+                worst = (u, x);
+            }
+        }
+        assert!(worst.0 <= 2, "max {} ulp at {}", worst.0, worst.1);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-0.0), 1.0);
+        assert_eq!(exp_nonpositive(-87.4), 0.0);
+        assert_eq!(exp_nonpositive(-1e30), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_rows_match_f64() {
+        let row_sets: Vec<Vec<f32>> = vec![
+            (0..16).map(|i| (i as f32 * 0.37).sin() * 9.0).collect(),
+            (0..33).map(|i| i as f32 * -3.0).collect(),
+            vec![f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, -2.0, 0.5],
+            vec![-1e30, 3.0, 3.0, -3.4e38, 0.0, 1.0, 2.0],
+            vec![5.0],
+        ];
+        for row in row_sets {
+            let n = row.len();
+            let mut data: Vec<f32> = row.iter().chain(&row).copied().collect();
+            softmax_rows(&mut data, n);
+            let m = row
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+            let e: Vec<f64> = row.iter().map(|&x| (f64::from(x) - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            for (i, &got) in data.iter().enumerate() {
+                let want = e[i % n] / s;
+                // x - max rounded to f32 moves exp by up to |x - max| half-ulps; then a few
+                // ulp for exp, the sum and the division.
+                let shift = (f64::from(row[i % n]) - m).abs().min(1e3) * 6e-8;
+                assert!(
+                    (f64::from(got) - want).abs() <= (shift + 4e-7) * want + 1e-38,
+                    "{row:?}[{}]: {got} vs {want}",
+                    i % n
+                );
+            }
+        }
+        // A row of -inf has no maximum to subtract: NaN, as exp(-inf - -inf) is.
+        let mut data = vec![f32::NEG_INFINITY; 3];
+        softmax_rows(&mut data, 3);
+        assert!(data.iter().all(|v| v.is_nan()));
     }
 }

@@ -19,7 +19,7 @@ use num_traits::Float;
 use crate::error::Result;
 use crate::ir::Node;
 use crate::runtime::Value;
-use crate::runtime::kernels::activation::{erf_into, sigmoid_into, tanh_into};
+use crate::runtime::kernels::activation::{erf_into, sigmoid_into, softmax_rows, tanh_into};
 use crate::runtime::kernels::gemm_f32::output_buffer;
 use crate::ufn;
 
@@ -148,6 +148,14 @@ fn softmax_row<T: Float>(row: &mut [T], log: bool) {
 
 fn softmax_value(v: &Value, axis: usize, log: bool) -> Result<Value> {
     Ok(match v {
+        // The usual case: f32 softmax along the last axis, with the vectorized exp.
+        Value::F32(a) if !log && axis + 1 == a.ndim() && a.is_standard_layout() => {
+            let mut out = a.clone();
+            if let Some(data) = out.as_slice_mut() {
+                softmax_rows(data, a.shape()[axis]);
+            }
+            Value::F32(out)
+        }
         Value::F32(a) => Value::F32(softmax_t(a, axis, log)),
         Value::F64(a) => Value::F64(softmax_t(a, axis, log)),
         Value::F16(a) => Value::F16(softmax_t(&a.mapv(f16::to_f32), axis, log).mapv(f16::from_f32)),

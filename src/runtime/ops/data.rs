@@ -193,6 +193,45 @@ pub fn reshape_value(v: &Value, shape: &[usize]) -> Result<Value> {
     }))
 }
 
+/// `v` reshaped like [`reshape_value`], reusing its buffer when it is row-major already.
+pub fn reshape_owned(v: Value, shape: &[usize]) -> Result<Value> {
+    Ok(map_same!(v, a => {
+        let a = if a.is_standard_layout() { a } else { standard(a.view()) };
+        a.into_shape_with_order(IxDyn(shape)).map_err(|e| err(e.to_string()))?
+    }))
+}
+
+/// An op whose output is input 0 with another shape (Reshape, Flatten, Squeeze, Unsqueeze):
+/// `F` computes the output shape from input 0's shape and all inputs. Given input 0 by value
+/// it keeps the buffer (see [`Op::run_taking`]).
+struct Relabel<F>(F);
+
+impl<F> Op for Relabel<F>
+where
+    F: Fn(&[usize], &[Option<&Value>]) -> Result<Vec<usize>> + Send + Sync,
+{
+    fn run(&self, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let x = req(inputs, 0)?;
+        let dims = (self.0)(x.shape(), inputs)?;
+        Ok(vec![reshape_value(x, &dims)?])
+    }
+
+    fn takes_first_input(&self) -> bool {
+        true
+    }
+
+    fn run_taking(&self, first: Value, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let dims = (self.0)(first.shape(), inputs)?;
+        Ok(vec![reshape_owned(first, &dims)?])
+    }
+}
+
+fn relabel(
+    f: impl Fn(&[usize], &[Option<&Value>]) -> Result<Vec<usize>> + Send + Sync + 'static,
+) -> Box<dyn Op> {
+    Box::new(Relabel(f))
+}
+
 fn reshape(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     let allowzero = node.attr_or::<i64>("allowzero", 0)? != 0;
     let attr_shape = if ctx.opset < 5 {
@@ -200,29 +239,26 @@ fn reshape(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     } else {
         None
     };
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
+    Ok(relabel(move |x_shape, ins| {
         let spec = match &attr_shape {
             Some(s) => s.clone(),
             None => ints(req(ins, 1)?, "shape")?,
         };
-        let dims = reshape_dims(x.shape(), &spec, allowzero)?;
-        Ok(vec![reshape_value(x, &dims)?])
+        reshape_dims(x_shape, &spec, allowzero)
     }))
 }
 
 fn flatten(node: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
     let axis = node.attr_or::<i64>("axis", 1)?;
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
-        let r = x.shape().len() as i64;
+    Ok(relabel(move |x_shape, _| {
+        let r = x_shape.len() as i64;
         let a = if axis < 0 { axis + r } else { axis };
         if !(0..=r).contains(&a) {
             return Err(err(format!("axis {axis} is out of range for rank {r}")));
         }
-        let outer: usize = x.shape()[..a as usize].iter().product();
-        let inner: usize = x.shape()[a as usize..].iter().product();
-        Ok(vec![reshape_value(x, &[outer, inner])?])
+        let outer: usize = x_shape[..a as usize].iter().product();
+        let inner: usize = x_shape[a as usize..].iter().product();
+        Ok(vec![outer, inner])
     }))
 }
 
@@ -331,29 +367,27 @@ fn squeeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     } else {
         None
     };
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
-        let r = x.shape().len();
+    Ok(relabel(move |x_shape, ins| {
+        let r = x_shape.len();
         let axes = axes_of(&attr, ins, 1)?;
         let drop: Vec<usize> = match axes {
             Some(a) if !a.is_empty() => {
                 a.iter().map(|&i| norm_axis(i, r)).collect::<Result<_>>()?
             }
-            _ => (0..r).filter(|&i| x.shape()[i] == 1).collect(),
+            _ => (0..r).filter(|&i| x_shape[i] == 1).collect(),
         };
         for &d in &drop {
-            if x.shape()[d] != 1 {
+            if x_shape[d] != 1 {
                 return Err(err(format!(
                     "cannot squeeze axis {d} of size {}",
-                    x.shape()[d]
+                    x_shape[d]
                 )));
             }
         }
-        let shape: Vec<usize> = (0..r)
+        Ok((0..r)
             .filter(|i| !drop.contains(i))
-            .map(|i| x.shape()[i])
-            .collect();
-        Ok(vec![reshape_value(x, &shape)?])
+            .map(|i| x_shape[i])
+            .collect())
     }))
 }
 
@@ -363,10 +397,9 @@ fn unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
     } else {
         None
     };
-    Ok(op(move |ins| {
-        let x = req(ins, 0)?;
+    Ok(relabel(move |x_shape, ins| {
         let axes = axes_of(&attr, ins, 1)?.ok_or_else(|| err("missing axes"))?;
-        let out_rank = x.shape().len() + axes.len();
+        let out_rank = x_shape.len() + axes.len();
         let mut ax: Vec<usize> = axes
             .iter()
             .map(|&i| norm_axis(i, out_rank))
@@ -375,8 +408,8 @@ fn unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
         if ax.windows(2).any(|w| w[0] == w[1]) {
             return Err(err(format!("repeated axis in {axes:?}")));
         }
-        let mut it = x.shape().iter();
-        let shape: Vec<usize> = (0..out_rank)
+        let mut it = x_shape.iter();
+        Ok((0..out_rank)
             .map(|i| {
                 if ax.contains(&i) {
                     1
@@ -384,8 +417,7 @@ fn unsqueeze(node: &Node, ctx: &BuildCtx) -> Result<Box<dyn Op>> {
                     it.next().copied().unwrap_or(1)
                 }
             })
-            .collect();
-        Ok(vec![reshape_value(x, &shape)?])
+            .collect())
     }))
 }
 
@@ -711,6 +743,25 @@ fn tile(_: &Node, _: &BuildCtx) -> Result<Box<dyn Op>> {
 fn where_t<T: Copy>(c: &ArrayD<bool>, x: &ArrayD<T>, y: &ArrayD<T>) -> Result<ArrayD<T>> {
     let shape = broadcast_shape(&broadcast_shape(c.shape(), x.shape())?, y.shape())?;
     budget::check_shape::<T>(&shape)?;
+    // The common forms (a Softmax NaN guard `Where(IsNaN(p), 0, p)`, a mask against a
+    // scalar): each operand row-major of the full shape or a single value, selected in one
+    // flat loop instead of a broadcast iteration over IxDyn indices.
+    let full = |dims: &[usize], len: usize| dims == shape.as_slice() || len == 1;
+    if let (Some(cs), Some(xs), Some(ys)) = (c.as_slice(), x.as_slice(), y.as_slice())
+        && full(c.shape(), cs.len())
+        && full(x.shape(), xs.len())
+        && full(y.shape(), ys.len())
+    {
+        let at = |s: &[T], i: usize| if s.len() == 1 { s[0] } else { s[i] };
+        let n: usize = shape.iter().product();
+        let v: Vec<T> = (0..n)
+            .map(|i| {
+                let ci = if cs.len() == 1 { cs[0] } else { cs[i] };
+                if ci { at(xs, i) } else { at(ys, i) }
+            })
+            .collect();
+        return from_vec(&shape, v);
+    }
     let (cv, xv, yv) = (bview(c, &shape)?, bview(x, &shape)?, bview(y, &shape)?);
     Ok(Zip::from(&cv)
         .and(&xv)
@@ -948,6 +999,49 @@ pub fn register(r: &mut Registry) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn where_flat_and_broadcast_forms_agree_with_the_definition() {
+        use ndarray::{ArrayD, IxDyn};
+        let shape = [2usize, 3, 4];
+        let c = ArrayD::from_shape_fn(IxDyn(&shape), |i| (i[0] + 2 * i[1] + i[2]) % 3 == 0);
+        let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| (i[0] * 12 + i[1] * 4 + i[2]) as i32);
+        let y = ArrayD::from_shape_fn(IxDyn(&shape), |i| -((i[0] * 12 + i[1] * 4 + i[2]) as i32));
+        let scalar = |v| ArrayD::from_shape_vec(IxDyn(&[]), vec![v]).unwrap();
+        let one = |v| ArrayD::from_shape_vec(IxDyn(&[1, 1]), vec![v]).unwrap();
+        // Row-broadcast y (not the flat form) and the flat forms: full, scalar, [1, 1].
+        let y_row = ArrayD::from_shape_fn(IxDyn(&[4]), |i| 100 + i[0] as i32);
+        let cases: Vec<(ArrayD<bool>, ArrayD<i32>, ArrayD<i32>)> = vec![
+            (c.clone(), x.clone(), y.clone()),
+            (c.clone(), scalar(7), x.clone()),
+            (c.clone(), x.clone(), one(-1)),
+            (
+                ArrayD::from_shape_vec(IxDyn(&[]), vec![true]).unwrap(),
+                x.clone(),
+                y.clone(),
+            ),
+            (c.clone(), x.clone(), y_row.clone()),
+        ];
+        for (k, (cc, xx, yy)) in cases.iter().enumerate() {
+            let got = super::where_t(cc, xx, yy).unwrap();
+            let out_shape = got.shape().to_vec();
+            let want = ArrayD::from_shape_fn(IxDyn(&out_shape), |i| {
+                let pick = |a: &ArrayD<i32>| {
+                    *a.broadcast(IxDyn(&out_shape))
+                        .unwrap()
+                        .get(i.clone())
+                        .unwrap()
+                };
+                let cv = *cc
+                    .broadcast(IxDyn(&out_shape))
+                    .unwrap()
+                    .get(i.clone())
+                    .unwrap();
+                if cv { pick(xx) } else { pick(yy) }
+            });
+            assert_eq!(got, want, "case {k}");
+        }
+    }
+
     #[test]
     fn permute_rows_matches_ndarray_on_every_permutation() {
         use ndarray::{ArrayD, IxDyn};

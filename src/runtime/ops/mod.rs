@@ -63,6 +63,22 @@ pub trait Op: Send + Sync {
     /// Runs the op. `inputs[i]` is `None` for an omitted optional input. Returns one value per
     /// node output (trailing optional outputs the node does not name may be omitted).
     fn run(&self, inputs: &[Option<&Value>]) -> Result<Vec<Value>>;
+
+    /// Whether [`Op::run_taking`] reuses input 0's buffer (ops that only relabel the shape),
+    /// so the session should hand that value over when nothing reads it afterwards.
+    fn takes_first_input(&self) -> bool {
+        false
+    }
+
+    /// [`Op::run`] with input 0 given by value (`inputs[0]` is then `None`); the session calls
+    /// it when [`Op::takes_first_input`] and this step is the value's last reader.
+    fn run_taking(&self, first: Value, inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+        let mut ins = inputs.to_vec();
+        if let Some(slot) = ins.first_mut() {
+            *slot = Some(&first);
+        }
+        self.run(&ins)
+    }
 }
 
 /// What a builder may know when it plans a node.

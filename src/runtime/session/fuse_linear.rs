@@ -23,7 +23,7 @@ use crate::runtime::value::Value;
 use super::Step;
 
 /// Where a stage of the original chain takes an input from.
-enum StageIn {
+pub(super) enum StageIn {
     /// The fused step's input at this position.
     Input(usize),
     /// The previous stage's result.
@@ -31,9 +31,30 @@ enum StageIn {
     Absent,
 }
 
-struct Stage {
-    op: Box<dyn Op>,
-    inputs: Vec<StageIn>,
+/// One original node of a fused chain, kept to run the chain node by node when the fused
+/// kernel does not apply.
+pub(super) struct Stage {
+    pub op: Box<dyn Op>,
+    pub inputs: Vec<StageIn>,
+}
+
+/// Runs the original chain: each stage reads the fused step's `inputs` and the previous
+/// stage's result; returns the last result.
+pub(super) fn run_stages(stages: &[Stage], inputs: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let mut prev: Option<Value> = None;
+    for st in stages {
+        let args: Vec<Option<&Value>> = st
+            .inputs
+            .iter()
+            .map(|i| match i {
+                StageIn::Input(k) => inputs.get(*k).copied().flatten(),
+                StageIn::Prev => prev.as_ref(),
+                StageIn::Absent => None,
+            })
+            .collect();
+        prev = st.op.run(&args)?.into_iter().next();
+    }
+    Ok(prev.into_iter().collect())
 }
 
 struct FusedLinear {
@@ -48,21 +69,7 @@ impl Op for FusedLinear {
         {
             return Ok(vec![out]);
         }
-        let mut prev: Option<Value> = None;
-        for st in &self.stages {
-            let args: Vec<Option<&Value>> = st
-                .inputs
-                .iter()
-                .map(|i| match i {
-                    StageIn::Input(k) => inputs.get(*k).copied().flatten(),
-                    StageIn::Prev => prev.as_ref(),
-                    StageIn::Absent => None,
-                })
-                .collect();
-            let out = st.op.run(&args)?.into_iter().next();
-            prev = out;
-        }
-        Ok(prev.into_iter().collect())
+        run_stages(&self.stages, inputs)
     }
 }
 

@@ -31,9 +31,11 @@
 //! - [`Isa::Avx512Vnni`]: `vpdpbusd` on 6×64 output tiles, B in 64-column panels of 4-deep K
 //!   groups. A is read in place (no packing), so small-M calls (the recurrent step) cost nothing
 //!   beyond the multiply.
-//! - [`Isa::Avx2`]: B is widened to i16 at packing time and A to u16 per call, and `vpmaddwd`
-//!   multiplies i16 pairs into i32. Unlike `vpmaddubsw` (whose i16 pair sums saturate at
-//!   255·127·2 > 32767) this is exact for all inputs.
+//! - [`Isa::Avx2`]: `vpmaddubsw` on B stored with every K pair within `|b0| + |b1| <= 128`
+//!   (so its saturating i16 pair sums stay exact) plus a sparse list of remainders added per
+//!   row, when such remainders are rare (trained weights); else B widened to i16 at packing
+//!   time and A to u16 per call, and `vpmaddwd` multiplies i16 pairs into i32. Both are exact
+//!   for all inputs.
 //! - [`Isa::Scalar`]: portable fallback.
 //!
 //! # Example
@@ -476,8 +478,11 @@ pub(crate) enum Out<'a> {
 pub(crate) struct Job<'a> {
     /// A, `[m, k]` row-major.
     pub a: &'a [u8],
-    /// A widened to u16 with rows padded to an even length (AVX2 path only, else empty).
+    /// A widened to u16 with rows padded to an even length (AVX2 wide layout only, else empty).
     pub a16: &'a [u16],
+    /// A with rows padded to a multiple of 4 bytes (AVX2 byte layout when K % 4 != 0, else
+    /// empty: the kernel then reads `a`).
+    pub a4: &'a [u8],
     pub m: usize,
     pub k: usize,
     /// A's zero points: len 1 or m.
@@ -638,6 +643,7 @@ fn run(
         run_saturating(&Job {
             a,
             a16: &[],
+            a4: &[],
             m,
             k,
             za,
@@ -647,19 +653,28 @@ fn run(
         });
         return;
     }
-    // The AVX2 path reads A as u16 pairs; reuse a per-thread buffer so steady-state calls do
-    // not allocate. It is taken out of the cell (not borrowed) so a re-entrant call on this
-    // thread (rayon work stealing) just allocates its own.
-    let mut a16 = if b.isa == Isa::Avx2 {
+    // The AVX2 wide layout reads A as u16 pairs; reuse a per-thread buffer so steady-state
+    // calls do not allocate. It is taken out of the cell (not borrowed) so a re-entrant call on
+    // this thread (rayon work stealing) just allocates its own.
+    let wide = matches!(b.data, pack::Data::Wide(_));
+    let mut a16 = if wide {
         let mut buf = A16_SCRATCH.with(|c| c.take());
         widen_a(a, m, k, &mut buf);
         buf
     } else {
         Vec::new()
     };
+    // The byte layout reads A 4 bytes at a time: rows are padded unless K is a multiple of 4
+    // (rare in models, so no scratch reuse).
+    let a4 = if matches!(b.data, pack::Data::Bytes(_)) && !k.is_multiple_of(4) {
+        pad_a(a, m, k)
+    } else {
+        Vec::new()
+    };
     let job = Job {
         a,
         a16: &a16,
+        a4: &a4,
         m,
         k,
         za,
@@ -682,7 +697,7 @@ fn run(
             run_panels(&job, panels * i / t, panels * (i + 1) / t);
         });
     }
-    if b.isa == Isa::Avx2 {
+    if wide {
         a16.clear();
         A16_SCRATCH.with(|c| c.set(a16));
     }
@@ -705,6 +720,18 @@ fn widen_a(a: &[u8], m: usize, k: usize, buf: &mut Vec<u16>) {
             *d = u16::from(s);
         }
     }
+}
+
+/// A as rows of `k` rounded up to a multiple of 4, zero padded.
+fn pad_a(a: &[u8], m: usize, k: usize) -> Vec<u8> {
+    let kq = k.div_ceil(4) * 4;
+    let mut buf = vec![0u8; m * kq];
+    if k > 0 {
+        for (dst, src) in buf.chunks_exact_mut(kq).zip(a.chunks_exact(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+    }
+    buf
 }
 
 fn run_panels(job: &Job, p0: usize, p1: usize) {

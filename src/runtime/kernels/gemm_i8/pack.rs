@@ -5,8 +5,16 @@
 //! - scalar: B as given, `[K, N]` i8.
 //! - AVX-512 VNNI: 64-column panels; per panel, for each group of 4 K steps, four 64-byte lines
 //!   (16 columns each) of `[col][4 k]` bytes: one `vpdpbusd` operand per line.
-//! - AVX2: 16-column panels; per panel, for each pair of K steps, 32 i16 of `[col][2 k]`: two
-//!   `vpmaddwd` operands.
+//! - AVX2, wide: 16-column panels; per panel, for each pair of K steps, 32 i16 of `[col][2 k]`:
+//!   two `vpmaddwd` operands.
+//! - AVX2, bytes: 16-column panels; per panel, for each group of 4 K steps, 64 bytes of
+//!   `[col][4 k]`: two `vpmaddubsw` operands. Each K pair `(b0, b1)` of a column (steps 2j and
+//!   2j+1, the bytes `vpmaddubsw` sums) is stored so that `|b0| + |b1| <= 128`, which keeps
+//!   `255 (|b0| + |b1|)` inside i16: the instruction never saturates. A pair beyond that keeps
+//!   its smaller value and stores the larger one shrunk to `128 - |smaller|` (same sign); the
+//!   difference goes into a per-panel list of [`Fix`]es that the kernel adds as `A[m, k] * value`
+//!   to the i32 sums. Used when such pairs are rare ([`MAX_FIX_SHARE`]); otherwise the wide
+//!   layout.
 
 use super::{Isa, err};
 use crate::error::Result;
@@ -22,6 +30,121 @@ pub(crate) enum Data {
     Vnni(Vec<Line>),
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Wide(Vec<i16>),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Bytes(BytesB),
+}
+
+/// The AVX2 byte layout (module doc): B with every K pair within `|b0| + |b1| <= 128`, plus the
+/// sparse remainder.
+pub(crate) struct BytesB {
+    /// `panels * quads * 64` bytes; byte `((p * quads + k / 4) * 16 + col) * 4 + k % 4`.
+    pub bytes: Vec<i8>,
+    /// Panel p's fixes are `fixes[fix_start[p]..fix_start[p + 1]]`, sorted by (k, col).
+    pub fix_start: Vec<usize>,
+    pub fixes: Vec<Fix>,
+}
+
+/// A remainder of the byte layout: `B[k, panel column col] = stored + value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fix {
+    pub k: u32,
+    pub col: u32,
+    pub value: i32,
+}
+
+/// The byte layout is used when at most `K * N / MAX_FIX_SHARE` K pairs need a fix: each fix
+/// costs a few scalar operations per row, about 35 multiply-adds of the vector loop, so this
+/// bounds their cost at ~3%.
+pub(crate) const MAX_FIX_SHARE: usize = 1024;
+
+/// How an AVX2 B is laid out; [`Avx2Layout::Auto`] picks bytes when fixes are rare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // only tests force a layout
+pub(crate) enum Avx2Layout {
+    Auto,
+    Wide,
+    Bytes,
+}
+
+/// Splits the K pair `(b0, b1)` into a part with `|b0| + |b1| <= 128` and the remainder of
+/// the one value that changed: `(s0, s1, Some((index, remainder)))` or the pair unchanged.
+pub(super) fn split_pair(b0: i8, b1: i8) -> (i8, i8, Option<(usize, i32)>) {
+    let (m0, m1) = (i32::from(b0).abs(), i32::from(b1).abs());
+    if m0 + m1 <= 128 {
+        return (b0, b1, None);
+    }
+    // Shrink the larger magnitude to 128 - the smaller one (>= 0 since both are <= 128).
+    let shrink = |v: i8, other: i32| -> (i8, i32) {
+        let kept = (128 - other) * i32::from(v).signum();
+        // |kept| < |v| <= 128 and kept has v's sign, so it fits i8.
+        (kept as i8, i32::from(v) - kept)
+    };
+    if m0 >= m1 {
+        let (s0, r) = shrink(b0, m1);
+        (s0, b1, Some((0, r)))
+    } else {
+        let (s1, r) = shrink(b1, m0);
+        (b0, s1, Some((1, r)))
+    }
+}
+
+/// The wide layout of `plain` `[k, n]` in `nr`-column panels.
+fn pack_wide(plain: &[i8], k: usize, n: usize, nr: usize) -> Vec<i16> {
+    // Index: ((panel * pairs + k / 2) * nr + col) * 2 + k % 2.
+    let panels = n.div_ceil(nr);
+    let pairs = k.div_ceil(2);
+    let mut wide = vec![0i16; panels * pairs * nr * 2];
+    for p in 0..panels {
+        for (kk, row) in plain.chunks_exact(n.max(1)).enumerate() {
+            let base = (p * pairs + kk / 2) * nr;
+            for (c, &v) in row[p * nr..n.min((p + 1) * nr)].iter().enumerate() {
+                wide[(base + c) * 2 + kk % 2] = i16::from(v);
+            }
+        }
+    }
+    wide
+}
+
+/// The byte layout of `plain` `[k, n]` in `nr`-column panels.
+fn pack_bytes(plain: &[i8], k: usize, n: usize, nr: usize) -> BytesB {
+    let panels = n.div_ceil(nr);
+    let quads = k.div_ceil(4);
+    let mut bytes = vec![0i8; panels * quads * nr * 4];
+    let mut fix_start = Vec::with_capacity(panels + 1);
+    let mut fixes = Vec::new();
+    let at = |kk: usize, col: usize| if kk < k { plain[kk * n + col] } else { 0 };
+    for p in 0..panels {
+        if let Some(&start) = fix_start.last() {
+            fixes[start..].sort_unstable_by_key(|f: &Fix| (f.k, f.col));
+        }
+        fix_start.push(fixes.len());
+        let width = nr.min(n - p * nr);
+        for kk in (0..k).step_by(2) {
+            let base = (p * quads + kk / 4) * nr;
+            for c in 0..width {
+                let (s0, s1, fix) = split_pair(at(kk, p * nr + c), at(kk + 1, p * nr + c));
+                let idx = (base + c) * 4 + kk % 4;
+                bytes[idx] = s0;
+                bytes[idx + 1] = s1;
+                if let Some((which, value)) = fix {
+                    fixes.push(Fix {
+                        k: (kk + which) as u32,
+                        col: c as u32,
+                        value,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(&start) = fix_start.last() {
+        fixes[start..].sort_unstable_by_key(|f: &Fix| (f.k, f.col));
+    }
+    fix_start.push(fixes.len());
+    BytesB {
+        bytes,
+        fix_start,
+        fixes,
+    }
 }
 
 /// B `[K, N]` packed for one kernel path, with its zero points.
@@ -69,7 +192,7 @@ impl PackedB {
         check_len(b_t.len(), k, n)?;
         let zb = zero_points_i32(zero_points.iter().map(|&z| i32::from(z)), n)?;
         let plain = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
-        Self::pack(Isa::best(), k, n, plain, zb, true)
+        Self::pack(Isa::best(), k, n, plain, zb, true, Avx2Layout::Auto)
     }
 
     /// [`PackedB::from_i8`] for a given kernel path (errors if this CPU lacks it).
@@ -80,14 +203,38 @@ impl PackedB {
         n: usize,
         zero_points: &[i8],
     ) -> Result<Self> {
+        Self::from_i8_with_layout(isa, Avx2Layout::Auto, b, k, n, zero_points)
+    }
+
+    /// [`PackedB::from_i8_with_isa`] with the AVX2 layout chosen (tests force each).
+    pub(crate) fn from_i8_with_layout(
+        isa: Isa,
+        layout: Avx2Layout,
+        b: &[i8],
+        k: usize,
+        n: usize,
+        zero_points: &[i8],
+    ) -> Result<Self> {
         check_len(b.len(), k, n)?;
         let zb = zero_points_i32(zero_points.iter().map(|&z| i32::from(z)), n)?;
-        Self::pack(isa, k, n, b.to_vec(), zb, true)
+        Self::pack(isa, k, n, b.to_vec(), zb, true, layout)
     }
 
     /// [`PackedB::from_u8`] for a given kernel path (errors if this CPU lacks it).
     pub fn from_u8_with_isa(
         isa: Isa,
+        b: &[u8],
+        k: usize,
+        n: usize,
+        zero_points: &[u8],
+    ) -> Result<Self> {
+        Self::from_u8_with_layout(isa, Avx2Layout::Auto, b, k, n, zero_points)
+    }
+
+    /// [`PackedB::from_u8_with_isa`] with the AVX2 layout chosen (tests force each).
+    pub(crate) fn from_u8_with_layout(
+        isa: Isa,
+        layout: Avx2Layout,
         b: &[u8],
         k: usize,
         n: usize,
@@ -101,7 +248,7 @@ impl PackedB {
             zero_points_i32(zero_points.iter().map(|&z| i32::from(z) - 128), n)?
         };
         let plain = b.iter().map(|&v| (v ^ 0x80) as i8).collect();
-        Self::pack(isa, k, n, plain, zb, false)
+        Self::pack(isa, k, n, plain, zb, false, layout)
     }
 
     pub fn k(&self) -> usize {
@@ -125,6 +272,7 @@ impl PackedB {
         plain: Vec<i8>,
         zb: Vec<i32>,
         signed: bool,
+        layout: Avx2Layout,
     ) -> Result<Self> {
         if !isa.is_available() {
             return Err(err(format!(
@@ -171,18 +319,16 @@ impl PackedB {
                 Data::Vnni(lines)
             }
             Isa::Avx2 => {
-                // Index: ((panel * pairs + k / 2) * nr + col) * 2 + k % 2.
-                let pairs = k.div_ceil(2);
-                let mut wide = vec![0i16; panels * pairs * nr * 2];
-                for p in 0..panels {
-                    for (kk, row) in plain.chunks_exact(n.max(1)).enumerate() {
-                        let base = (p * pairs + kk / 2) * nr;
-                        for (c, &v) in row[p * nr..n.min((p + 1) * nr)].iter().enumerate() {
-                            wide[(base + c) * 2 + kk % 2] = i16::from(v);
-                        }
+                let bytes = (layout != Avx2Layout::Wide).then(|| pack_bytes(&plain, k, n, nr));
+                match bytes {
+                    Some(bytes)
+                        if layout == Avx2Layout::Bytes
+                            || bytes.fixes.len() <= k.saturating_mul(n) / MAX_FIX_SHARE =>
+                    {
+                        Data::Bytes(bytes)
                     }
+                    _ => Data::Wide(pack_wide(&plain, k, n, nr)),
                 }
-                Data::Wide(wide)
             }
         };
         Ok(PackedB {
@@ -210,6 +356,16 @@ impl PackedB {
             Data::Wide(wide) => {
                 let pairs = self.k.div_ceil(2);
                 wide[((p * pairs + row / 2) * nr + c) * 2 + row % 2] as i8
+            }
+            Data::Bytes(b) => {
+                let quads = self.k.div_ceil(4);
+                let kept = b.bytes[((p * quads + row / 4) * nr + c) * 4 + row % 4];
+                let fixes = &b.fixes[b.fix_start[p]..b.fix_start[p + 1]];
+                let fix = fixes
+                    .binary_search_by_key(&(row, c), |f| (f.k as usize, f.col as usize))
+                    .map_or(0, |i| fixes[i].value);
+                // kept + fix is the original int8 value.
+                (i32::from(kept) + fix) as i8
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Every available kernel path against a naive i64 evaluation of the definition
 //! `Σ_k (A - za)(B - zb)`, on random and extreme data, odd K, and M/N tails.
 
+use super::pack::Avx2Layout;
 use super::*;
 
 /// xorshift64*: deterministic test data without a dependency.
@@ -24,6 +25,32 @@ impl Rng {
             .map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
             .collect()
     }
+}
+
+/// A kernel path with, for AVX2, its B layout forced: the tests run every path on both
+/// layouts, whatever the data (the automatic choice depends on it).
+#[derive(Clone, Copy, Debug)]
+struct Path(Isa, Avx2Layout);
+
+fn paths() -> Vec<Path> {
+    let mut out = Vec::new();
+    for isa in Isa::available() {
+        if isa == Isa::Avx2 {
+            out.push(Path(isa, Avx2Layout::Wide));
+            out.push(Path(isa, Avx2Layout::Bytes));
+        } else {
+            out.push(Path(isa, Avx2Layout::Auto));
+        }
+    }
+    out
+}
+
+fn pack_i8(p: Path, b: &[i8], k: usize, n: usize, zp: &[i8]) -> Result<PackedB> {
+    PackedB::from_i8_with_layout(p.0, p.1, b, k, n, zp)
+}
+
+fn pack_u8(p: Path, b: &[u8], k: usize, n: usize, zp: &[u8]) -> Result<PackedB> {
+    PackedB::from_u8_with_layout(p.0, p.1, b, k, n, zp)
 }
 
 /// The definition, in i64 (none of the test shapes overflow i32).
@@ -113,12 +140,12 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (4, 0, 9),
 ];
 
-fn check_i32_case(isa: Isa, rng: &mut Rng, m: usize, k: usize, n: usize, per_col: bool) {
+fn check_i32_case(isa: Path, rng: &mut Rng, m: usize, k: usize, n: usize, per_col: bool) {
     let a = rng.u8s(m * k);
     let b = rng.i8s(k * n);
     let za = rng.u8s(1);
     let zb = rng.i8s(if per_col { n } else { 1 });
-    let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &zb).unwrap();
+    let packed = pack_i8(isa, &b, k, n, &zb).unwrap();
     let mut out = vec![0i32; m * n];
     gemm_u8i8_i32(&a, m, k, &za, &packed, &mut out, 1).unwrap();
     let want = reference(&widen(&a), &widen(&za), &widen(&b), &widen(&zb), m, k, n);
@@ -128,7 +155,7 @@ fn check_i32_case(isa: Isa, rng: &mut Rng, m: usize, k: usize, n: usize, per_col
 #[test]
 fn every_path_matches_reference_on_random_data() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    for isa in Isa::available() {
+    for isa in paths() {
         for &(m, k, n) in SHAPES {
             check_i32_case(isa, &mut rng, m, k, n, false);
             check_i32_case(isa, &mut rng, m, k, n, true);
@@ -152,7 +179,7 @@ fn this_machine_runs_the_simd_paths() {
 #[test]
 fn extreme_values_do_not_saturate() {
     // 255 * 127 * 2 and 255 * -128 * 2 overflow i16: a vpmaddubsw kernel would clamp these.
-    for isa in Isa::available() {
+    for isa in paths() {
         for &(av, bv) in &[
             (255u8, 127i8),
             (255, -128),
@@ -164,7 +191,7 @@ fn extreme_values_do_not_saturate() {
                 for &(m, k, n) in &[(7, 67, 33), (1, 256, 1024), (6, 4, 64)] {
                     let a = vec![av; m * k];
                     let b = vec![bv; k * n];
-                    let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &[zb]).unwrap();
+                    let packed = pack_i8(isa, &b, k, n, &[zb]).unwrap();
                     let mut out = vec![0i32; m * n];
                     gemm_u8i8_i32(&a, m, k, &[za], &packed, &mut out, 1).unwrap();
                     let want = (i32::from(av) - i32::from(za))
@@ -194,8 +221,8 @@ fn alternating_extremes_match_reference() {
     let zb: Vec<i8> = (0..n)
         .map(|c| if c % 2 == 0 { 127 } else { -128 })
         .collect();
-    for isa in Isa::available() {
-        let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &zb).unwrap();
+    for isa in paths() {
+        let packed = pack_i8(isa, &b, k, n, &zb).unwrap();
         let mut out = vec![0i32; m * n];
         gemm_u8i8_i32(&a, m, k, &[200], &packed, &mut out, 1).unwrap();
         let want = reference(&widen(&a), &[200], &widen(&b), &widen(&zb), m, k, n);
@@ -206,7 +233,7 @@ fn alternating_extremes_match_reference() {
 #[test]
 fn float_epilogue_is_bit_identical_across_paths() {
     let mut rng = Rng(42);
-    for isa in Isa::available() {
+    for isa in paths() {
         for &(m, k, n) in SHAPES {
             let a = rng.u8s(m * k);
             let b = rng.i8s(k * n);
@@ -214,7 +241,7 @@ fn float_epilogue_is_bit_identical_across_paths() {
             let za = rng.u8s(1)[0];
             let scales_col: Vec<f32> = rng.f32s(n).iter().map(|s| s.abs() * 0.01 + 1e-4).collect();
             let bias = rng.f32s(n);
-            let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &zb).unwrap();
+            let packed = pack_i8(isa, &b, k, n, &zb).unwrap();
             let acc = reference(
                 &widen(&a),
                 &[i64::from(za)],
@@ -301,8 +328,8 @@ fn activations_agree_on_special_values() {
     let a = rng.u8s(m * k);
     let b = rng.i8s(k * n);
     let bias: Vec<f32> = (0..n).map(|c| specials[c % specials.len()]).collect();
-    for isa in Isa::available() {
-        let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &[]).unwrap();
+    for isa in paths() {
+        let packed = pack_i8(isa, &b, k, n, &[]).unwrap();
         let acc = reference(&widen(&a), &[5], &widen(&b), &[0], m, k, n);
         for act in [
             Activation::None,
@@ -336,7 +363,7 @@ fn activations_agree_on_special_values() {
 fn all_matmul_integer_type_combinations() {
     let mut rng = Rng(7);
     let (m, k, n) = (5, 70, 37);
-    for isa in Isa::available() {
+    for isa in paths() {
         let a_u8 = rng.u8s(m * k);
         let a_i8 = rng.i8s(m * k);
         let b_u8 = rng.u8s(k * n);
@@ -346,9 +373,9 @@ fn all_matmul_integer_type_combinations() {
         let zb_u8 = rng.u8s(n);
         let zb_i8 = rng.i8s(1);
 
-        let packed_i8 = PackedB::from_i8_with_isa(isa, &b_i8, k, n, &zb_i8).unwrap();
-        let packed_u8 = PackedB::from_u8_with_isa(isa, &b_u8, k, n, &zb_u8).unwrap();
-        let packed_u8_nozp = PackedB::from_u8_with_isa(isa, &b_u8, k, n, &[]).unwrap();
+        let packed_i8 = pack_i8(isa, &b_i8, k, n, &zb_i8).unwrap();
+        let packed_u8 = pack_u8(isa, &b_u8, k, n, &zb_u8).unwrap();
+        let packed_u8_nozp = pack_u8(isa, &b_u8, k, n, &[]).unwrap();
         let cases: Vec<(AInput, &PackedB, Vec<i32>)> = vec![
             (
                 AInput::U8 {
@@ -430,8 +457,8 @@ fn threaded_split_matches_single_thread() {
     assert!(m * k * n >= PAR_MIN_MACS);
     let a = rng.u8s(m * k);
     let b = rng.i8s(k * n);
-    for isa in Isa::available() {
-        let packed = PackedB::from_i8_with_isa(isa, &b, k, n, &[-3]).unwrap();
+    for isa in paths() {
+        let packed = pack_i8(isa, &b, k, n, &[-3]).unwrap();
         let (mut o1, mut o4) = (vec![0; m * n], vec![0; m * n]);
         gemm_u8i8_i32(&a, m, k, &[17], &packed, &mut o1, 1).unwrap();
         gemm_u8i8_i32(&a, m, k, &[17], &packed, &mut o4, 4).unwrap();
@@ -542,11 +569,11 @@ fn matches_onnxruntime_matmul_integer() {
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let as_i8 = |v: &[u8]| v.iter().map(|&x| x as i8).collect::<Vec<i8>>();
-        for isa in Isa::available() {
+        for isa in paths() {
             let packed = if tb == "u8" {
-                PackedB::from_u8_with_isa(isa, &b, k, n, &zb)
+                pack_u8(isa, &b, k, n, &zb)
             } else {
-                PackedB::from_i8_with_isa(isa, &as_i8(&b), k, n, &as_i8(&zb))
+                pack_i8(isa, &as_i8(&b), k, n, &as_i8(&zb))
             }
             .unwrap();
             let (a_i8, za_i8) = (as_i8(&a), as_i8(&za));
@@ -585,4 +612,131 @@ fn matches_onnxruntime_matmul_integer() {
             }
         }
     }
+}
+
+#[test]
+fn split_pairs_fit_vpmaddubsw_and_add_back_up() {
+    for b0 in i8::MIN..=i8::MAX {
+        for b1 in i8::MIN..=i8::MAX {
+            let (s0, s1, fix) = pack::split_pair(b0, b1);
+            let (s0, s1) = (i32::from(s0), i32::from(s1));
+            // The worst vpmaddubsw pair sum, 255 (|s0| + |s1|), stays within i16.
+            assert!(
+                255 * (s0.abs() + s1.abs()) <= i32::from(i16::MAX),
+                "{b0} {b1}"
+            );
+            let (mut r0, mut r1) = (0, 0);
+            match fix {
+                None => assert!(i32::from(b0).abs() + i32::from(b1).abs() <= 128),
+                Some((0, r)) => r0 = r,
+                Some((1, r)) => r1 = r,
+                Some(other) => panic!("fix {other:?} for {b0} {b1}"),
+            }
+            assert_eq!((s0 + r0, s1 + r1), (i32::from(b0), i32::from(b1)));
+        }
+    }
+}
+
+/// Trained-like weights: mostly small, with large values scattered so that some K pairs (of
+/// either order and sign, and at the end of an odd K) exceed `|b0| + |b1| <= 128`.
+fn trained_like(rng: &mut Rng, k: usize, n: usize) -> Vec<i8> {
+    let mut b: Vec<i8> = rng.i8s(k * n).into_iter().map(|v| v / 4).collect();
+    let big = [127i8, -128, 100, -100, 65, -65, 64, 1, -1];
+    for v in b.iter_mut() {
+        if rng.next().is_multiple_of(37) {
+            *v = big[(rng.next() % big.len() as u64) as usize];
+        }
+    }
+    b
+}
+
+#[test]
+fn byte_layout_with_fixes_matches_reference() {
+    let mut rng = Rng(0xfeed);
+    for &(m, k, n) in SHAPES {
+        for per_col in [false, true] {
+            let a = rng.u8s(m * k);
+            let b = trained_like(&mut rng, k, n);
+            let za = rng.u8s(1);
+            let zb = rng.i8s(if per_col { n } else { 1 });
+            let want = reference(&widen(&a), &widen(&za), &widen(&b), &widen(&zb), m, k, n);
+            for isa in paths() {
+                let packed = pack_i8(isa, &b, k, n, &zb).unwrap();
+                for threads in [1, 3] {
+                    let mut out = vec![0i32; m * n];
+                    gemm_u8i8_i32(&a, m, k, &za, &packed, &mut out, threads).unwrap();
+                    assert_eq!(out, want, "{isa:?} {m}x{k}x{n} per_col={per_col}");
+                }
+                // The stored form decodes back to B (the onnxruntime emulation reads it).
+                for kk in 0..k {
+                    for c in 0..n {
+                        assert_eq!(packed.stored(kk, c), b[kk * n + c], "{isa:?} ({kk}, {c})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn byte_layout_at_the_saturation_edge() {
+    // Pairs with |b0| + |b1| exactly 128 need no fix and reach 255 * 128 = 32640 with A = 255;
+    // one more unit would need a fix. Every K remainder mod 4 is covered.
+    let pairs: [(i8, i8); 8] = [
+        (64, 64),
+        (-128, 0),
+        (0, -128),
+        (127, 1),
+        (-1, -127),
+        (-64, -64),
+        (65, 64),
+        (-128, -128),
+    ];
+    for k in [8, 9, 10, 11, 64] {
+        let n = 40;
+        let m = 7;
+        let b: Vec<i8> = (0..k * n)
+            .map(|i| {
+                let (kk, c) = (i / n, i % n);
+                let (b0, b1) = pairs[(c + kk / 2) % pairs.len()];
+                if kk % 2 == 0 { b0 } else { b1 }
+            })
+            .collect();
+        for av in [255u8, 254, 0, 128] {
+            let a = vec![av; m * k];
+            let want = reference(&widen(&a), &[0], &widen(&b), &[0], m, k, n);
+            for isa in paths() {
+                let packed = pack_i8(isa, &b, k, n, &[]).unwrap();
+                let mut out = vec![0i32; m * n];
+                gemm_u8i8_i32(&a, m, k, &[0], &packed, &mut out, 1).unwrap();
+                assert_eq!(out, want, "{isa:?} k={k} a={av}");
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_layout_follows_the_weights() {
+    if !Isa::Avx2.is_available() {
+        return;
+    }
+    let mut rng = Rng(11);
+    let (k, n) = (384, 384);
+    let layout = |b: &[i8]| match PackedB::from_i8_with_isa(Isa::Avx2, b, k, n, &[])
+        .unwrap()
+        .data
+    {
+        pack::Data::Bytes(bytes) => Some(bytes.fixes.len()),
+        _ => None,
+    };
+    // Trained weights: large pairs are rare, the byte layout with a few fixes.
+    let mut small: Vec<i8> = rng.i8s(k * n).into_iter().map(|v| v / 8).collect();
+    small[5 * n + 7] = 127;
+    small[4 * n + 7] = 100;
+    small[200 * n + 3] = -128;
+    small[201 * n + 3] = -128;
+    assert_eq!(layout(&small), Some(2));
+    // Uniform full-range weights: most pairs are large, the wide layout.
+    assert_eq!(layout(&rng.i8s(k * n)), None);
 }
