@@ -104,42 +104,14 @@ fn check_in_onnxruntime(model: &Path, float: &Path, samples_dir: &Path) {
     );
 }
 
-/// argv: model, float model, sample npz. Checks the model fully, runs both in onnxruntime
-/// and prints the valid-token cosine mean and the pooled cosine min of the first output, as
-/// scripts/bench_per_token.py computes them.
-const ENCODER_ORT_PY: &str = r#"
-import sys, numpy as np, onnx, onnxruntime as ort
-model, float_model, npz = sys.argv[1:4]
-onnx.checker.check_model(model, full_check=True)
-d = np.load(npz)
-feeds = {k[6:]: d[k] for k in d.files if k.startswith("input.")}
-def run(p):
-    so = ort.SessionOptions(); so.intra_op_num_threads = 1
-    return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
-f, q = run(float_model), run(model)
-mask = feeds["attention_mask"].astype(bool)
-cos = (f * q).sum(-1) / np.linalg.norm(f, axis=-1) / np.linalg.norm(q, axis=-1)
-m = mask[..., None]
-pf, pq = (f * m).sum(1) / m.sum(1), (q * m).sum(1) / m.sum(1)
-pooled = (pf * pq).sum(-1) / np.linalg.norm(pf, axis=-1) / np.linalg.norm(pq, axis=-1)
-print(cos[mask].mean(), pooled.min())
-"#;
-
 /// A MiniLM rewrite in onnxruntime: it passes the full check, and its valid-token and pooled
 /// cosines on the held-out sentences are those the built-in runtime measured (`ours`), up to
 /// the rounding differences of per-token quantization between the two runtimes, which
 /// compound over six layers (measured here: |ours - onnxruntime| up to 5e-3 of the output
 /// scale).
 fn check_minilm_in_onnxruntime(model: &Path, float: &Path, held_out: &Path, ours: (f64, f64)) {
-    let out = py(
-        ENCODER_ORT_PY,
-        &[
-            model.to_str().unwrap(),
-            float.to_str().unwrap(),
-            held_out.join("sample.npz").to_str().unwrap(),
-        ],
-    );
-    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (cos, pooled) = encoder_cosines_in_onnxruntime(model, float, &held_out.join("sample.npz"));
+    let v = [cos, pooled];
     assert!(
         (v[0] - ours.0).abs() < 5e-4 && (v[1] - ours.1).abs() < 5e-4,
         "{}: onnxruntime valid-token / pooled cosine {v:?}, built-in runtime {ours:?}",

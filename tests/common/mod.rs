@@ -355,3 +355,40 @@ pub fn ops(v: &serde_json::Value) -> Vec<String> {
 pub fn read_report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// Python: argv model, float model, sample npz. Checks the model fully, runs both in
+/// onnxruntime (1 thread) and prints the valid-token cosine mean and the pooled cosine min of
+/// the first output, as scripts/bench_accuracy.py computes them.
+const ENCODER_ORT_PY: &str = r#"
+import sys, numpy as np, onnx, onnxruntime as ort
+model, float_model, npz = sys.argv[1:4]
+onnx.checker.check_model(model, full_check=True)
+d = np.load(npz)
+feeds = {k[6:]: d[k] for k in d.files if k.startswith("input.")}
+def run(p):
+    so = ort.SessionOptions(); so.intra_op_num_threads = 1
+    return ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
+f, q = run(float_model), run(model)
+mask = feeds["attention_mask"].astype(bool)
+cos = (f * q).sum(-1) / np.linalg.norm(f, axis=-1) / np.linalg.norm(q, axis=-1)
+m = mask[..., None]
+pf, pq = (f * m).sum(1) / m.sum(1), (q * m).sum(1) / m.sum(1)
+pooled = (pf * pq).sum(-1) / np.linalg.norm(pf, axis=-1) / np.linalg.norm(pq, axis=-1)
+print(cos[mask].mean(), pooled.min())
+"#;
+
+/// An encoder `model` against its `float` form in onnxruntime on the sample `npz` (inputs
+/// `input.NAME`, with an attention_mask), after the full check: (valid-token hidden-state
+/// cosine mean, pooled-embedding cosine min) of the first output.
+pub fn encoder_cosines_in_onnxruntime(model: &Path, float: &Path, npz: &Path) -> (f64, f64) {
+    let out = py(
+        ENCODER_ORT_PY,
+        &[
+            model.to_str().unwrap(),
+            float.to_str().unwrap(),
+            npz.to_str().unwrap(),
+        ],
+    );
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (v[0], v[1])
+}

@@ -30,6 +30,28 @@
 //! then libm's exact `fmaf`: same results, slower).
 
 /// `c[0]·t^(n-1) + … + c[n-1]` by Horner's rule with fused multiply-adds, in MLAS's order.
+// The exp reduction MLAS uses (in its erf and softmax kernels): k = round(x / ln 2) by the
+// ROUNDER trick, f = x - k ln 2 in two parts (hi + lo), exp(f) by the EXP polynomial.
+// MLAS spells LOG2_RECIPROCAL 1.44269504088896341, which rounds to this same f32.
+const LOG2_RECIPROCAL: f32 = std::f32::consts::LOG2_E;
+#[allow(clippy::excessive_precision)]
+const LOG2_HI: f32 = -6.93145752e-1;
+#[allow(clippy::excessive_precision)]
+const LOG2_LO: f32 = -1.42860677e-6;
+#[allow(clippy::excessive_precision)]
+const EXP: [f32; 7] = [
+    1.38319808e-3,
+    8.37550033e-3,
+    4.16689515e-2,
+    1.66664466e-1,
+    4.99999851e-1,
+    1.0,
+    1.0,
+];
+/// 1.5 * 2^23: adding and subtracting it rounds to an integer.
+#[allow(clippy::excessive_precision)]
+const ROUNDER: f32 = 1.25829120e+7;
+
 #[inline(always)]
 fn horner(t: f32, c: &[f32]) -> f32 {
     c[1..].iter().fold(c[0], |p, &k| t.mul_add(p, k))
@@ -111,21 +133,6 @@ pub fn mlas_erf(x: f32) -> f32 {
         1.28717512e-1,
     ];
     const EXP_LOWER: f32 = -88.3762626647949;
-    // MLAS spells it 1.44269504088896341, which rounds to this same f32.
-    const LOG2_RECIPROCAL: f32 = std::f32::consts::LOG2_E;
-    const LOG2_HI: f32 = -6.93145752e-1;
-    const LOG2_LO: f32 = -1.42860677e-6;
-    const EXP: [f32; 7] = [
-        1.38319808e-3,
-        8.37550033e-3,
-        4.16689515e-2,
-        1.66664466e-1,
-        4.99999851e-1,
-        1.0,
-        1.0,
-    ];
-    // 1.5 * 2^23: adding and subtracting it rounds to an integer.
-    const ROUNDER: f32 = 1.25829120e+7;
     let sign = x.to_bits() & 0x8000_0000;
     let a = f32::from_bits(x.to_bits() & 0x7fff_ffff);
     // NaN fails the comparison and passes through.
@@ -252,19 +259,6 @@ vectorized!(
 pub fn exp_nonpositive(r: f32) -> f32 {
     // ln(2^-126): 2^k below it would need a subnormal scale.
     const LOWER: f32 = -87.336_54;
-    const LOG2_RECIPROCAL: f32 = std::f32::consts::LOG2_E;
-    const LOG2_HI: f32 = -6.93145752e-1;
-    const LOG2_LO: f32 = -1.42860677e-6;
-    const EXP: [f32; 7] = [
-        1.38319808e-3,
-        8.37550033e-3,
-        4.16689515e-2,
-        1.66664466e-1,
-        4.99999851e-1,
-        1.0,
-        1.0,
-    ];
-    const ROUNDER: f32 = 1.25829120e+7;
     let under = r < LOWER;
     // NaN fails the comparison and passes through.
     let c = if under { LOWER } else { r };

@@ -25,6 +25,7 @@ use crate::runtime::value::Value;
 
 use super::Step;
 use super::fuse_linear::{Stage, StageIn, run_stages};
+use super::step_links::{drop_steps, place_fused_first};
 
 struct FusedGelu {
     gelu: GeluErf,
@@ -120,7 +121,7 @@ pub(super) fn fuse_gelu(
             _ => None,
         }
     };
-    let mut drop_steps = HashSet::new();
+    let mut drop = HashSet::new();
     for i in 0..steps.len() {
         let st = &steps[i];
         if !st.onnx_domain || st.op_type != "Div" || st.outputs.len() != 1 {
@@ -210,32 +211,19 @@ pub(super) fn fuse_gelu(
             types.push(st.op_type.clone());
         }
         let outputs = steps[m2].outputs.clone();
-        steps[i] = Step {
-            op: Box::new(FusedGelu {
-                gelu: GeluErf {
-                    div,
-                    add,
-                    mul,
-                    scale_first,
-                },
-                const_rank: r_div.max(r_add).max(r_mul),
-                stages,
-            }),
-            node: names.join("+"),
-            op_type: types.join("+"),
-            inputs,
-            outputs,
-            frees: Vec::new(),
-            onnx_domain: false,
-            node_index: steps[i].node_index,
-        };
-        drop_steps.extend(chain[1..].iter().copied());
-    }
-    if !drop_steps.is_empty() {
-        let mut k = 0;
-        steps.retain(|_| {
-            k += 1;
-            !drop_steps.contains(&(k - 1))
+        let op = Box::new(FusedGelu {
+            gelu: GeluErf {
+                div,
+                add,
+                mul,
+                scale_first,
+            },
+            const_rank: r_div.max(r_add).max(r_mul),
+            stages,
         });
+        place_fused_first(
+            steps, &chain, op, &names, &types, inputs, outputs, &mut drop,
+        );
     }
+    drop_steps(steps, &drop);
 }

@@ -21,6 +21,7 @@ use crate::runtime::ops::{BuildCtx, FnOp, Op};
 use crate::runtime::value::Value;
 
 use super::Step;
+use super::step_links::{drop_steps, place_fused_first};
 
 /// Where a stage of the original chain takes an input from.
 pub(super) enum StageIn {
@@ -131,7 +132,7 @@ pub(super) fn fuse_float_linear(
             _ => None,
         }
     };
-    let mut drop_steps = HashSet::new();
+    let mut drop = HashSet::new();
     'chains: for i in 0..steps.len() {
         let st = &steps[i];
         if !st.onnx_domain || !(st.op_type == "MatMul" || st.op_type == "Gemm") {
@@ -244,23 +245,10 @@ pub(super) fn fuse_float_linear(
         }
         let last = *chain.last().expect("two stages");
         let outputs = steps[last].outputs.clone();
-        steps[i] = Step {
-            op: Box::new(FusedLinear { linear, stages }),
-            node: names.join("+"),
-            op_type: types.join("+"),
-            inputs,
-            outputs,
-            frees: Vec::new(),
-            onnx_domain: false,
-            node_index: steps[i].node_index,
-        };
-        drop_steps.extend(chain[1..].iter().copied());
+        let op = Box::new(FusedLinear { linear, stages });
+        place_fused_first(
+            steps, &chain, op, &names, &types, inputs, outputs, &mut drop,
+        );
     }
-    if !drop_steps.is_empty() {
-        let mut k = 0;
-        steps.retain(|_| {
-            k += 1;
-            !drop_steps.contains(&(k - 1))
-        });
-    }
+    drop_steps(steps, &drop);
 }

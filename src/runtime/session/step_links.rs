@@ -75,6 +75,36 @@ pub(super) fn place_fused(
     drop.extend(chain.iter().copied().filter(|&s| s != last));
 }
 
+/// Replaces the chain `chain` (step indices, `chain[0]` first) by one fused step at its
+/// first step's place, named after every node of the chain (`names`, `types` joined with
+/// '+'); the others are marked in `drop` for [`drop_steps`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn place_fused_first(
+    steps: &mut [Step],
+    chain: &[usize],
+    op: Box<dyn Op>,
+    names: &[String],
+    types: &[String],
+    inputs: Vec<Option<usize>>,
+    outputs: Vec<Option<usize>>,
+    drop: &mut HashSet<usize>,
+) {
+    let Some(&first) = chain.first() else {
+        return;
+    };
+    steps[first] = Step {
+        op,
+        node: names.join("+"),
+        op_type: types.join("+"),
+        inputs,
+        outputs,
+        frees: Vec::new(),
+        onnx_domain: false,
+        node_index: steps[first].node_index,
+    };
+    drop.extend(chain[1..].iter().copied());
+}
+
 /// Removes the steps whose indices are in `drop`.
 pub(super) fn drop_steps(steps: &mut Vec<Step>, drop: &HashSet<usize>) {
     let mut k = 0;
