@@ -264,6 +264,17 @@ impl PackedB {
         self.isa
     }
 
+    /// The byte layout this B is packed in: `plain`, `vnni`, `wide` (AVX2 `vpmaddwd`) or
+    /// `bytes` (AVX2 exact `vpmaddubsw` with sparse fixes), for benchmarks and reports.
+    pub fn layout_name(&self) -> &'static str {
+        match &self.data {
+            Data::Plain(_) => "plain",
+            Data::Vnni(_) => "vnni",
+            Data::Wide(_) => "wide",
+            Data::Bytes(_) => "bytes",
+        }
+    }
+
     /// `plain` is B as int8 `[k, n]` row-major; `zb` has length n.
     fn pack(
         isa: Isa,
