@@ -522,25 +522,25 @@ fn released_windows(flat: &[[u8; 4]], granule: usize) -> impl Iterator<Item = &[
 /// the last (columns: MatMul's `B`): one parallel pass for the ranges, one for the values,
 /// both reading the source in place and the second writing 8-bit values directly (the two
 /// passes are also what lets [`quantize_weight_deferred`] run the second one later). Other
-/// axes go through a permuted copy. When the source is an
-/// initializer of a memory-mapped file, its pages are released afterwards (they are clean
-/// and file-backed: a later read just faults them in again), which keeps peak memory near
-/// the size of the largest weight rather than of the whole model.
+/// axes go through a permuted copy. When the source is an initializer of a memory-mapped
+/// file, its pages are released as they are read (16 MiB windows, `released_windows` and
+/// `FlatLayout::fill_all`), or after the copy on the permuted path (they are clean and
+/// file-backed: a later read just faults them in again), which keeps peak memory near a
+/// window rather than the whole model.
 pub fn quantize_weight<'a>(
     w: impl Into<WeightSrc<'a>>,
     axis: Option<usize>,
     opts: &WeightQuantOptions,
 ) -> QuantizedWeight {
     let w = w.into();
-    let q = if needs_permute(w.shape.len(), axis) {
-        quantize_weight_permuted(w.to_array().view(), axis, opts)
-    } else {
-        quantize_flat(&w, axis, opts)
-    };
+    if !needs_permute(w.shape.len(), axis) {
+        return quantize_flat(&w, axis, opts);
+    }
+    let copy = w.to_array();
     if let Some(raw) = w.mapped {
         crate::model::release_pages(raw);
     }
-    q
+    quantize_weight_permuted(copy.view(), axis, opts)
 }
 
 /// Whether quantizing along `axis` of a rank-`rank` weight takes the permuted path (scalars
