@@ -29,7 +29,8 @@ runs), the figure is the median over --rounds rounds (word_lm: one [35, 16] chun
 
 Usage: python scripts/bench_accuracy.py ONNX_DYNQ_BINARY [WORKDIR] [--models a,b] [--repeat N]
        [--rounds R]
-       [--variants a,b]   (default: the first 8 of VARIANTS; the rest are word-LM diagnostics)
+       [--variants a,b]   (default: the first 8 of VARIANTS; then word-LM diagnostics and
+                           encoder recipes; `--variants recipes` runs the recipes)
 """
 
 import os
@@ -75,8 +76,28 @@ VARIANTS = {
     "ours LSTM only uint8": ("ours", ["--ops", "LSTM", "--weight-type", "uint8"]),
     "ours LSTM only per-channel int8": ("ours", ["--ops", "LSTM", "--weight-type", "int8", "--per-channel"]),
     "ours Gather only": ("ours", ["--ops", "Gather"]),
+    # Encoder recipes (`--variants recipes`): the speed / accuracy choices README lists.
+    # SAMPLES is a folder holding the model's first input sample as an npz: smoothing is
+    # calibrated on the very sentences it is judged on (in-sample; tests/rewrite_target.rs
+    # checks a held-out half).
+    "ours smooth 0.5": ("ours", ["--inputs", "SAMPLES", "--smooth", "0.5"]),
+    "ours per-token reduce-range": ("ours", ["--weight-type", "int8", "--per-channel",
+                                             "--reduce-range"]),
+    "ours per-tensor smooth 0.7": ("ours", ["--activations", "per-tensor", "--inputs", "SAMPLES",
+                                            "--smooth", "0.7"]),
+    "ours per-tensor reduce-range smooth 0.7": ("ours", ["--activations", "per-tensor",
+                                                         "--weight-type", "int8", "--per-channel",
+                                                         "--reduce-range", "--inputs", "SAMPLES",
+                                                         "--smooth", "0.7"]),
+    "ours per-tensor per-channel int8 smooth 0.7": ("ours", ["--activations", "per-tensor",
+                                                             "--weight-type", "int8",
+                                                             "--per-channel", "--inputs",
+                                                             "SAMPLES", "--smooth", "0.7"]),
 }
 CORE = list(VARIANTS)[:8]
+RECIPES = ["quantize_dynamic", "ours default (auto)", "ours smooth 0.5",
+           "ours per-token reduce-range", "ours per-tensor smooth 0.7",
+           "ours per-tensor reduce-range smooth 0.7", "ours per-tensor per-channel int8 smooth 0.7"]
 
 
 def session(p):
@@ -267,10 +288,11 @@ MODELS = {
 }
 
 
-def make_variant(binary, float_path, name, kind, args, out):
+def make_variant(binary, float_path, name, kind, args, out, samples):
     if kind == "qd":
         quantize_dynamic(str(float_path), str(out), **args)
         return out
+    args = [str(samples) if a == "SAMPLES" else a for a in args]
     r = subprocess.run([binary, "rewrite", str(float_path), str(out), *args],
                        capture_output=True, text=True)
     if r.returncode != 0:
@@ -286,10 +308,14 @@ def bench_model(binary, work, model, variants, repeat, rounds):
     float_path, feeds_list, metrics, time_feed = loaded
     print(f"## {model} ({float_path.name})")
     paths = {"float": float_path}
+    samples = work / f"{model}_samples"
+    if any("SAMPLES" in VARIANTS[name][1] for name in variants):
+        samples.mkdir(exist_ok=True)
+        np.savez(samples / "sample.npz", **{f"input.{k}": v for k, v in feeds_list[0].items()})
     for name in variants:
         kind, args = VARIANTS[name]
         out = work / f"{model}_{name.replace(' ', '_')}.onnx"
-        paths[name] = make_variant(binary, float_path, name, kind, args, out)
+        paths[name] = make_variant(binary, float_path, name, kind, args, out, samples)
     if model == "word_lm":
         f_pred, f_loss, f_acc = word_lm_eval(session(float_path), feeds_list)
         exact = word_lm_exact_samples(session(float_path), feeds_list, work / "word_lm_samples")
@@ -333,7 +359,8 @@ def main() -> int:
     work = Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
     models = opt("--models", ",".join(MODELS)).split(",")
-    variants = opt("--variants", ",".join(CORE)).split(",")
+    variants = opt("--variants", ",".join(CORE))
+    variants = RECIPES if variants == "recipes" else variants.split(",")
     repeat = int(opt("--repeat", "15"))
     rounds = int(opt("--rounds", "3"))
     print(f"onnxruntime {ort.__version__}, 1 thread, median of {rounds} rounds of {repeat} runs; "
