@@ -31,6 +31,9 @@ Usage: python scripts/bench_accuracy.py ONNX_DYNQ_BINARY [WORKDIR] [--models a,b
        [--rounds R]
        [--variants a,b]   (default: the first 8 of VARIANTS; then word-LM diagnostics and
                            encoder recipes; `--variants recipes` runs the recipes)
+       [--held-out]       (encoders with one npz sample: variants that take samples are
+                           calibrated on its even sentences, every figure is taken on the
+                           odd ones)
 """
 
 import os
@@ -93,6 +96,11 @@ VARIANTS = {
                                                              "--weight-type", "int8",
                                                              "--per-channel", "--inputs",
                                                              "SAMPLES", "--smooth", "0.7"]),
+    "ours smooth auto": ("ours", ["--inputs", "SAMPLES", "--smooth", "auto"]),
+    "ours per-tensor smooth auto": ("ours", ["--activations", "per-tensor", "--inputs", "SAMPLES",
+                                             "--smooth", "auto"]),
+    "ours per-tensor smooth 0.5": ("ours", ["--activations", "per-tensor", "--inputs", "SAMPLES",
+                                            "--smooth", "0.5"]),
     # The candidates for a CPU with VNNI, where onnxruntime's uint8 x int8 products are exact
     # (on AVX2 without VNNI they saturate: these rows then show it).
     "ours per-token per-channel int8 smooth 0.5": ("ours", ["--activations", "per-token",
@@ -311,21 +319,33 @@ def make_variant(binary, float_path, name, kind, args, out, samples):
     return out
 
 
-def bench_model(binary, work, model, variants, repeat, rounds):
+def rows(feeds, start):
+    """Every other row (from `start`) of each input of a feed."""
+    return {k: v[start::2] for k, v in feeds.items()}
+
+
+def bench_model(binary, work, model, variants, repeat, rounds, held_out):
     loaded, why = MODELS[model](work)
     if loaded is None:
         print(f"## {model}: skipped ({why})")
         return
     float_path, feeds_list, metrics, time_feed = loaded
-    print(f"## {model} ({float_path.name})")
+    calibration = feeds_list[0]
+    if held_out:
+        if model == "word_lm" or len(feeds_list) != 1:
+            print(f"## {model}: skipped (--held-out splits the sentences of a single sample)")
+            return
+        # Calibrate on the even sentences, judge on the odd ones.
+        calibration, feeds_list = rows(feeds_list[0], 0), [rows(feeds_list[0], 1)]
+    print(f"## {model} ({float_path.name}){' held out: calibrated on the even sentences, figures on the odd ones' if held_out else ''}")
     paths = {"float": float_path}
-    samples = work / f"{model}_samples"
+    samples = work / f"{model}_samples{'_even' if held_out else ''}"
     if any("SAMPLES" in VARIANTS[name][1] for name in variants):
         samples.mkdir(exist_ok=True)
-        np.savez(samples / "sample.npz", **{f"input.{k}": v for k, v in feeds_list[0].items()})
+        np.savez(samples / "sample.npz", **{f"input.{k}": v for k, v in calibration.items()})
     for name in variants:
         kind, args = VARIANTS[name]
-        out = work / f"{model}_{name.replace(' ', '_')}.onnx"
+        out = work / f"{model}_{name.replace(' ', '_')}{'_even' if held_out else ''}.onnx"
         paths[name] = make_variant(binary, float_path, name, kind, args, out, samples)
     if model == "word_lm":
         f_pred, f_loss, f_acc = word_lm_eval(session(float_path), feeds_list)
@@ -377,7 +397,7 @@ def main() -> int:
     print(f"onnxruntime {ort.__version__}, 1 thread, median of {rounds} rounds of {repeat} runs; "
           f"binary {binary}")
     for m in models:
-        bench_model(binary, work, m, variants, repeat, rounds)
+        bench_model(binary, work, m, variants, repeat, rounds, "--held-out" in args)
     return 0
 
 

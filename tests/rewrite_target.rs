@@ -10,7 +10,9 @@
 //! - `--smooth 0.5` raises MiniLM's pooled cosine over the same settings without it, keeps a
 //!   model's float outputs (folding into LayerNormalization and Mul, or inserting a Mul, with
 //!   a tied weight), and every output passes `check_model(full_check=True)` and runs in
-//!   onnxruntime.
+//!   onnxruntime;
+//! - `--smooth auto` applies the alpha (or no smoothing) it measured best, and the written
+//!   model measures what that trial did.
 
 mod common;
 
@@ -458,4 +460,125 @@ fn smoothing_keeps_float_outputs_and_folds() {
     onnx_dynq::save(&smoothed, &out, &Default::default()).unwrap();
     let v = compare(&out, &path, Some(&dir.path().join("smooth.npz")));
     assert!(min_cos(&v) > 0.999999, "{v}");
+}
+
+/// `--smooth auto` measures no smoothing and six alphas on the samples, applies the best of
+/// them (the report lists every trial), and the written model measures what the chosen trial
+/// measured (`--verify` on the same samples): on the BERT fixture (briefly trained, no
+/// outliers: whatever wins) and on the smoothing graph, whose input channels carry outliers,
+/// where an alpha must win over no smoothing. Bad values fail as usage errors. (On MiniLM
+/// the choice matters more: per-tensor activations want 0.7 where per-token ones want 0.5;
+/// scripts/bench_accuracy.py measures it on held-out sentences.)
+#[test]
+fn smooth_auto_applies_the_best_measured_alpha() {
+    let dir = tempfile::tempdir().unwrap();
+    py(SMOOTH_PY, &[dir.path().to_str().unwrap()]);
+    let cases = [
+        (
+            fixture("transformer/bert_encoder.onnx"),
+            fixture("transformer/bert_encoder.npz"),
+            false,
+        ),
+        (
+            dir.path().join("smooth.onnx"),
+            dir.path().join("smooth.npz"),
+            true,
+        ),
+    ];
+    for (i, (float, sample, outliers)) in cases.iter().enumerate() {
+        let samples = dir.path().join(format!("samples{i}"));
+        std::fs::create_dir(&samples).unwrap();
+        std::fs::copy(sample, samples.join("sample.npz")).unwrap();
+        let out = dir.path().join(format!("q{i}.onnx"));
+        let report = dir.path().join(format!("r{i}.json"));
+        let run = rewrite_all_nodes(
+            float,
+            &out,
+            &[
+                "--activations",
+                "per-tensor",
+                "--weight-type",
+                "int8",
+                "--inputs",
+                samples.to_str().unwrap(),
+                "--smooth",
+                "auto",
+                "--verify",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(stdout.contains("smooth auto: "), "{stdout}");
+        let r = read_report(&report);
+        let trials = r["smooth_search"]["trials"].as_array().unwrap();
+        let alphas: Vec<Option<f64>> = trials.iter().map(|t| t["alpha"].as_f64()).collect();
+        assert_eq!(
+            alphas,
+            [
+                None,
+                Some(0.3),
+                Some(0.4),
+                Some(0.5),
+                Some(0.6),
+                Some(0.7),
+                Some(0.8)
+            ]
+        );
+        let cos: Vec<f64> = trials
+            .iter()
+            .map(|t| t["worst_cosine"].as_f64().unwrap())
+            .collect();
+        let best = (0..cos.len()).fold(0, |b, i| if cos[i] > cos[b] { i } else { b });
+        let chosen = r["smooth_search"]["alpha"].as_f64();
+        assert_eq!(chosen, alphas[best], "{}: trials {cos:?}", float.display());
+        match chosen {
+            Some(a) => assert_eq!(r["smooth"]["alpha"].as_f64(), Some(a)),
+            None => assert!(r.get("smooth").is_none(), "{r}"),
+        }
+        if *outliers {
+            assert!(
+                chosen.is_some() && cos[best] > cos[0] + 1e-4,
+                "outlier channels: smoothing must win, trials {cos:?}"
+            );
+        }
+        let written = r["verify"]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| match o.get("encoder") {
+                Some(e) if !e.is_null() => e["token_cosine_mean"]
+                    .as_f64()
+                    .unwrap()
+                    .min(e["pooled_cosine_min"].as_f64().unwrap()),
+                _ => o["metrics"]["cosine"].as_f64().unwrap(),
+            })
+            .fold(1.0, f64::min);
+        assert!(
+            (written - cos[best]).abs() < 1e-9,
+            "{}: written model {written}, chosen trial {}",
+            float.display(),
+            cos[best]
+        );
+        check_in_onnxruntime(&out, float, &samples);
+    }
+
+    let float = dir.path().join("smooth.onnx");
+    for bad in ["1.5", "sometimes", "nan"] {
+        let run = cli(&[
+            "rewrite",
+            float.to_str().unwrap(),
+            dir.path().join("x.onnx").to_str().unwrap(),
+            "--inputs",
+            dir.path().join("samples1").to_str().unwrap(),
+            "--smooth",
+            bad,
+        ]);
+        assert_eq!(run.status.code(), Some(2), "--smooth {bad}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("neither a number in [0, 1] nor 'auto'"),
+            "{stderr}"
+        );
+    }
 }

@@ -11,7 +11,9 @@
 //!
 //! `--smooth ALPHA` (SmoothQuant, [`onnx_dynq::passes::quantize::smooth`]) needs sample
 //! inputs (`--inputs DIR` or `--input NAME=file.npy`); it runs after the cleanup passes and
-//! before quantization.
+//! before quantization. `--smooth auto` first measures each alpha of
+//! [`onnx_dynq::passes::quantize::smooth_alpha::AUTO_ALPHAS`] and no smoothing on the samples
+//! and keeps the best (the report's `"smooth_search"`).
 //!
 //! `--target-cosine X` (with `--max-abs Y` as a further limit) keeps the fewest, most
 //! sensitive nodes float so that every output meets the target on the samples
@@ -36,6 +38,7 @@ use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::rewrite::ActivationQuant;
 use onnx_dynq::passes::quantize::smooth::smooth;
+use onnx_dynq::passes::quantize::smooth_alpha::choose_alpha;
 use onnx_dynq::passes::quantize::target::{TargetOutcome, search};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
 use onnx_dynq::passes::quantize::{LinearWeights, QuantizeOptions, quantize};
@@ -113,9 +116,10 @@ pub struct RewriteArgs {
     #[arg(long, value_name = "X")]
     target_cosine: Option<f64>,
     /// SmoothQuant: migrate activation outlier ranges into the weights with exponent ALPHA
-    /// (0.5 is usual); needs sample inputs.
-    #[arg(long, value_name = "ALPHA")]
-    smooth: Option<f64>,
+    /// in [0, 1] (0.5 is usual), or `auto`: measure alphas 0.3 to 0.8 and no smoothing on the
+    /// samples and keep the most accurate; needs sample inputs.
+    #[arg(long, value_name = "ALPHA|auto", value_parser = parse_smooth)]
+    smooth: Option<SmoothArg>,
     /// Sample inputs for --verify, --target-cosine and --smooth (random by default, except
     /// for --smooth).
     #[command(
@@ -123,6 +127,22 @@ pub struct RewriteArgs {
         next_help_heading = "Sample inputs for --verify, --target-cosine and --smooth"
     )]
     feed: InputArgs,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SmoothArg {
+    Alpha(f64),
+    Auto,
+}
+
+fn parse_smooth(s: &str) -> std::result::Result<SmoothArg, String> {
+    if s == "auto" {
+        return Ok(SmoothArg::Auto);
+    }
+    match s.parse::<f64>() {
+        Ok(a) if (0.0..=1.0).contains(&a) => Ok(SmoothArg::Alpha(a)),
+        _ => Err(format!("'{s}' is neither a number in [0, 1] nor 'auto'")),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -245,7 +265,16 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     } else {
         Vec::new()
     };
-    let smoothed = match args.smooth {
+    let smooth_search = match args.smooth {
+        Some(SmoothArg::Auto) => Some(choose_alpha(&model, &opts, &samples, &args.feed.options())?),
+        _ => None,
+    };
+    let alpha = match args.smooth {
+        Some(SmoothArg::Alpha(a)) => Some(a),
+        Some(SmoothArg::Auto) => smooth_search.as_ref().and_then(|c| c.alpha),
+        None => None,
+    };
+    let smoothed = match alpha {
         Some(alpha) => Some(smooth(
             &mut model,
             &opts.policy,
@@ -338,6 +367,9 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             if let Some(sm) = &smoothed {
                 obj.insert("smooth".into(), serde_json::to_value(sm)?);
             }
+            if let Some(c) = &smooth_search {
+                obj.insert("smooth_search".into(), serde_json::to_value(c)?);
+            }
             if let Some((tol, t)) = &target {
                 obj.insert("target".into(), target_json(tol, t)?);
             }
@@ -346,6 +378,9 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
             .with_context(|| format!("writing the report {}", path.display()))?;
     }
     println!("{}", report.summary());
+    if let Some(c) = &smooth_search {
+        println!("{}", c.summary());
+    }
     if let Some(sm) = &smoothed {
         println!("{}", sm.summary());
     }

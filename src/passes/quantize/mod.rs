@@ -35,8 +35,10 @@ pub mod report;
 pub mod rewrite;
 mod share;
 pub mod smooth;
+pub mod smooth_alpha;
 pub mod target;
 pub mod transposed;
+pub mod trial;
 pub mod weights;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};

@@ -34,13 +34,13 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::runtime::session::NamedValues;
-use crate::runtime::{Options, Session};
+use crate::runtime::Options;
 use crate::samples::Feed;
-use crate::verify::{Report, Tolerance, compare_runs};
+use crate::verify::{Report, Tolerance};
 
+use super::QuantizeOptions;
 use super::policy::decide;
-use super::{QuantizeOptions, quantize};
+use super::trial::{Trials, worst};
 
 /// What quantizing one node alone does to the outputs.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -83,13 +83,6 @@ pub struct TargetOutcome {
     pub trials: usize,
 }
 
-/// The worst cosine and max-abs of a report.
-fn worst(r: &Report) -> (f64, f64) {
-    r.outputs.iter().fold((1.0f64, 0.0f64), |(c, m), o| {
-        (c.min(o.worst_cosine()), m.max(o.metrics.max_abs))
-    })
-}
-
 /// Share of the target's budget used by a report's figures.
 fn score(r: &Report, tol: &Tolerance) -> f64 {
     let (c, m) = worst(r);
@@ -100,41 +93,23 @@ fn score(r: &Report, tol: &Tolerance) -> f64 {
     if s.is_nan() { f64::INFINITY } else { s }
 }
 
-struct Trials<'a> {
+/// The model and options every probe starts from.
+struct Probe<'a> {
     base: &'a Model,
-    opts: QuantizeOptions,
-    samples: &'a [Feed],
-    float_outputs: Vec<NamedValues>,
-    mask: Option<String>,
-    tol: &'a Tolerance,
-    runtime: &'a Options,
-    count: usize,
+    opts: &'a QuantizeOptions,
+    trials: Trials<'a>,
 }
 
-impl Trials<'_> {
+impl Probe<'_> {
     /// Quantizes a copy of the model with `include` (when set) as the only candidates and
     /// `exclude` left float, runs it on every sample and compares with the float outputs.
     fn measure(&mut self, include: Option<HashSet<String>>, exclude: &[String]) -> Result<Report> {
-        let mut model = self.base.clone();
         let mut opts = self.opts.clone();
         if include.is_some() {
             opts.policy.include = include;
         }
         opts.policy.exclude.extend(exclude.iter().cloned());
-        quantize(&mut model, &opts, &mut |_, _, _| {})?;
-        let session = Session::new(&model, self.runtime)?;
-        let mut outs = Vec::with_capacity(self.samples.len());
-        for s in self.samples {
-            outs.push(session.run(s.clone())?.into_iter().collect());
-        }
-        self.count += 1;
-        compare_runs(
-            &self.float_outputs,
-            &outs,
-            self.samples,
-            self.mask.as_deref(),
-            self.tol,
-        )
+        self.trials.quantize_and_measure(self.base.clone(), &opts)
     }
 }
 
@@ -153,30 +128,16 @@ pub fn search(
             "an accuracy target needs at least one sample".into(),
         ));
     }
-    let float = Session::new(model, runtime)?;
-    let float_outputs = samples
-        .iter()
-        .map(|s| float.run(s.clone()))
-        .collect::<Result<Vec<_>>>()?;
-    drop(float);
     let mut seen = HashSet::new();
     let names: Vec<(String, String)> = decide(&model.graph, &opts.policy)
         .into_iter()
         .filter(|d| d.quantize && seen.insert(d.node.clone()))
         .map(|d| (d.node, d.op_type))
         .collect();
-    let mut opts = opts.clone();
-    // Trials run the quantized values at once; nothing is saved from them.
-    opts.defer_values = false;
-    let mut t = Trials {
+    let mut t = Probe {
         base: model,
         opts,
-        samples,
-        float_outputs,
-        mask: crate::samples::mask_input(&model.graph),
-        tol,
-        runtime,
-        count: 0,
+        trials: Trials::new(model, samples, tol, runtime)?,
     };
     let all = t.measure(None, &[])?;
     let mut candidates = Vec::with_capacity(names.len());
@@ -235,7 +196,7 @@ pub fn search(
         candidates,
         all_quantized: all,
         achieved,
-        trials: t.count,
+        trials: t.trials.count,
     })
 }
 
