@@ -14,6 +14,8 @@ use crate::onnx::{
 use super::graph::{Graph, Node};
 use super::tensor::Tensor;
 
+mod contrib;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dim {
     Known(i64),
@@ -244,6 +246,9 @@ fn infer_node(
     };
     if !node.domain().is_empty() && node.domain() != "com.microsoft" {
         return vec![unknown(); n_out];
+    }
+    if let Some(outs) = contrib::infer(node, inputs) {
+        return outs;
     }
     match op {
         "Identity"
