@@ -14,6 +14,7 @@
 //! deterministic: stored order everywhere, names from one [`NameGen`].
 
 pub mod activation_choice;
+pub mod attention;
 mod cleanup;
 pub mod consts;
 pub mod conv;
@@ -104,6 +105,7 @@ pub fn rewriter_for(kind: OpKind) -> fp16::Rewriter {
         OpKind::Gemm => gemm::rewrite_gemm,
         OpKind::Gather => gather::rewrite_gather,
         OpKind::Conv => conv::rewrite_conv,
+        OpKind::Attention => attention::rewrite_attention,
         OpKind::Lstm => lstm::rewrite_lstm,
         OpKind::Gru | OpKind::Rnn => gru_rnn::rewrite_gru_rnn,
     }
@@ -369,8 +371,9 @@ impl Walk<'_, '_> {
         let get = |name: &str| consts.get(name);
         let before = const_bytes(n, &get, &mut self.bytes.before);
         let linear = matches!(kind, OpKind::MatMul | OpKind::Gemm);
+        // Attention's weight is a Linear weight too (the Q, K, V projections).
         let (weights, per_channel) = match &self.opts.linear_weights {
-            Some(l) if linear => (l.weights, l.per_channel),
+            Some(l) if linear || kind == OpKind::Attention => (l.weights, l.per_channel),
             _ => (self.opts.weights, self.opts.per_channel),
         };
         let choice = linear.then(|| {

@@ -29,10 +29,15 @@ pub enum OpKind {
     Rnn,
     Gather,
     Conv,
+    /// com.microsoft Attention (onnxruntime's fused self-attention).
+    Attention,
 }
 
 impl OpKind {
     pub fn of(node: &Node) -> Option<OpKind> {
+        if node.domain() == "com.microsoft" && node.op_type() == "Attention" {
+            return Some(OpKind::Attention);
+        }
         if !node.domain().is_empty() {
             return None;
         }
@@ -57,13 +62,16 @@ impl OpKind {
             "rnn" => OpKind::Rnn,
             "gather" => OpKind::Gather,
             "conv" => OpKind::Conv,
+            "attention" => OpKind::Attention,
             _ => return None,
         })
     }
 
     pub fn default_set() -> BTreeSet<OpKind> {
         use OpKind::*;
-        [MatMul, Gemm, Lstm, Gru, Rnn, Gather].into_iter().collect()
+        [MatMul, Gemm, Lstm, Gru, Rnn, Gather, Attention]
+            .into_iter()
+            .collect()
     }
 }
 
@@ -289,6 +297,7 @@ impl Ctx<'_> {
             OpKind::Lstm | OpKind::Gru | OpKind::Rnn => self.rnn_verdict(g, n, kind),
             OpKind::Gather => self.gather_verdict(g, n),
             OpKind::Conv => self.conv_verdict(g, n),
+            OpKind::Attention => self.attention_verdict(g, n),
         }
     }
 
@@ -353,6 +362,35 @@ impl Ctx<'_> {
             return Err(format!("bias '{c}' is not a constant"));
         }
         Ok(format!("uint8 per-channel weight {}x{}{fp16}", w[0], w[1]))
+    }
+
+    fn attention_verdict(&self, g: &Graph, n: &Node) -> Verdict {
+        if let Some(a) = n
+            .proto
+            .attribute
+            .iter()
+            .map(|a| a.name())
+            .find(|a| !super::attention::SHARED_ATTRS.contains(a))
+        {
+            return Err(format!("attribute '{a}' has no QAttention form"));
+        }
+        for (i, what) in [(5, "attention_bias"), (6, "past_sequence_length")] {
+            if n.input(i).is_some() {
+                return Err(format!("input {what} has no QAttention form"));
+            }
+        }
+        let w = self.weight(g, n, 1, "weight")?;
+        if w.len() != 2 {
+            return Err(format!("weight has rank {}, expected 2", w.len()));
+        }
+        if !self.float_input(n, 0)?.is_empty() {
+            return Err("float16 Attention is left float (QAttention is float32 only)".into());
+        }
+        self.size_check(w[0] * w[1], Some(w[0]))?;
+        Ok(format!(
+            "QAttention (com.microsoft), per-tensor activations, weight {}x{}",
+            w[0], w[1]
+        ))
     }
 
     /// A recurrent weight's shape: known, or (behind a constant chain that shape inference
