@@ -42,11 +42,11 @@ enum Command {
 
 #[derive(Args)]
 struct PolicyArgs {
-    /// Op families to quantize (comma-separated): MatMul,Gemm,LSTM,GRU,RNN,Gather,Conv,Attention.
+    /// Op families to quantize (comma-separated): MatMul,Gemm,LSTM,GRU,RNN,Gather,Conv,Attention,EmbedLayerNormalization.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "MatMul,Gemm,LSTM,GRU,RNN,Gather,Attention"
+        default_value = "MatMul,Gemm,LSTM,GRU,RNN,Gather,Attention,EmbedLayerNormalization"
     )]
     ops: Vec<String>,
     /// Node names (as in the input model) to leave float.
@@ -83,7 +83,7 @@ impl PolicyArgs {
             .iter()
             .map(|s| {
                 OpKind::parse(s.trim()).with_context(|| {
-                    format!("unknown op '{s}' in --ops (choose from MatMul,Gemm,LSTM,GRU,RNN,Gather,Conv,Attention)")
+                    format!("unknown op '{s}' in --ops (choose from MatMul,Gemm,LSTM,GRU,RNN,Gather,Conv,Attention,EmbedLayerNormalization)")
                 })
             })
             .collect::<Result<_>>()?;

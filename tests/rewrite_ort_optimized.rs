@@ -5,7 +5,8 @@
 //!   float tensors and quantize every Linear the unfused model has;
 //! - a fused com.microsoft Attention (tests/ms_transformer_e2e.py's BERT, with a raw mask and
 //!   with EmbedLayerNormalization's mask index) becomes QAttention, and one with an attribute
-//!   QAttention lacks stays float and says why.
+//!   QAttention lacks stays float and says why; its EmbedLayerNormalization becomes
+//!   QEmbedLayerNormalization.
 //!
 //! Every output passes `check_model(full_check=True)` and agrees with the optimized float model
 //! in onnxruntime and in `--verify`.
@@ -112,24 +113,64 @@ fn optimized_transformers_quantize_every_linear() {
     }
 }
 
-/// tests/ms_transformer_e2e.py's optimized BERTs, plus a copy of the raw-mask one whose
-/// Attention nodes carry `qkv_hidden_sizes` (which QAttention has no form of).
+/// tests/ms_transformer_e2e.py's optimized BERTs, plus two copies of the raw-mask one: with
+/// `qkv_hidden_sizes` on its Attention nodes, and with EmbedLayerNormalization's
+/// `embedding_sum` output used (as a graph output); the quantized ops have no form of either.
 const E2E_PY: &str = r#"
 import runpy, sys, onnx
-from onnx import helper
+from onnx import helper, TensorProto
 out, fixtures, script = sys.argv[1:4]
 sys.argv = [script, out, fixtures]
 runpy.run_path(script, run_name="__main__")
 m = onnx.load(f"{out}/bert_opt_raw.onnx")
 for n in m.graph.node:
     if n.op_type == "Attention":
-        h = 32
-        n.attribute.append(helper.make_attribute("qkv_hidden_sizes", [h, h, h]))
+        n.attribute.append(helper.make_attribute("qkv_hidden_sizes", [32, 32, 32]))
 onnx.save(m, f"{out}/bert_opt_qkv.onnx")
+m = onnx.load(f"{out}/bert_opt_raw.onnx")
+for n in m.graph.node:
+    if n.op_type == "EmbedLayerNormalization":
+        while len(n.output) < 2:
+            n.output.append("")
+        if not n.output[1]:
+            n.output[1] = "mask_index_unused"
+        n.output.append("embedding_sum")
+m.graph.output.append(helper.make_tensor_value_info("embedding_sum", TensorProto.FLOAT, ["batch", "seq", 32]))
+onnx.save(m, f"{out}/bert_opt_sum.onnx")
 "#;
 
+/// The report entries of `op_type`; checks each is quantized into `quantized_op` or, when
+/// `float_because` is given, left float with a reason containing it.
+fn check_family(
+    r: &serde_json::Value,
+    op_type: &str,
+    quantized_op: &str,
+    float_because: Option<&str>,
+) {
+    let nodes: Vec<&serde_json::Value> = r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["op_type"] == op_type)
+        .collect();
+    assert!(!nodes.is_empty(), "no {op_type} in {r}");
+    for n in nodes {
+        let reason = n["reason"].as_str().unwrap();
+        match float_because {
+            Some(why) => {
+                assert_eq!(n["quantized"], false, "{n}");
+                assert!(reason.contains(why), "{n}");
+            }
+            None => {
+                assert_eq!(n["quantized"], true, "{n}");
+                assert!(reason.starts_with(quantized_op), "{n}");
+            }
+        }
+    }
+}
+
 #[test]
-fn fused_attention_becomes_qattention() {
+fn fused_attention_and_embeddings_become_quantized_ops() {
     let dir = tempfile::tempdir().unwrap();
     let script = repo().join("tests/ms_transformer_e2e.py");
     py(
@@ -140,51 +181,56 @@ fn fused_attention_becomes_qattention() {
             script.to_str().unwrap(),
         ],
     );
-    for name in ["bert_opt_raw", "bert_opt_index", "bert_opt_qkv"] {
+    // (model, its inputs, why Attention stays float, why EmbedLayerNormalization does)
+    let cases = [
+        ("bert_opt_raw", "bert_opt_raw", None, None),
+        ("bert_opt_index", "bert_opt_index", None, None),
+        (
+            "bert_opt_qkv",
+            "bert_opt_raw",
+            Some("'qkv_hidden_sizes' has no QAttention form"),
+            None,
+        ),
+        (
+            "bert_opt_sum",
+            "bert_opt_raw",
+            None,
+            Some("embedding_sum output has no QEmbedLayerNormalization form"),
+        ),
+    ];
+    for (name, inputs, attention_float, eln_float) in cases {
         let model = dir.path().join(format!("{name}.onnx"));
-        let npz = dir.path().join(format!(
-            "{}.npz",
-            if name == "bert_opt_qkv" {
-                "bert_opt_raw"
-            } else {
-                name
-            }
-        ));
+        let npz = dir.path().join(format!("{inputs}.npz"));
         let out = dir.path().join(format!("{name}_q.onnx"));
         let r = rewrite_verified(&model, &npz, &out);
-        let attention: Vec<&serde_json::Value> = r["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["op_type"] == "Attention")
-            .collect();
-        assert_eq!(attention.len(), 2, "{name}: {r}");
-        for n in &attention {
-            let reason = n["reason"].as_str().unwrap();
-            if name == "bert_opt_qkv" {
-                assert_eq!(n["quantized"], false, "{n}");
-                assert!(
-                    reason.contains("'qkv_hidden_sizes' has no QAttention form"),
-                    "{n}"
-                );
-            } else {
-                assert_eq!(n["quantized"], true, "{n}");
-                assert!(reason.starts_with("QAttention"), "{n}");
-            }
-        }
+        check_family(&r, "Attention", "QAttention", attention_float);
+        check_family(
+            &r,
+            "EmbedLayerNormalization",
+            "QEmbedLayerNormalization",
+            eln_float,
+        );
         let v = compare(&out, &model, Some(&npz));
         let ops = ops(&v);
-        let fused = name != "bert_opt_qkv";
-        assert_eq!(
-            ops.iter().any(|o| o == "QAttention"),
-            fused,
-            "{name}: {ops:?}"
-        );
-        assert_eq!(
-            ops.iter().any(|o| o == "Attention"),
-            !fused,
-            "{name}: {ops:?}"
-        );
+        for (float_op, quantized_op, stays_float) in [
+            ("Attention", "QAttention", attention_float.is_some()),
+            (
+                "EmbedLayerNormalization",
+                "QEmbedLayerNormalization",
+                eln_float.is_some(),
+            ),
+        ] {
+            assert_eq!(
+                ops.iter().any(|o| o == float_op),
+                stays_float,
+                "{name}: {ops:?}"
+            );
+            assert_eq!(
+                ops.iter().any(|o| o == quantized_op),
+                !stays_float,
+                "{name}: {ops:?}"
+            );
+        }
         assert!(min_cos(&v) > 0.999, "{name} in onnxruntime: {v}");
     }
 }

@@ -15,13 +15,24 @@
 //! `attention_bias` / `past_sequence_length` input.
 
 use super::int_product::dynamic_quantize;
-use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip};
+use super::rewrite::{NodeCtx, Replacement, RewriteResult, Skip, attribute_outside};
 use super::weights::quantize_weight;
 use crate::ir::{Node, Tensor};
 use crate::onnx::tensor_proto::DataType;
 
 /// The attributes `QAttention` shares with `Attention`.
-pub const SHARED_ATTRS: [&str; 4] = ["num_heads", "unidirectional", "mask_filter_value", "scale"];
+const SHARED_ATTRS: [&str; 4] = ["num_heads", "unidirectional", "mask_filter_value", "scale"];
+
+/// Why `node` has no `QAttention` form, if it has none.
+pub fn unsupported(node: &Node) -> Option<String> {
+    if let Some(a) = attribute_outside(node, &SHARED_ATTRS) {
+        return Some(format!("attribute '{a}' has no QAttention form"));
+    }
+    [(5, "attention_bias"), (6, "past_sequence_length")]
+        .into_iter()
+        .find(|(i, _)| node.input(*i).is_some())
+        .map(|(_, what)| format!("input {what} has no QAttention form"))
+}
 
 pub fn rewrite_attention(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     let (Some(x), Some(wn)) = (node.input(0), node.input(1)) else {
@@ -30,14 +41,8 @@ pub fn rewrite_attention(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     if node.outputs().first().is_none_or(|o| o.is_empty()) {
         return Err(Skip("Attention has no output".into()));
     }
-    if let Some(a) = node
-        .proto
-        .attribute
-        .iter()
-        .map(|a| a.name())
-        .find(|a| !SHARED_ATTRS.contains(a))
-    {
-        return Err(Skip(format!("attribute '{a}' has no QAttention form")));
+    if let Some(why) = unsupported(node) {
+        return Err(Skip(why));
     }
     let w = (ctx.constants)(wn).ok_or_else(|| {
         Skip(format!(

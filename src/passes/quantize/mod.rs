@@ -19,6 +19,7 @@ mod cleanup;
 pub mod consts;
 pub mod conv;
 pub mod deferred_weights;
+pub mod embed_layer_norm;
 pub mod fp16;
 pub mod gather;
 pub mod gemm;
@@ -106,6 +107,7 @@ pub fn rewriter_for(kind: OpKind) -> fp16::Rewriter {
         OpKind::Gather => gather::rewrite_gather,
         OpKind::Conv => conv::rewrite_conv,
         OpKind::Attention => attention::rewrite_attention,
+        OpKind::EmbedLayerNorm => embed_layer_norm::rewrite_embed_layer_norm,
         OpKind::Lstm => lstm::rewrite_lstm,
         OpKind::Gru | OpKind::Rnn => gru_rnn::rewrite_gru_rnn,
     }

@@ -31,12 +31,18 @@ pub enum OpKind {
     Conv,
     /// com.microsoft Attention (onnxruntime's fused self-attention).
     Attention,
+    /// com.microsoft EmbedLayerNormalization (onnxruntime's fused BERT embeddings).
+    EmbedLayerNorm,
 }
 
 impl OpKind {
     pub fn of(node: &Node) -> Option<OpKind> {
-        if node.domain() == "com.microsoft" && node.op_type() == "Attention" {
-            return Some(OpKind::Attention);
+        if node.domain() == "com.microsoft" {
+            return match node.op_type() {
+                "Attention" => Some(OpKind::Attention),
+                "EmbedLayerNormalization" => Some(OpKind::EmbedLayerNorm),
+                _ => None,
+            };
         }
         if !node.domain().is_empty() {
             return None;
@@ -63,15 +69,26 @@ impl OpKind {
             "gather" => OpKind::Gather,
             "conv" => OpKind::Conv,
             "attention" => OpKind::Attention,
+            "embedlayernormalization" => OpKind::EmbedLayerNorm,
             _ => return None,
         })
     }
 
+    /// Every family but Conv (onnxruntime has no fast ConvInteger: see [`super::conv`]).
     pub fn default_set() -> BTreeSet<OpKind> {
         use OpKind::*;
-        [MatMul, Gemm, Lstm, Gru, Rnn, Gather, Attention]
-            .into_iter()
-            .collect()
+        let all = [
+            MatMul,
+            Gemm,
+            Lstm,
+            Gru,
+            Rnn,
+            Gather,
+            Conv,
+            Attention,
+            EmbedLayerNorm,
+        ];
+        all.into_iter().filter(|k| *k != Conv).collect()
     }
 }
 
@@ -298,6 +315,7 @@ impl Ctx<'_> {
             OpKind::Gather => self.gather_verdict(g, n),
             OpKind::Conv => self.conv_verdict(g, n),
             OpKind::Attention => self.attention_verdict(g, n),
+            OpKind::EmbedLayerNorm => self.embed_layer_norm_verdict(g, n),
         }
     }
 
@@ -365,19 +383,8 @@ impl Ctx<'_> {
     }
 
     fn attention_verdict(&self, g: &Graph, n: &Node) -> Verdict {
-        if let Some(a) = n
-            .proto
-            .attribute
-            .iter()
-            .map(|a| a.name())
-            .find(|a| !super::attention::SHARED_ATTRS.contains(a))
-        {
-            return Err(format!("attribute '{a}' has no QAttention form"));
-        }
-        for (i, what) in [(5, "attention_bias"), (6, "past_sequence_length")] {
-            if n.input(i).is_some() {
-                return Err(format!("input {what} has no QAttention form"));
-            }
+        if let Some(why) = super::attention::unsupported(n) {
+            return Err(why);
         }
         let w = self.weight(g, n, 1, "weight")?;
         if w.len() != 2 {
@@ -390,6 +397,34 @@ impl Ctx<'_> {
         Ok(format!(
             "QAttention (com.microsoft), per-tensor activations, weight {}x{}",
             w[0], w[1]
+        ))
+    }
+
+    fn embed_layer_norm_verdict(&self, g: &Graph, n: &Node) -> Verdict {
+        if let Some(why) = super::embed_layer_norm::unsupported(n) {
+            return Err(why);
+        }
+        let word = self.weight(g, n, 2, "word_embedding")?;
+        let name = n.input(2).unwrap_or("");
+        if self.elem_of(name) != DataType::Float {
+            return Err(format!(
+                "word_embedding is {}, not float32 (QEmbedLayerNormalization is float32 only)",
+                crate::ir::tensor::dtype_name(self.elem_of(name) as i32)
+            ));
+        }
+        for (i, what) in [(3, "position_embedding"), (5, "gamma"), (6, "beta")] {
+            self.weight(g, n, i, what)?;
+        }
+        if n.input(4).is_some() {
+            self.weight(g, n, 4, "segment_embedding")?;
+        }
+        self.size_check(word.iter().product(), None)?;
+        Ok(format!(
+            "QEmbedLayerNormalization (com.microsoft), uint8 tables with one scale each, word table {}",
+            word.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join("x")
         ))
     }
 

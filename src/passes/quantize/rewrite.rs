@@ -77,3 +77,13 @@ impl<T: Into<String>> From<T> for Skip {
 }
 
 pub type RewriteResult = Result<Replacement, Skip>;
+
+/// The first attribute of `node` not in `allowed`: what a quantized op without that attribute
+/// cannot express.
+pub fn attribute_outside<'n>(node: &'n Node, allowed: &[&str]) -> Option<&'n str> {
+    node.proto
+        .attribute
+        .iter()
+        .map(|a| a.name())
+        .find(|a| !allowed.contains(a))
+}
