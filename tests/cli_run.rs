@@ -156,3 +156,46 @@ fn text_summary_and_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("input 'x' not given"), "{err}");
 }
+
+/// `--inputs DIR` with one .npz sample runs it (as `verify` and `rewrite` read samples); a
+/// folder of several is refused, naming how many.
+#[test]
+fn runs_the_one_sample_of_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    std::fs::create_dir(&one).unwrap();
+    std::fs::copy(fixture("mlp.npz"), one.join("sample.npz")).unwrap();
+    let data = onnx_dynq::npy::read_npz(std::path::Path::new(&fixture("mlp.npz"))).unwrap();
+    let want = data
+        .iter()
+        .find(|(k, _)| k == "output.y")
+        .unwrap()
+        .1
+        .clone();
+    let outp = dir.path().join("out.npz");
+    let out = bin()
+        .args(["run", &fixture("mlp.onnx"), "--inputs"])
+        .arg(&one)
+        .arg("--output")
+        .arg(&outp)
+        .arg("--json")
+        .output()
+        .unwrap();
+    json(&out);
+    let saved = onnx_dynq::npy::read_npz(&outp).unwrap();
+    let (Value::F32(got), Value::F32(w)) = (&saved[0].1, &want) else {
+        panic!("outputs are not float32")
+    };
+    assert!(got.iter().zip(w.iter()).all(|(a, b)| (a - b).abs() < 1e-4));
+
+    std::fs::copy(fixture("mlp.npz"), one.join("second.npz")).unwrap();
+    let out = bin()
+        .args(["run", &fixture("mlp.onnx"), "--inputs"])
+        .arg(&one)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds 2 samples"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

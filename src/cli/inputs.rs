@@ -170,17 +170,24 @@ fn complete(
     Ok((feed, missing))
 }
 
-/// The single feed for `session` (`run`): the given .npy files, and random values for the
-/// rest when asked.
+/// The single feed for `session` (`run`): the given .npy files, or the one .npz of
+/// `--inputs DIR`, and random values for the rest when asked.
 pub fn build_feed(
     args: &InputArgs,
     model: &Model,
     session: &Session,
 ) -> Result<HashMap<String, Value>> {
-    if args.sample_dir.is_some() {
-        bail!(
-            "--inputs DIR gives several samples; this command runs one (use --input NAME=file.npy)"
-        );
+    if let Some(dir) = &args.sample_dir {
+        let files = sample_files(dir)?;
+        if files.len() != 1 {
+            bail!(
+                "--inputs {} holds {} samples; this command runs one (give a folder with one .npz, or --input NAME=file.npy)",
+                dir.display(),
+                files.len()
+            );
+        }
+        let (mut feeds, _) = build_samples(args, model, session)?;
+        return Ok(feeds.remove(0));
     }
     Ok(complete(args, model, session, &args.given()?, 0)?.0)
 }
