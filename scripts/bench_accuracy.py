@@ -41,7 +41,6 @@ import re
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -49,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import binary_and_workdir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "fixtures"
@@ -381,14 +383,10 @@ def bench_model(binary, work, model, variants, repeat, rounds, held_out):
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    if not args or args[0].startswith("-"):
-        print(__doc__, file=sys.stderr)
+    parsed = binary_and_workdir(__doc__)
+    if parsed is None:
         return 2
-    opt = lambda k, d: args[args.index(k) + 1] if k in args else d
-    binary = args[0]
-    work = Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(tempfile.mkdtemp())
-    work.mkdir(parents=True, exist_ok=True)
+    binary, work, opt, args = parsed
     models = opt("--models", ",".join(MODELS)).split(",")
     variants = opt("--variants", ",".join(CORE))
     variants = RECIPES if variants == "recipes" else variants.split(",")

@@ -168,3 +168,20 @@ def print_row(batch, ort_t, ours_t, diff, fmt="8.2f"):
         f"onnx-dynq p50 {ours_t[0]:{fmt}} ms p90 {ours_t[1]:{fmt}} ms | "
         f"ratio {ours_t[0] / ort_t[0]:5.2f}x | max |diff| {diff:.2e}"
     )
+
+
+def binary_and_workdir(doc):
+    """Parses `BINARY [WORKDIR] [--flag value ...]` from sys.argv (WORKDIR: a new temporary
+    folder when not given, created when missing). Returns (binary, workdir, opt, args), where
+    opt(flag, default) gives a flag's value as a string and args is the argument list; None
+    (after printing `doc`) when no binary is given."""
+    import tempfile
+
+    args = sys.argv[1:]
+    if not args or args[0].startswith("-"):
+        print(doc, file=sys.stderr)
+        return None
+    opt = lambda k, d: args[args.index(k) + 1] if k in args else d
+    work = Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(tempfile.mkdtemp())
+    work.mkdir(parents=True, exist_ok=True)
+    return args[0], work, opt, args

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Why the encoder speed target of issue 12 (cosine >= 0.999 while >= 1.8x faster than float
-in onnxruntime) is out of reach on a CPU without VNNI, measured in two parts.
+in onnxruntime) is out of reach on a CPU without VNNI, measured in three parts.
 
 1. Where onnxruntime's time goes (its profiler, 1 thread, per op type, median of --rounds
    profiled runs of 20): float all-MiniLM-L6-v2, `quantize_dynamic`'s file, and `onnx-dynq
@@ -30,7 +30,6 @@ import collections
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import binary_and_workdir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 INT8_PRODUCTS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
@@ -341,14 +343,11 @@ def chain_part(binary, work, rounds):
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    if not args or args[0].startswith("-"):
-        print(__doc__, file=sys.stderr)
+    parsed = binary_and_workdir(__doc__)
+    if parsed is None:
         return 2
-    binary = args[0]
-    work = Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(tempfile.mkdtemp())
-    work.mkdir(parents=True, exist_ok=True)
-    rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else 3
+    binary, work, opt, args = parsed
+    rounds = int(opt("--rounds", "3"))
     float_path = work / "minilm_f.onnx"
     if not float_path.exists():
         subprocess.run([sys.executable, str(REPO / "scripts/minilm.py"), "float", str(float_path)],

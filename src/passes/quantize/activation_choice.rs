@@ -22,6 +22,13 @@
 //!   GPT-2 fixture). With uint8 weights (the default for MatMul/Gemm) or `--reduce-range` the
 //!   products are exact on every CPU, so per-token is safe; with `--weight-type int8` `auto`
 //!   stays per-tensor and says why.
+//! - **Per-tensor for small Linears**: where the weight is narrower than
+//!   [`PER_TOKEN_MIN_DIM`] in either dimension, the per-row chain (two dozen unfused
+//!   elementwise nodes in onnxruntime) costs more than the int8 product saves: six layers of
+//!   128-wide Linears (128 -> 512 -> 128) ran at 0.63-0.84x float per-token and 1.26-1.34x
+//!   per-tensor in onnxruntime, 192-wide ones at 1.02x per-token, 256-wide at 1.12x and 1.44x,
+//!   384-wide at 1.24x and 1.48x (BENCHMARKS.md, "Per-token cost by layer width"). A rewrite
+//!   should never make a model slower.
 //! - Per-token needs opset 13; below it, per-tensor.
 //!
 //! Subgraphs (If/Loop/Scan bodies) are judged on their own nodes.
@@ -130,9 +137,18 @@ pub fn has_attention(g: &Graph, constant: &dyn Fn(&str) -> bool) -> bool {
         })
 }
 
+/// The narrowest weight (in either dimension) `auto` gives per-token activations.
+pub const PER_TOKEN_MIN_DIM: usize = 256;
+
 /// The mode `auto` gives a MatMul/Gemm of a graph with (`attention`) or without self-attention,
-/// whose weights are quantized as `weights`, in a model of default-domain opset `opset`.
-pub fn choose_auto(attention: bool, weights: &WeightQuantOptions, opset: i64) -> ActivationChoice {
+/// whose weights (`weight_dims`, when known) are quantized as `weights`, in a model of
+/// default-domain opset `opset`.
+pub fn choose_auto(
+    attention: bool,
+    weights: &WeightQuantOptions,
+    weight_dims: Option<(usize, usize)>,
+    opset: i64,
+) -> ActivationChoice {
     let per_tensor = |why: &str| ActivationChoice {
         mode: ActivationQuant::PerTensor,
         why: format!("auto: {why}"),
@@ -155,6 +171,14 @@ pub fn choose_auto(attention: bool, weights: &WeightQuantOptions, opset: i64) ->
              --reduce-range for per-token)",
         );
     }
+    if let Some((k, n)) = weight_dims
+        && k.min(n) < PER_TOKEN_MIN_DIM
+    {
+        return per_tensor(&format!(
+            "in a transformer, but the weight ({k}x{n}) is narrower than {PER_TOKEN_MIN_DIM}: \
+             there the per-row chain costs onnxruntime more than the int8 product saves"
+        ));
+    }
     ActivationChoice {
         mode: ActivationQuant::PerToken,
         why: "auto: the graph has self-attention, so the rows are tokens, whose outliers a \
@@ -168,10 +192,11 @@ pub fn resolve(
     requested: ActivationQuant,
     attention: bool,
     weights: &WeightQuantOptions,
+    weight_dims: Option<(usize, usize)>,
     opset: i64,
 ) -> ActivationChoice {
     match requested {
-        ActivationQuant::Auto => choose_auto(attention, weights, opset),
+        ActivationQuant::Auto => choose_auto(attention, weights, weight_dims, opset),
         ActivationQuant::PerToken if opset < per_token::MIN_OPSET => ActivationChoice {
             mode: ActivationQuant::PerTensor,
             why: format!(
@@ -246,15 +271,42 @@ mod tests {
             reduce_range: true,
             ..i8w
         };
-        assert_eq!(choose_auto(true, &u8w, 17).mode, ActivationQuant::PerToken);
-        assert_eq!(choose_auto(true, &rr, 17).mode, ActivationQuant::PerToken);
-        assert_eq!(choose_auto(true, &i8w, 17).mode, ActivationQuant::PerTensor);
-        assert_eq!(choose_auto(true, &u8w, 12).mode, ActivationQuant::PerTensor);
+        let wide = Some((384, 1536));
         assert_eq!(
-            choose_auto(false, &u8w, 17).mode,
+            choose_auto(true, &u8w, wide, 17).mode,
+            ActivationQuant::PerToken
+        );
+        assert_eq!(
+            choose_auto(true, &u8w, None, 17).mode,
+            ActivationQuant::PerToken
+        );
+        assert_eq!(
+            choose_auto(true, &rr, wide, 17).mode,
+            ActivationQuant::PerToken
+        );
+        assert_eq!(
+            choose_auto(true, &i8w, wide, 17).mode,
             ActivationQuant::PerTensor
         );
-        let forced = resolve(ActivationQuant::PerToken, false, &i8w, 17);
+        assert_eq!(
+            choose_auto(true, &u8w, wide, 12).mode,
+            ActivationQuant::PerTensor
+        );
+        assert_eq!(
+            choose_auto(false, &u8w, wide, 17).mode,
+            ActivationQuant::PerTensor
+        );
+        // Narrower than PER_TOKEN_MIN_DIM in either dimension: per-tensor, saying why.
+        for narrow in [(128, 512), (1536, 255), (384, 2)] {
+            let c = choose_auto(true, &u8w, Some(narrow), 17);
+            assert_eq!(c.mode, ActivationQuant::PerTensor, "{narrow:?}");
+            assert!(c.why.contains("narrower than 256"), "{}", c.why);
+        }
+        assert_eq!(
+            choose_auto(true, &u8w, Some((256, 256)), 17).mode,
+            ActivationQuant::PerToken
+        );
+        let forced = resolve(ActivationQuant::PerToken, false, &i8w, Some((2, 2)), 17);
         assert_eq!(forced.mode, ActivationQuant::PerToken);
     }
 }

@@ -379,7 +379,19 @@ impl Walk<'_, '_> {
             _ => (self.opts.weights, self.opts.per_channel),
         };
         let choice = linear.then(|| {
-            activation_choice::resolve(self.opts.activations, attention, &weights, self.opset)
+            let weight_dims = n
+                .input(1)
+                .and_then(&get)
+                .map(|t| t.dims())
+                .filter(|d| d.len() == 2)
+                .map(|d| (d[0] as usize, d[1] as usize));
+            activation_choice::resolve(
+                self.opts.activations,
+                attention,
+                &weights,
+                weight_dims,
+                self.opset,
+            )
         });
         let result: RewriteResult = {
             let mut ctx = NodeCtx {

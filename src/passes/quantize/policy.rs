@@ -238,10 +238,19 @@ fn decide_in(
         if let Some(kind) = OpKind::of(n) {
             let mut verdict = ctx.node_verdict(g, n, kind);
             if let (Ok(v), OpKind::MatMul | OpKind::Gemm) = (&mut verdict, kind) {
-                v.push_str(if attention {
-                    ", per-token activations (self-attention)"
-                } else {
-                    ", per-tensor activations"
+                let narrow = n
+                    .input(1)
+                    .and_then(|w| ctx.shape_of(g, w))
+                    .is_some_and(|d| {
+                        d.len() == 2
+                            && d[0].min(d[1]) < super::activation_choice::PER_TOKEN_MIN_DIM as i64
+                    });
+                v.push_str(match (attention, narrow) {
+                    (true, false) => ", per-token activations (self-attention)",
+                    (true, true) => {
+                        ", per-tensor activations (self-attention, but a narrow weight)"
+                    }
+                    (false, _) => ", per-tensor activations",
                 });
             }
             out.push(Decision {
