@@ -37,7 +37,7 @@ use onnx_dynq::passes::fuse::{FuseOptions, fuse_with};
 use onnx_dynq::passes::quantize::policy::OpKind;
 use onnx_dynq::passes::quantize::report::QuantizeReport;
 use onnx_dynq::passes::quantize::rewrite::ActivationQuant;
-use onnx_dynq::passes::quantize::smooth::smooth;
+use onnx_dynq::passes::quantize::smooth::{activation_ranges, smooth, smooth_with};
 use onnx_dynq::passes::quantize::smooth_alpha::choose_alpha;
 use onnx_dynq::passes::quantize::target::{TargetOutcome, search};
 use onnx_dynq::passes::quantize::weights::{WeightQuantOptions, WeightType};
@@ -265,24 +265,28 @@ pub fn run(args: &RewriteArgs) -> Result<()> {
     } else {
         Vec::new()
     };
-    let smooth_search = match args.smooth {
-        Some(SmoothArg::Auto) => Some(choose_alpha(&model, &opts, &samples, &args.feed.options())?),
-        _ => None,
-    };
-    let alpha = match args.smooth {
-        Some(SmoothArg::Alpha(a)) => Some(a),
-        Some(SmoothArg::Auto) => smooth_search.as_ref().and_then(|c| c.alpha),
-        None => None,
-    };
-    let smoothed = match alpha {
-        Some(alpha) => Some(smooth(
-            &mut model,
-            &opts.policy,
-            alpha,
-            &samples,
-            &args.feed.options(),
-        )?),
-        None => None,
+    let (smoothed, smooth_search) = match args.smooth {
+        Some(SmoothArg::Alpha(alpha)) => (
+            Some(smooth(
+                &mut model,
+                &opts.policy,
+                alpha,
+                &samples,
+                &args.feed.options(),
+            )?),
+            None,
+        ),
+        Some(SmoothArg::Auto) => {
+            // One float run measures the ranges every trial and the final smoothing use.
+            let ranges = activation_ranges(&model, &opts.policy, &samples, &args.feed.options())?;
+            let choice = choose_alpha(&model, &opts, &samples, &ranges, &args.feed.options())?;
+            let smoothed = match choice.alpha {
+                Some(alpha) => Some(smooth_with(&mut model, &opts.policy, alpha, &ranges)?),
+                None => None,
+            };
+            (smoothed, Some(choice))
+        }
+        None => (None, None),
     };
     let target = match args.target_cosine {
         Some(x) => {

@@ -118,6 +118,33 @@ fn weight_channel_max(model: &Model, r: &Reader) -> Option<Vec<f32>> {
     Some(m)
 }
 
+/// Per input channel, the largest |value| of each activation smoothing would touch, over the
+/// float model's run on the samples: measured once, it serves every alpha tried.
+pub struct ActivationRanges(HashMap<String, Vec<f32>>);
+
+/// The [`ActivationRanges`] of `model` on `samples`, for the MatMul/Gemm nodes `policy`
+/// quantizes.
+pub fn activation_ranges(
+    model: &Model,
+    policy: &PolicyOptions,
+    samples: &[Feed],
+    runtime: &Options,
+) -> Result<ActivationRanges> {
+    if samples.is_empty() {
+        return Err(Error::Other("smoothing needs at least one sample".into()));
+    }
+    let groups = reader_groups(model, policy, &mut Vec::new());
+    if groups.is_empty() {
+        return Ok(ActivationRanges(HashMap::new()));
+    }
+    Ok(ActivationRanges(activation_maxima(
+        model,
+        groups.keys(),
+        samples,
+        runtime,
+    )?))
+}
+
 /// Smooths `model` in place (see the module doc), with the activation ranges of the float
 /// model on `samples`, for the MatMul/Gemm nodes that `policy` quantizes.
 pub fn smooth(
@@ -127,65 +154,37 @@ pub fn smooth(
     samples: &[Feed],
     runtime: &Options,
 ) -> Result<SmoothReport> {
+    check_alpha(alpha)?;
+    let ranges = activation_ranges(model, policy, samples, runtime)?;
+    smooth_with(model, policy, alpha, &ranges)
+}
+
+fn check_alpha(alpha: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&alpha) {
         return Err(Error::Other(format!(
             "--smooth {alpha}: alpha must be in [0, 1]"
         )));
     }
-    if samples.is_empty() {
-        return Err(Error::Other("smoothing needs at least one sample".into()));
-    }
+    Ok(())
+}
+
+/// [`smooth`] with ranges already measured on this model ([`activation_ranges`]).
+pub fn smooth_with(
+    model: &mut Model,
+    policy: &PolicyOptions,
+    alpha: f64,
+    ranges: &ActivationRanges,
+) -> Result<SmoothReport> {
+    check_alpha(alpha)?;
     let mut report = SmoothReport {
         alpha,
         ..Default::default()
     };
-    let quantized: HashSet<String> = decide(&model.graph, policy)
-        .into_iter()
-        .filter(|d| d.quantize && d.scope.is_empty())
-        .map(|d| d.node)
-        .collect();
-    // Activation -> readers, in graph order (BTreeMap: deterministic output).
-    let mut groups: BTreeMap<String, Vec<Reader>> = BTreeMap::new();
-    for (i, n) in model.graph.nodes.iter().enumerate() {
-        let op = n.op_type();
-        if !n.domain().is_empty()
-            || !(op == "MatMul" || op == "Gemm")
-            || !quantized.contains(n.display_name())
-        {
-            continue;
-        }
-        let attr = |a: &str| n.attr::<i64>(a).ok().flatten().unwrap_or(0) != 0;
-        let (Some(x), Some(w)) = (n.input(0), n.input(1)) else {
-            continue;
-        };
-        if op == "Gemm" && attr("transA") {
-            report.skipped.push((
-                x.to_string(),
-                format!("Gemm '{}' has transA", n.display_name()),
-            ));
-            continue;
-        }
-        let trans_b = op == "Gemm" && attr("transB");
-        if weight_rows(model, w, trans_b).is_none() {
-            report.skipped.push((
-                x.to_string(),
-                format!(
-                    "'{}' has no float32 2-D initializer weight",
-                    n.display_name()
-                ),
-            ));
-            continue;
-        }
-        groups.entry(x.to_string()).or_default().push(Reader {
-            node: i,
-            weight: w.to_string(),
-            trans_b,
-        });
-    }
+    let groups = reader_groups(model, policy, &mut report.skipped);
     if groups.is_empty() {
         return Ok(report);
     }
-    let xmax = activation_maxima(model, groups.keys(), samples, runtime)?;
+    let xmax = &ranges.0;
     let mut names = NameGen::new(&model.graph);
     // Inserted Muls wait until every group is done, so that node indices stay valid.
     let mut inserts: Vec<(usize, Node)> = Vec::new();
@@ -424,6 +423,60 @@ fn scale_weight(
         .graph
         .add_initializer(Tensor::from_vec(&name, &dims, v));
     Ok(name)
+}
+
+/// The smoothable activations of `model` (those `policy` quantizes a MatMul/Gemm reader of,
+/// with a float32 2-D constant weight), each with its readers in graph order; what is left
+/// alone goes to `skipped` with the reason.
+fn reader_groups(
+    model: &Model,
+    policy: &PolicyOptions,
+    skipped: &mut Vec<(String, String)>,
+) -> BTreeMap<String, Vec<Reader>> {
+    let quantized: HashSet<String> = decide(&model.graph, policy)
+        .into_iter()
+        .filter(|d| d.quantize && d.scope.is_empty())
+        .map(|d| d.node)
+        .collect();
+    // Activation -> readers, in graph order (BTreeMap: deterministic output).
+    let mut groups: BTreeMap<String, Vec<Reader>> = BTreeMap::new();
+    for (i, n) in model.graph.nodes.iter().enumerate() {
+        let op = n.op_type();
+        if !n.domain().is_empty()
+            || !(op == "MatMul" || op == "Gemm")
+            || !quantized.contains(n.display_name())
+        {
+            continue;
+        }
+        let attr = |a: &str| n.attr::<i64>(a).ok().flatten().unwrap_or(0) != 0;
+        let (Some(x), Some(w)) = (n.input(0), n.input(1)) else {
+            continue;
+        };
+        if op == "Gemm" && attr("transA") {
+            skipped.push((
+                x.to_string(),
+                format!("Gemm '{}' has transA", n.display_name()),
+            ));
+            continue;
+        }
+        let trans_b = op == "Gemm" && attr("transB");
+        if weight_rows(model, w, trans_b).is_none() {
+            skipped.push((
+                x.to_string(),
+                format!(
+                    "'{}' has no float32 2-D initializer weight",
+                    n.display_name()
+                ),
+            ));
+            continue;
+        }
+        groups.entry(x.to_string()).or_default().push(Reader {
+            node: i,
+            weight: w.to_string(),
+            trans_b,
+        });
+    }
+    groups
 }
 
 /// `max|X_j|` over the last axis of each activation, over every sample, from one float run

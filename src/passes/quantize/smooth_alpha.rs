@@ -19,7 +19,7 @@ use crate::samples::Feed;
 use crate::verify::Tolerance;
 
 use super::QuantizeOptions;
-use super::smooth::smooth;
+use super::smooth::{ActivationRanges, smooth_with};
 use super::trial::{Trials, worst};
 
 /// The alphas `--smooth auto` tries.
@@ -68,11 +68,13 @@ impl AlphaChoice {
 }
 
 /// Measures every alpha of [`AUTO_ALPHAS`] and no smoothing on `model` (a float model,
-/// cleaned and folded as it will be quantized) with `opts`, and returns the best.
+/// cleaned and folded as it will be quantized) with `opts`, and returns the best. `ranges`:
+/// the model's [`super::smooth::activation_ranges`] on `samples`.
 pub fn choose_alpha(
     model: &Model,
     opts: &QuantizeOptions,
     samples: &[Feed],
+    ranges: &ActivationRanges,
     runtime: &Options,
 ) -> Result<AlphaChoice> {
     let mut trials = Trials::new(model, samples, &Tolerance::default(), runtime)?;
@@ -80,7 +82,7 @@ pub fn choose_alpha(
     for alpha in std::iter::once(None).chain(AUTO_ALPHAS.iter().copied().map(Some)) {
         let mut candidate = model.clone();
         if let Some(a) = alpha {
-            smooth(&mut candidate, &opts.policy, a, samples, runtime)?;
+            smooth_with(&mut candidate, &opts.policy, a, ranges)?;
         }
         let (worst_cosine, max_abs) = worst(&trials.quantize_and_measure(candidate, opts)?);
         measured.push(AlphaTrial {
