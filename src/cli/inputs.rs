@@ -178,15 +178,14 @@ pub fn build_feed(
     session: &Session,
 ) -> Result<HashMap<String, Value>> {
     if let Some(dir) = &args.sample_dir {
-        let files = sample_files(dir)?;
-        if files.len() != 1 {
+        let (mut feeds, _) = build_samples(args, model, session)?;
+        if feeds.len() != 1 {
             bail!(
                 "--inputs {} holds {} samples; this command runs one (give a folder with one .npz, or --input NAME=file.npy)",
                 dir.display(),
-                files.len()
+                feeds.len()
             );
         }
-        let (mut feeds, _) = build_samples(args, model, session)?;
         return Ok(feeds.remove(0));
     }
     Ok(complete(args, model, session, &args.given()?, 0)?.0)

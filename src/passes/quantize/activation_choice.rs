@@ -140,6 +140,11 @@ pub fn has_attention(g: &Graph, constant: &dyn Fn(&str) -> bool) -> bool {
 /// The narrowest weight (in either dimension) `auto` gives per-token activations.
 pub const PER_TOKEN_MIN_DIM: usize = 256;
 
+/// Whether a `[k, n]` weight is wide enough for the per-row chain to pay for itself.
+pub fn per_token_pays(k: usize, n: usize) -> bool {
+    k.min(n) >= PER_TOKEN_MIN_DIM
+}
+
 /// The mode `auto` gives a MatMul/Gemm of a graph with (`attention`) or without self-attention,
 /// whose weights (`weight_dims`, when known) are quantized as `weights`, in a model of
 /// default-domain opset `opset`.
@@ -172,7 +177,7 @@ pub fn choose_auto(
         );
     }
     if let Some((k, n)) = weight_dims
-        && k.min(n) < PER_TOKEN_MIN_DIM
+        && !per_token_pays(k, n)
     {
         return per_tensor(&format!(
             "in a transformer, but the weight ({k}x{n}) is narrower than {PER_TOKEN_MIN_DIM}: \

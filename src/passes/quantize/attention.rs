@@ -61,12 +61,7 @@ pub fn rewrite_attention(node: &Node, ctx: &mut NodeCtx) -> RewriteResult {
     let stem = node.name().to_string();
     let mut out = Replacement::default();
     let shape: Vec<usize> = if axis.is_some() { vec![n_cols] } else { vec![] };
-    let w_q = names.fresh(&format!("{wn}_quantized"));
-    let w_scale = names.fresh(&format!("{wn}_scale"));
-    let w_zp = names.fresh(&format!("{wn}_zero_point"));
-    out.initializers.push(q.take_values_tensor(&w_q));
-    out.initializers.push(q.scale_tensor(&w_scale, &shape));
-    out.initializers.push(q.zero_point_tensor(&w_zp, &shape));
+    let [w_q, w_scale, w_zp] = q.push_initializers(&mut out.initializers, names, wn, &shape);
     // QAttention's bias is required; Attention's is optional.
     let bias = match node.input(2) {
         Some(b) => b.to_string(),

@@ -75,15 +75,12 @@ pub fn rewrite_embed_layer_norm(node: &Node, ctx: &mut NodeCtx) -> RewriteResult
             return Err(Skip(format!("{what} '{name}' is not float32")));
         }
         let src = WeightSrc::from_tensor(t).map_err(|e| Skip(e.to_string()))?;
-        let mut q = quantize_weight(src, None, &opts);
-        let (vq, scale, zp) = (
-            names.fresh(&format!("{name}_quantized")),
-            names.fresh(&format!("{name}_scale")),
-            names.fresh(&format!("{name}_zero_point")),
+        let [vq, scale, zp] = quantize_weight(src, None, &opts).push_initializers(
+            &mut out.initializers,
+            names,
+            name,
+            &[],
         );
-        out.initializers.push(q.take_values_tensor(&vq));
-        out.initializers.push(q.scale_tensor(&scale, &[]));
-        out.initializers.push(q.zero_point_tensor(&zp, &[]));
         inputs[*i] = vq;
         inputs[8 + k] = scale;
         inputs[13 + k] = zp;

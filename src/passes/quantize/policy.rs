@@ -77,18 +77,18 @@ impl OpKind {
     /// Every family but Conv (onnxruntime has no fast ConvInteger: see [`super::conv`]).
     pub fn default_set() -> BTreeSet<OpKind> {
         use OpKind::*;
-        let all = [
+        [
             MatMul,
             Gemm,
             Lstm,
             Gru,
             Rnn,
             Gather,
-            Conv,
             Attention,
             EmbedLayerNorm,
-        ];
-        all.into_iter().filter(|k| *k != Conv).collect()
+        ]
+        .into_iter()
+        .collect()
     }
 }
 
@@ -243,7 +243,10 @@ fn decide_in(
                     .and_then(|w| ctx.shape_of(g, w))
                     .is_some_and(|d| {
                         d.len() == 2
-                            && d[0].min(d[1]) < super::activation_choice::PER_TOKEN_MIN_DIM as i64
+                            && !super::activation_choice::per_token_pays(
+                                d[0] as usize,
+                                d[1] as usize,
+                            )
                     });
                 v.push_str(match (attention, narrow) {
                     (true, false) => ", per-token activations (self-attention)",

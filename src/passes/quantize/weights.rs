@@ -1019,6 +1019,26 @@ impl QuantizedWeight {
         )
     }
 
+    /// Appends the values, scales and zero points (the last two shaped `shape`) to `out` as
+    /// initializers named after `base`; returns their names in that order.
+    pub fn push_initializers(
+        &mut self,
+        out: &mut Vec<Tensor>,
+        names: &mut crate::ir::NameGen,
+        base: &str,
+        shape: &[usize],
+    ) -> [String; 3] {
+        let n = [
+            names.fresh(&format!("{base}_quantized")),
+            names.fresh(&format!("{base}_scale")),
+            names.fresh(&format!("{base}_zero_point")),
+        ];
+        out.push(self.take_values_tensor(&n[0]));
+        out.push(self.scale_tensor(&n[1], shape));
+        out.push(self.zero_point_tensor(&n[2], shape));
+        n
+    }
+
     /// Zero points as an initializer of the given shape, typed like the values.
     pub fn zero_point_tensor(&self, name: &str, shape: &[usize]) -> Tensor {
         match &self.values {
